@@ -1,0 +1,79 @@
+"""Turn videos, captions and subject masks into training samples for the relation adapters.
+
+The same code serves the toy bundle and the real Mochi: latents come from the pipeline's VAE and are
+normalised exactly as ``MochiPipeline`` de-normalises them before decoding; prompts go through the
+pipeline's own ``encode_prompt`` (T5); pixel masks become latent masks (every foreground pixel kept,
+6-frame groups averaged).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from dreamrelation.data.latent_masks import latent_masks
+from dreamrelation.errors import UserError
+from dreamrelation.training.trainer import TrainingSample
+
+
+def latent_normalisation(vae) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``(mean, std, scaling_factor)`` of the VAE config, shaped to broadcast over ``(C, F, h, w)``."""
+    channels = vae.config.latent_channels
+    mean = torch.tensor(vae.config.latents_mean or [0.0] * channels, dtype=torch.float32).view(-1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std or [1.0] * channels, dtype=torch.float32).view(-1, 1, 1, 1)
+    return mean, std, float(vae.config.scaling_factor)
+
+
+@torch.no_grad()
+def encode_video(vae, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 ``(T, H, W, 3)`` -> normalised latent mean and log-variance ``(C, F, h, w)`` (fp32, CPU)."""
+    param = next(vae.parameters())
+    video = torch.from_numpy(np.ascontiguousarray(frames)).float().div(127.5).sub(1.0)
+    video = video.permute(3, 0, 1, 2)[None].to(param.device, param.dtype)
+    posterior = vae.encode(video).latent_dist
+    mean, std, scaling = latent_normalisation(vae)
+    latent = (posterior.mean[0].float().cpu() - mean) * scaling / std
+    logvar = posterior.logvar[0].float().cpu() + 2 * torch.log(torch.tensor(scaling) / std)
+    return latent, logvar
+
+
+@torch.no_grad()
+def encode_prompts(pipe, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """T5 embeddings ``(N, L, D)`` and masks ``(N, L)`` at the transformer's sequence length."""
+    length = int(pipe.transformer.config.max_sequence_length)
+    embeds, mask, _, _ = pipe.encode_prompt(
+        prompt=list(prompts), do_classifier_free_guidance=False, max_sequence_length=length
+    )
+    return embeds.float().cpu(), mask.cpu()
+
+
+def prepare_samples(
+    pipe,
+    videos: Sequence[np.ndarray],
+    captions: Sequence[str],
+    masks: Sequence[np.ndarray],
+    names: Sequence[str] | None = None,
+) -> list[TrainingSample]:
+    """Encode videos (uint8 ``(T, H, W, 3)``), captions and masks (bool ``(2, T, H, W)``) into samples."""
+    names = list(names) if names is not None else [f"video{i:03d}" for i in range(len(videos))]
+    if not (len(videos) == len(captions) == len(masks) == len(names)):
+        raise UserError("prepare: videos, captions and masks must come in equal numbers")
+    embeds, prompt_masks = encode_prompts(pipe, captions)
+    samples = []
+    for i, (frames, mask, name) in enumerate(zip(videos, masks, names, strict=True)):
+        if mask.shape[1:] != frames.shape[:3]:
+            raise UserError(f"{name}: masks {mask.shape[1:]} do not match the video {frames.shape[:3]}")
+        latent, logvar = encode_video(pipe.vae, frames)
+        samples.append(
+            TrainingSample(
+                latents=latent,
+                latent_logvar=logvar,
+                prompt_embeds=embeds[i],
+                prompt_mask=prompt_masks[i],
+                masks=latent_masks(torch.from_numpy(mask)),
+                name=name,
+            )
+        )
+    return samples

@@ -1,0 +1,251 @@
+"""Pretraining of the toy backbone: the VAE on random moving shapes, the transformer on base relations.
+
+``dreamrelation toy pretrain`` runs both stages (seeded, reproducible) and writes a diffusers-format
+MochiPipeline directory. Held-out relations never appear in the transformer's data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from dreamrelation.toy.backbone import (
+    LATENT_CHANNELS,
+    MAX_SEQUENCE_LENGTH,
+    ToyBackboneConfig,
+    analytic_latents,
+    build_text_encoder,
+    build_tokenizer,
+    build_transformer,
+    build_vae,
+    frames_to_tensor,
+    save_bundle,
+    toy_words,
+)
+
+VAE_LOGVAR_TARGET = -10.0  # near-deterministic posterior: the analytic latent is the mean
+
+
+@dataclass
+class PretrainConfig:
+    """Budget of the two pretraining stages (defaults: the shipped bundle)."""
+
+    seed: int = 0
+    vae_steps: int = 800
+    vae_batch: int = 8
+    vae_lr: float = 1e-3
+    vae_crop: int = 32
+    vae_latent_noise: float = 0.03
+    num_videos: int = 6000
+    transformer_steps: int = 3000
+    transformer_batch: int = 16
+    transformer_lr: float = 5e-4
+    caption_dropout: float = 0.1
+    backbone: ToyBackboneConfig = field(default_factory=ToyBackboneConfig)
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int = 100) -> float:
+    """Linear warm-up then cosine decay to 5% of ``base``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def random_shape_clips(batch: int, frames: int, size: int, gen: torch.Generator) -> torch.Tensor:
+    """Clips ``(B, 3, T, size, size)`` in [-1, 1]: 1-3 discs/boxes/diamonds moving over dark backgrounds."""
+    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    bg = torch.rand(batch, 3, 1, 1, 1, generator=gen) * 0.4 - 1.0
+    tilt = (torch.rand(batch, 3, 1, 1, 1, generator=gen) - 0.5) * 0.3
+    stripes = torch.sin(yy / (3 + 5 * torch.rand(1, generator=gen)) + xx * 0.1)[None, None, None]
+    texture = (torch.rand(batch, 1, 1, 1, 1, generator=gen) < 0.3) * 0.08 * stripes
+    video = (bg + tilt * (yy / size)[None, None, None] + texture).expand(batch, 3, frames, size, size).clone()
+    t = torch.arange(frames).float()[None, :, None, None]
+    for _ in range(3):
+        present = torch.rand(batch, 1, 1, 1, generator=gen) < 0.8
+        colour = torch.rand(batch, 3, 1, 1, 1, generator=gen) * 2 - 1
+        colour[:, torch.randint(0, 3, (1,), generator=gen)] = 1.0  # saturated, bright
+        cx, cy = (torch.rand(2, batch, 1, 1, 1, generator=gen) * size).unbind(0)
+        vx, vy = ((torch.rand(2, batch, 1, 1, 1, generator=gen) - 0.5) * 6).unbind(0)
+        radius = torch.rand(batch, 1, 1, 1, generator=gen) * 6 + 3
+        kind = torch.randint(0, 3, (batch, 1, 1, 1), generator=gen)
+        dx, dy = xx - (cx + vx * t), yy - (cy + vy * t)
+        disc = dx**2 + dy**2 <= radius**2
+        box = (dx.abs() <= radius) & (dy.abs() <= radius * 0.8)
+        diamond = dx.abs() + dy.abs() <= radius * 1.2
+        inside = torch.where(kind == 0, disc, torch.where(kind == 1, box, diamond)) & present
+        video = torch.where(inside[:, None], colour, video)
+    return video
+
+
+def train_vae(cfg: PretrainConfig, out_dir: Path, progress: bool = True):
+    """Train the toy ``AutoencoderKLMochi``: encoder -> analytic latent, decoder -> pixels from it."""
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    vae = build_vae(cfg.backbone)
+    opt = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
+    frames = 7  # two latent frames: the VAE is causal and convolutional, so short crops generalise
+    log, start = [], time.time()
+    bar = tqdm(range(cfg.vae_steps), desc="toy VAE", disable=not progress)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, cfg.vae_steps, cfg.vae_lr)
+        clips = random_shape_clips(cfg.vae_batch, frames, cfg.vae_crop, gen)
+        target = analytic_latents(clips)
+        moments = vae.encoder(clips)[0]
+        encoder_loss = F.mse_loss(moments[:, :LATENT_CHANNELS], target) + 0.01 * F.mse_loss(
+            moments[:, LATENT_CHANNELS:], torch.full_like(target, VAE_LOGVAR_TARGET)
+        )
+        noisy = target + cfg.vae_latent_noise * torch.randn(target.shape, generator=gen)
+        decoded = vae.decoder(noisy)[0][:, :, vae.temporal_compression_ratio - 1 :]
+        decoder_loss = F.mse_loss(decoded, clips)
+        (encoder_loss + decoder_loss).backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        log.append({"step": step, "encoder_mse": encoder_loss.item(), "decoder_mse": decoder_loss.item()})
+        bar.set_postfix(enc=f"{encoder_loss.item():.4f}", dec=f"{decoder_loss.item():.4f}")
+    vae.eval()
+    seconds = time.time() - start
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "vae_log.json").write_text(json.dumps({"seconds": seconds, "log": log}))
+    return vae, seconds
+
+
+@torch.no_grad()
+def vae_quality(vae, clips: torch.Tensor) -> dict:
+    """L1 errors (pixels in [-1, 1]) of decode(analytic), decode(encode) and a per-clip mean-colour guess."""
+    target = analytic_latents(clips)
+    moments = vae.encoder(clips)[0][:, :LATENT_CHANNELS]
+    drop = vae.temporal_compression_ratio - 1
+    from_analytic = vae.decoder(target)[0][:, :, drop:]
+    round_trip = vae.decoder(moments)[0][:, :, drop:]
+    return {
+        "encoder_mse": F.mse_loss(moments, target).item(),
+        "decode_analytic_l1": (from_analytic - clips).abs().mean().item(),
+        "round_trip_l1": (round_trip - clips).abs().mean().item(),
+        "mean_colour_l1": (clips - clips.mean(dim=(2, 3, 4), keepdim=True)).abs().mean().item(),
+    }
+
+
+def render_pretraining_set(num_videos: int, seed: int, progress: bool = True) -> tuple[torch.Tensor, list[str]]:
+    """Render base-relation videos (never held-out ones) -> analytic latents ``(N, 12, F, h, w)``, captions."""
+    from dreamrelation.toy import world
+    from dreamrelation.toy.render import render_video
+
+    rng = np.random.default_rng(seed)
+    base = list(world.BASE_RELATIONS)
+    latents, captions = [], []
+    for _ in tqdm(range(num_videos), desc="render base relations", disable=not progress):
+        spec = world.sample_video_spec(rng, relations=base)
+        video = render_video(spec)
+        latents.append(analytic_latents(frames_to_tensor(video.frames))[0])
+        captions.append(video.caption)
+    return torch.stack(latents), captions
+
+
+@torch.no_grad()
+def encode_captions(tokenizer, text_encoder, captions: list[str], batch: int = 256):
+    """T5 embeddings ``(N, L, D)`` and attention masks ``(N, L)`` at the toy sequence length."""
+    embeds, masks = [], []
+    for i in range(0, len(captions), batch):
+        tokens = tokenizer(
+            captions[i : i + batch],
+            padding="max_length",
+            max_length=MAX_SEQUENCE_LENGTH,
+            truncation=True,
+            return_tensors="pt",
+        )
+        embeds.append(text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0])
+        masks.append(tokens.attention_mask)
+    return torch.cat(embeds), torch.cat(masks)
+
+
+def train_transformer(
+    cfg: PretrainConfig, latents: torch.Tensor, embeds: torch.Tensor, masks: torch.Tensor, progress: bool = True
+):
+    """Full-weight rectified-flow pretraining of the toy ``MochiTransformer3DModel`` on normalised latents."""
+    from dreamrelation.training.losses import flow_matching_inputs
+
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    transformer = build_transformer(cfg.backbone, seed=cfg.seed)
+    opt = torch.optim.AdamW(transformer.parameters(), lr=cfg.transformer_lr, weight_decay=0.01)
+    log, start = [], time.time()
+    bar = tqdm(range(cfg.transformer_steps), desc="toy transformer", disable=not progress)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, cfg.transformer_steps, cfg.transformer_lr, warmup=200)
+        idx = torch.randint(0, latents.shape[0], (cfg.transformer_batch,), generator=gen)
+        z, emb, mask = latents[idx], embeds[idx].clone(), masks[idx].clone()
+        drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
+        emb[drop] = 0.0
+        mask[drop] = 0
+        noisy, timestep, target, _ = flow_matching_inputs(z, gen)
+        pred = transformer(noisy, emb, timestep, mask, return_dict=False)[0]
+        loss = F.mse_loss(pred, target)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        log.append(loss.item())
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(log[-50:]):.4f}")
+    transformer.eval()
+    return transformer, time.time() - start, log
+
+
+def pretrain(out_dir: Path, cfg: PretrainConfig | None = None, stages: tuple[str, ...] = ("vae", "transformer"),
+             work_dir: Path = Path("runs/toy-pretrain"), progress: bool = True) -> Path | None:
+    """Run the requested stages and write the bundle to ``out_dir``; stage results are kept in ``work_dir``
+    so a stage not requested is read from an earlier run."""
+    from diffusers import AutoencoderKLMochi
+
+
+    cfg = cfg or PretrainConfig()
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(toy_words())
+    text_encoder = build_text_encoder(len(tokenizer), cfg.backbone, seed=cfg.seed)
+    if "vae" in stages:
+        vae, seconds = train_vae(cfg, work, progress)
+        vae.save_pretrained(work / "vae")
+        quality = vae_quality(vae, random_shape_clips(16, 13, 64, torch.Generator().manual_seed(10_000)))
+        (work / "vae_quality.json").write_text(json.dumps({"seconds": seconds, **quality}, indent=2))
+    if "transformer" in stages:
+        latents, captions = render_pretraining_set(cfg.num_videos, cfg.seed, progress)
+        mean = latents.mean(dim=(0, 2, 3, 4))
+        std = latents.std(dim=(0, 2, 3, 4))
+        normalised = (latents - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
+        embeds, masks = encode_captions(tokenizer, text_encoder, captions)
+        transformer, seconds, log = train_transformer(cfg, normalised, embeds, masks, progress)
+        transformer.save_pretrained(work / "transformer")
+        stats = {"latents_mean": mean.tolist(), "latents_std": std.tolist(), "seconds": seconds,
+                 "final_loss": float(np.mean(log[-200:]))}
+        (work / "transformer_stats.json").write_text(json.dumps(stats, indent=2))
+    if not ((work / "vae").is_dir() and (work / "transformer").is_dir()):
+        return None  # a stage is still missing: the bundle is assembled once both exist
+
+    from diffusers import MochiTransformer3DModel
+
+    stats = json.loads((work / "transformer_stats.json").read_text())
+    vae = AutoencoderKLMochi.from_pretrained(work / "vae")
+    vae.register_to_config(latents_mean=tuple(stats["latents_mean"]), latents_std=tuple(stats["latents_std"]))
+    transformer = MochiTransformer3DModel.from_pretrained(work / "transformer")
+    info = {
+        "config": asdict(cfg),
+        "vae": json.loads((work / "vae_quality.json").read_text()),
+        "transformer": {k: stats[k] for k in ("seconds", "final_loss")},
+    }
+    # fp16 storage keeps the shipped bundle small; load with torch_dtype=torch.float32 to compute in fp32
+    save_bundle(Path(out_dir), vae=vae.half(), transformer=transformer.half(), text_encoder=text_encoder.half(),
+                tokenizer=tokenizer, info=info)
+    return Path(out_dir)

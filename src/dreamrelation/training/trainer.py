@@ -1,0 +1,531 @@
+"""Single-process trainer for the relation LoRA triplet (hybrid mask training + relational contrastive loss).
+
+One step: pick a batch; pick the HMT role (relation / subject1 / subject2, same choice for the whole batch,
+from its own seeded RNG); activate that role's adapters; rectified-flow loss with the role's mask; plus the
+contrastive loss; AdamW over *all* adapter parameters (inactive ones get no gradient and are skipped).
+
+Everything random comes from two CPU generators saved in the checkpoints, so a resumed run reproduces an
+uninterrupted one exactly on CPU. Later multi-GPU work: seed ``data_gen`` per rank, keep ``hmt_gen`` shared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from dreamrelation.errors import UserError
+from dreamrelation.models.adapters import (
+    adapter_parameters,
+    adapter_roles,
+    add_relation_adapters,
+    named_adapter_parameters,
+    save_adapters,
+    set_active_roles,
+)
+from dreamrelation.training.config import HMT_CHOICES, OptimConfig, TrainConfig
+from dreamrelation.training.losses import RelationalContrastiveLoss, flow_matching_inputs, masked_mse
+
+CHOICES = (*HMT_CHOICES, "all")  # "all": HMT disabled, every adapter on, plain MSE
+CHECKPOINT_FORMAT = "dreamrelation-checkpoint-v1"
+_CKPT_RE = re.compile(r"^step_(\d+)\.safetensors$")
+
+
+@dataclass
+class TrainingSample:
+    """One training video, already encoded.
+
+    ``latents`` (C, F, h, w): VAE latents normalised as the Mochi pipeline expects (or the posterior mean when
+    ``latent_logvar`` is given; then a latent is sampled every step). ``prompt_embeds`` (L, D) and
+    ``prompt_mask`` (L,) from T5. ``masks`` (2, F, h, w): latent masks of subject 1 and 2 (needed for HMT).
+    """
+
+    latents: torch.Tensor
+    prompt_embeds: torch.Tensor
+    prompt_mask: torch.Tensor
+    masks: torch.Tensor | None = None
+    latent_logvar: torch.Tensor | None = None
+    name: str = ""
+
+
+@dataclass
+class TrainResult:
+    """Per-step history (including steps before a resume), timings and output paths."""
+
+    losses: list[float]
+    choices: list[str]
+    lrs: list[float]
+    step_seconds: list[float]
+    total_seconds: float
+    start_step: int
+    out_dir: Path
+    adapter_dir: Path
+    checkpoint: Path | None
+    parts: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def seconds_per_step(self) -> float:
+        """Mean wall time of the steps run in this call."""
+        new = self.step_seconds[self.start_step :]
+        return sum(new) / max(len(new), 1)
+
+
+# ----------------------------------------------------------------------------------------------- schedule
+
+
+def lr_at(step: int, cfg: OptimConfig) -> float:
+    """Learning rate for 0-based ``step``: linear warm-up to ``lr`` then cosine decay to ``lr * min_lr_ratio``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(cfg.steps - cfg.warmup_steps, 1)
+    progress = min((step - cfg.warmup_steps) / span, 1.0)
+    low = cfg.lr * cfg.min_lr_ratio
+    return low + 0.5 * (cfg.lr - low) * (1.0 + math.cos(math.pi * progress))
+
+
+def roles_for_choice(choice: str, roles: Sequence[str]) -> list[str]:
+    """Adapters active for an HMT choice. Roles other than relation/subject1/subject2 (``output``, ``direct``)
+    are always on; roles missing from the placement (ablations) are skipped."""
+    if choice == "all":
+        return list(roles)
+    wanted = {
+        "relation": {"relation", "subject1", "subject2"},
+        "subject1": {"subject1"},
+        "subject2": {"subject2"},
+    }
+    return [r for r in roles if r in wanted[choice] or r not in HMT_CHOICES]
+
+
+def mask_for_choice(choice: str, masks: torch.Tensor) -> torch.Tensor:
+    """Loss mask (B, F, h, w) from subject masks (B, 2, F, h, w): union for relation, one subject otherwise."""
+    if choice == "relation":
+        return masks.amax(dim=1)
+    return masks[:, HMT_CHOICES.index(choice) - 1]
+
+
+def batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
+    """Sample indices of a step: consecutive slices of per-epoch permutations (stateless, so resumable)."""
+    out = []
+    for k in range(step * batch_size, (step + 1) * batch_size):
+        epoch, pos = divmod(k, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch + 7))
+        out.append(int(perm[pos]))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- data
+
+
+def _check_samples(samples: Sequence[TrainingSample], need_masks: bool) -> None:
+    if not samples:
+        raise UserError("no training samples: give at least one encoded video")
+    ref = samples[0]
+    for i, s in enumerate(samples):
+        name = s.name or f"sample {i}"
+        if s.latents.ndim != 4 or s.latents.shape != ref.latents.shape:
+            raise UserError(
+                f"{name}: latents {tuple(s.latents.shape)}, expected (C, F, h, w) = {tuple(ref.latents.shape)}"
+            )
+        if (
+            s.prompt_embeds.shape != ref.prompt_embeds.shape
+            or s.prompt_mask.shape != s.prompt_embeds.shape[:1]
+        ):
+            raise UserError(
+                f"{name}: prompt embeddings {tuple(s.prompt_embeds.shape)} / mask {tuple(s.prompt_mask.shape)} "
+                "do not match the others; pad all prompts to the same token count"
+            )
+        if need_masks and (s.masks is None or s.masks.shape != (2, *s.latents.shape[1:])):
+            got = None if s.masks is None else tuple(s.masks.shape)
+            raise UserError(
+                f"{name}: hybrid mask training needs latent masks (2, F, h, w) = "
+                f"{(2, *s.latents.shape[1:])}, got {got}"
+            )
+
+
+def collate(
+    samples: Sequence[TrainingSample],
+    idx: Sequence[int],
+    device: torch.device,
+    gen: torch.Generator,
+    caption_dropout: float,
+) -> dict[str, torch.Tensor]:
+    """Stack a batch on ``device``; sample latents from mean/logvar; zero dropped captions (embedding and mask)."""
+    batch = [samples[i] for i in idx]
+    drop = torch.rand(len(batch), generator=gen) < caption_dropout
+    latents = []
+    for s in batch:
+        z = s.latents.float()
+        if s.latent_logvar is not None:
+            z = z + torch.exp(0.5 * s.latent_logvar.float()) * torch.randn(z.shape, generator=gen)
+        latents.append(z)
+    emb = torch.stack([s.prompt_embeds.float() for s in batch])
+    emask = torch.stack([s.prompt_mask.bool() for s in batch])
+    emb[drop] = 0.0
+    emask[drop] = False
+    out = {"latents": torch.stack(latents), "prompt_embeds": emb, "prompt_mask": emask}
+    if batch[0].masks is not None:
+        out["masks"] = torch.stack([s.masks.float() for s in batch])
+    return {k: v.to(device) for k, v in out.items()}
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint with the highest step in ``out_dir/checkpoints``, or None."""
+    folder = Path(out_dir) / "checkpoints"
+    found = [(int(m.group(1)), p) for p in folder.glob("step_*.safetensors") if (m := _CKPT_RE.match(p.name))]
+    return max(found)[1] if found else None
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _config_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+@dataclass
+class _State:
+    """Everything a checkpoint holds besides the model/optimizer: RNGs, banks, history."""
+
+    step: int
+    hmt_gen: torch.Generator
+    data_gen: torch.Generator
+    rcl: RelationalContrastiveLoss | None
+    history: dict[str, list] = field(default_factory=lambda: {k: [] for k in _HISTORY})
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        out = {
+            "rng.hmt": self.hmt_gen.get_state(),
+            "rng.data": self.data_gen.get_state(),
+            "rng.torch": torch.get_rng_state(),
+        }
+        if self.rcl is not None:
+            out.update({f"rcl.{k}": v for k, v in self.rcl.state_dict().items()})
+        return out
+
+
+_HISTORY = ("loss", "mse", "mask", "rcl", "lr", "seconds", "choice")
+
+
+def save_checkpoint(
+    path: Path,
+    transformer: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    state: _State,
+    snapshot: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write one safetensors checkpoint atomically (weights, flattened AdamW state, RNGs, banks, history)."""
+    params = named_adapter_parameters(transformer)
+    names = {id(p): n for n, p in params.items()}
+    tensors = {f"adapter.{n}": p for n, p in params.items()}
+    for p, st in optimizer.state.items():
+        for k, v in st.items():
+            tensors[f"optim.{names[id(p)]}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    tensors.update(snapshot if snapshot is not None else state.snapshot())
+    for k in _HISTORY:
+        vals = state.history[k]
+        if k == "choice":
+            tensors[f"history.{k}"] = torch.tensor([CHOICES.index(c) for c in vals], dtype=torch.int64)
+        else:
+            tensors[f"history.{k}"] = torch.tensor(vals, dtype=torch.float64)
+    meta = {"format": CHECKPOINT_FORMAT, "step": str(state.step), "config": json.dumps(_config_dict(cfg))}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_save(tensors, path, meta)
+    return path
+
+
+def load_checkpoint(
+    path: Path,
+    transformer: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    state: _State,
+) -> None:
+    """Restore what :func:`save_checkpoint` wrote into ``transformer``, ``optimizer`` and ``state``."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+    except Exception as exc:  # corrupt/truncated file: report, never delete
+        raise UserError(
+            f"cannot read checkpoint {path}: {exc}; remove it to resume from an earlier one"
+        ) from exc
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
+    saved = json.loads(meta["config"])
+    if saved["adapter"] != dataclasses.asdict(cfg.adapter):
+        raise UserError(
+            f"{path} was trained with adapter config {saved['adapter']}, not {dataclasses.asdict(cfg.adapter)}; "
+            "resume with the same adapter settings or use a new output directory"
+        )
+    params = named_adapter_parameters(transformer)
+    with torch.no_grad():
+        for n, p in params.items():
+            if f"adapter.{n}" not in tensors:
+                raise UserError(f"{path} lacks adapter weight {n}")
+            p.copy_(tensors[f"adapter.{n}"])
+    order = [p for g in optimizer.param_groups for p in g["params"]]
+    name_of = {id(p): n for n, p in params.items()}
+    opt_state: dict[int, dict[str, torch.Tensor]] = {}
+    for i, p in enumerate(order):
+        prefix = f"optim.{name_of[id(p)]}."
+        st = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if st:
+            opt_state[i] = st
+    sd = optimizer.state_dict()
+    optimizer.load_state_dict({"state": opt_state, "param_groups": sd["param_groups"]})
+    state.step = int(meta["step"])
+    state.hmt_gen.set_state(tensors["rng.hmt"])
+    state.data_gen.set_state(tensors["rng.data"])
+    torch.set_rng_state(tensors["rng.torch"])
+    if state.rcl is not None and "rcl.pos" in tensors:
+        state.rcl.load_state_dict({"pos": tensors["rcl.pos"], "neg": tensors["rcl.neg"]})
+    for k in _HISTORY:
+        vals = tensors[f"history.{k}"].tolist()
+        state.history[k] = [CHOICES[int(v)] for v in vals] if k == "choice" else vals
+
+
+def _write_loss_csv(out_dir: Path, history: dict[str, list]) -> None:
+    tmp = out_dir / ".loss.csv.tmp"
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["step", "choice", "loss", "mse", "mask_mse", "rcl", "lr", "seconds"])
+        for i in range(len(history["loss"])):
+            w.writerow([i + 1, history["choice"][i], *(f"{history[k][i]:.6g}" for k in _HISTORY[:-1])])
+    os.replace(tmp, out_dir / "loss.csv")
+
+
+@contextlib.contextmanager
+def _deferred_sigint() -> Iterator[dict[str, bool]]:
+    """First Ctrl-C asks the loop to stop after the current step (so the checkpoint is consistent);
+    a second one interrupts at once."""
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if flag["stop"]:
+            raise KeyboardInterrupt
+        flag["stop"] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# ------------------------------------------------------------------------------------------------- train
+
+
+def _as_dataclass(cfg: object) -> TrainConfig:
+    if isinstance(cfg, TrainConfig):
+        return cfg
+    from omegaconf import OmegaConf  # a DictConfig built from the structured config
+
+    obj = OmegaConf.to_object(cfg)
+    if not isinstance(obj, TrainConfig):
+        raise TypeError(f"expected a TrainConfig, got {type(obj).__name__}")
+    return obj
+
+
+def train_adapters(
+    transformer: torch.nn.Module,
+    samples: Sequence[TrainingSample],
+    cfg: TrainConfig,
+    out_dir: str | os.PathLike,
+    progress: bool = True,
+    resume: bool = False,
+    callback: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Add the adapters of ``cfg.adapter`` to ``transformer`` (or reuse identical ones) and train them.
+
+    Writes ``out_dir/checkpoints/step_N.safetensors`` every ``checkpoint_every`` steps and at the end,
+    ``out_dir/loss.csv``, ``out_dir/config.json`` and the final adapters ``out_dir/adapters/{role}.safetensors``
+    (diffusers LoRA format). ``resume=True`` continues from the latest checkpoint. Ctrl-C (or a
+    ``KeyboardInterrupt`` from ``callback(step, loss)``) saves a checkpoint and re-raises. A non-finite loss
+    raises :class:`UserError` without overwriting the last good checkpoint. With ``mixed_precision`` bf16
+    (the "auto" choice on CUDA) the base weights are cast to bf16 and the forward runs under autocast.
+    """
+    cfg = _as_dataclass(cfg)
+    oc, out = cfg.optim, Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = next(transformer.parameters()).device
+    bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and device.type == "cuda")
+    if cfg.mixed_precision not in ("auto", "bf16", "fp32"):
+        raise UserError(f"mixed_precision must be auto, bf16 or fp32, not {cfg.mixed_precision!r}")
+    _check_samples(samples, need_masks=cfg.hmt.enabled)
+
+    # adapters (deterministic init that leaves the global RNG alone)
+    roles = list(cfg.adapter.placement)
+    existing = adapter_roles(transformer)
+    if existing and existing != roles:
+        raise UserError(f"the transformer already has adapters {existing}, the config asks for {roles}")
+    if not existing:
+        if bf16:
+            transformer.to(torch.bfloat16)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(oc.seed)
+            add_relation_adapters(transformer, cfg.adapter)
+    probs = {c: float(p) for c, p in cfg.hmt.probs.items() if p > 0} if cfg.hmt.enabled else {"all": 1.0}
+    for c in probs:
+        if c not in CHOICES or not roles_for_choice(c, roles):
+            raise UserError(
+                f"HMT choice {c!r} has no adapter to train with placement {list(roles)}; "
+                "set its probability to 0 or add adapters"
+            )
+    choice_names, choice_probs = list(probs), torch.tensor(list(probs.values()), dtype=torch.float64)
+    if cfg.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    transformer.train()
+
+    groups = adapter_parameters(transformer, roles)
+    params = [p for r in roles for p in groups[r]]
+    optimizer = torch.optim.AdamW(params, lr=oc.lr, betas=tuple(oc.betas), weight_decay=oc.weight_decay)
+    rcl = RelationalContrastiveLoss.from_config(cfg.contrastive) if cfg.contrastive.enabled else None
+    state = _State(0, torch.Generator().manual_seed(oc.seed), torch.Generator().manual_seed(oc.seed + 1), rcl)
+    ckpt_dir = out / "checkpoints"
+    last_ckpt = latest_checkpoint(out) if resume else None
+    if last_ckpt is not None:
+        load_checkpoint(last_ckpt, transformer, optimizer, cfg, state)
+    (out / "config.json").write_text(json.dumps(_config_dict(cfg), indent=2))
+    start = state.step
+
+    def checkpoint(snapshot: dict[str, torch.Tensor] | None = None) -> Path:
+        path = save_checkpoint(
+            ckpt_dir / f"step_{state.step:06d}.safetensors", transformer, optimizer, cfg, state, snapshot
+        )
+        old = sorted(p for p in ckpt_dir.glob("step_*.safetensors") if _CKPT_RE.match(p.name))
+        for p in old[: max(len(old) - max(oc.keep_checkpoints, 1), 0)]:
+            p.unlink()
+        _write_loss_csv(out, state.history)
+        return path
+
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    bar = tqdm(total=oc.steps, initial=start, disable=not progress, desc="train", dynamic_ncols=True)
+    t_start = time.perf_counter()
+    snapshot = state.snapshot()
+    try:
+        with _deferred_sigint() as sigint:
+            while state.step < oc.steps:
+                t0 = time.perf_counter()
+                snapshot = (
+                    state.snapshot()
+                )  # RNG/bank state of the last completed step, for a mid-step interrupt
+                batch = collate(
+                    samples,
+                    batch_indices(state.step, oc.batch_size, len(samples), oc.seed),
+                    device,
+                    state.data_gen,
+                    oc.caption_dropout,
+                )
+                choice = choice_names[int(torch.multinomial(choice_probs, 1, generator=state.hmt_gen))]
+                set_active_roles(transformer, roles_for_choice(choice, roles))
+                noisy, timestep, target, _ = flow_matching_inputs(batch["latents"], state.data_gen)
+                with autocast:
+                    pred = transformer(
+                        hidden_states=noisy,
+                        encoder_hidden_states=batch["prompt_embeds"],
+                        timestep=timestep,
+                        encoder_attention_mask=batch["prompt_mask"],
+                        return_dict=False,
+                    )[0]
+                pred = pred.float()
+                mse = F.mse_loss(pred, target)
+                mask = (
+                    masked_mse(pred, target, mask_for_choice(choice, batch["masks"]))
+                    if choice != "all"
+                    else mse * 0
+                )
+                contrast = rcl(pred, state.data_gen) if rcl is not None else mse * 0
+                loss = mse + cfg.hmt.lambda_m * mask + cfg.contrastive.weight * contrast
+                lr = lr_at(state.step, oc)
+                if not torch.isfinite(loss):
+                    raise UserError(
+                        f"loss became {loss.item()} at step {state.step + 1} (choice {choice}, lr {lr:.3g}); "
+                        "lower optim.lr or check the latents; the last good checkpoint is kept"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, oc.grad_clip)
+                if not torch.isfinite(grad_norm):
+                    raise UserError(
+                        f"non-finite gradient at step {state.step + 1} (choice {choice}); lower optim.lr; "
+                        "the last good checkpoint is kept"
+                    )
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                optimizer.step()
+                state.step += 1
+                h = state.history
+                for k, v in (("loss", loss), ("mse", mse), ("mask", mask), ("rcl", contrast)):
+                    h[k].append(float(v.detach()))
+                h["lr"].append(lr)
+                h["seconds"].append(time.perf_counter() - t0)
+                h["choice"].append(choice)
+                bar.update(1)
+                if state.step % max(oc.log_every, 1) == 0 or state.step == oc.steps:
+                    bar.set_postfix(loss=f"{h['loss'][-1]:.4f}", lr=f"{lr:.2e}", refresh=False)
+                snapshot = state.snapshot()
+                if callback is not None:
+                    callback(state.step, h["loss"][-1])
+                if (
+                    oc.checkpoint_every > 0
+                    and state.step % oc.checkpoint_every == 0
+                    and state.step < oc.steps
+                ):
+                    last_ckpt = checkpoint(snapshot)
+                if sigint["stop"]:
+                    raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        bar.close()
+        # the history only holds completed steps; `snapshot` is the RNG/bank state right after the last one
+        path = checkpoint(snapshot)
+        tqdm.write(
+            f"interrupted: checkpoint of step {state.step} saved to {path}; rerun with resume to continue"
+        )
+        raise
+    bar.close()
+    if state.step > start or last_ckpt is None:
+        last_ckpt = checkpoint(snapshot)
+    set_active_roles(transformer, roles)
+    meta = {"method": cfg.method, "steps": state.step, "inference_roles": list(cfg.adapter.inference_roles)}
+    adapter_dir = out / "adapters"
+    save_adapters(transformer, adapter_dir, roles, metadata=meta)
+    _write_loss_csv(out, state.history)
+    h = state.history
+    return TrainResult(
+        losses=list(h["loss"]),
+        choices=list(h["choice"]),
+        lrs=list(h["lr"]),
+        step_seconds=list(h["seconds"]),
+        total_seconds=time.perf_counter() - t_start,
+        start_step=start,
+        out_dir=out,
+        adapter_dir=adapter_dir,
+        checkpoint=last_ckpt,
+        parts={k: list(h[k]) for k in ("mse", "mask", "rcl")},
+    )

@@ -1,0 +1,97 @@
+"""Atomic file writes: a file is either its old content or its complete new content, never half-written."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; rename it onto ``path`` on success, delete it on failure.
+
+    The temp file keeps ``path``'s suffix (or ``suffix`` if given) so that writers which pick a
+    format from the extension (PIL, PyAV) still work. Parent directories are created.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sfx = target.suffix if suffix is None else suffix
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{sfx}", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"atomic_path: nothing was written to the temp file for {target}")
+        # mkstemp creates 0600 files; give the result ordinary permissions.
+        with contextlib.suppress(OSError):
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (fsync'd temp file + rename)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+def _json_default(obj: Any) -> Any:
+    """Serialise numpy scalars/arrays, paths and sets that ``json`` does not know."""
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    tolist = getattr(obj, "tolist", None)  # numpy arrays / scalars, torch tensors
+    if callable(tolist):
+        return tolist()
+    item = getattr(obj, "item", None)
+    if callable(item):
+        return item()
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def _nan_to_none(obj: Any) -> Any:
+    """Recursively replace non-finite floats by ``None`` (strict JSON has no NaN/Infinity)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def atomic_write_json(
+    path: str | os.PathLike[str], obj: Any, indent: int = 2, nan_to_null: bool = True
+) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically (numpy values and paths are converted).
+
+    With ``nan_to_null`` (default) NaN/inf become ``null`` so the file is strict JSON.
+    """
+    if nan_to_null:
+        # round-trip through json to convert numpy values first, then drop non-finite floats
+        obj = _nan_to_none(json.loads(json.dumps(obj, default=_json_default, allow_nan=True)))
+    text = json.dumps(obj, indent=indent, default=_json_default, allow_nan=not nan_to_null)
+    return atomic_write_text(path, text + "\n")
