@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -220,3 +222,43 @@ def test_missing_masks_is_a_user_error(tmp_path) -> None:
     data[1].masks = None
     with pytest.raises(UserError, match="video1"):
         train_adapters(tiny(), data, small(TrainConfig()), tmp_path, progress=False)
+
+
+def test_bf16_base_with_fp32_adapters_on_cpu(tmp_path) -> None:
+    cfg = small(TrainConfig())
+    cfg.mixed_precision = "bf16"
+    model = tiny()
+    result = train_adapters(model, samples(), cfg, tmp_path, progress=False)
+    assert all(math.isfinite(x) for x in result.losses)
+    lora = {n for n, _ in model.named_parameters() if ".lora_" in n}
+    assert {p.dtype for n, p in model.named_parameters() if n in lora} == {torch.float32}
+    assert {p.dtype for n, p in model.named_parameters() if n not in lora} == {torch.bfloat16}
+
+
+def test_gradient_checkpointing_gives_the_same_run(tmp_path) -> None:
+    runs = []
+    for flag in (False, True):
+        cfg = small(TrainConfig(), steps=3)
+        cfg.gradient_checkpointing = flag
+        model = tiny()
+        runs.append(
+            (train_adapters(model, samples(), cfg, tmp_path / str(flag), progress=False).losses, model)
+        )
+    assert runs[0][0] == runs[1][0]
+    a, b = (dict(m.named_parameters()) for _, m in runs)
+    assert all(torch.equal(a[n], b[n]) for n in a if ".lora_" in n)
+
+
+def test_ctrl_c_finishes_the_step_saves_and_reraises(tmp_path) -> None:
+    previous = signal.getsignal(signal.SIGINT)
+
+    def press_ctrl_c(step: int, loss: float) -> None:
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        train_adapters(
+            tiny(), samples(), small(TrainConfig(), steps=6), tmp_path, progress=False, callback=press_ctrl_c
+        )
+    assert latest_checkpoint(tmp_path).name == "step_000002.safetensors"
+    assert signal.getsignal(signal.SIGINT) is previous

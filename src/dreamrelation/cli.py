@@ -63,8 +63,8 @@ def train(
     if method not in PRESET_NAMES:
         raise UserError(f"--method {method!r}: unknown preset; choose one of {', '.join(PRESET_NAMES)}")
     cfg = load_config(preset(method), config, overrides)
+    videos, captions, masks, names = load_exemplar_folder(data)  # check the user's data before the model
     pipe = load_pipeline(model)
-    videos, captions, masks, names = load_exemplar_folder(data)
     samples = prepare_samples(pipe, videos, captions, masks, names)
     result = train_adapters(pipe.transformer, samples, cfg, out, resume=resume)
     typer.echo(f"adapters: {result.adapter_dir}")

@@ -83,7 +83,7 @@ def random_shape_clips(batch: int, frames: int, size: int, gen: torch.Generator)
         diamond = dx.abs() + dy.abs() <= radius * 1.2
         inside = torch.where(kind == 0, disc, torch.where(kind == 1, box, diamond)) & present
         video = torch.where(inside[:, None], colour, video)
-    return video
+    return video.clamp(-1.0, 1.0)
 
 
 def train_vae(cfg: PretrainConfig, out_dir: Path, progress: bool = True):

@@ -214,6 +214,13 @@ class _State:
     rcl: RelationalContrastiveLoss | None
     history: dict[str, list] = field(default_factory=lambda: {k: [] for k in _HISTORY})
 
+    def record(self, losses: dict[str, torch.Tensor], lr: float, seconds: float, choice: str) -> None:
+        for k in ("loss", "mse", "mask", "rcl"):
+            self.history[k].append(float(losses[k].detach()))
+        self.history["lr"].append(lr)
+        self.history["seconds"].append(seconds)
+        self.history["choice"].append(choice)
+
     def snapshot(self) -> dict[str, torch.Tensor]:
         out = {
             "rng.hmt": self.hmt_gen.get_state(),
@@ -338,6 +345,44 @@ def _deferred_sigint() -> Iterator[dict[str, bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
+def compute_losses(
+    transformer: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    choice: str,
+    cfg: TrainConfig,
+    rcl: RelationalContrastiveLoss | None,
+    generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """Forward on noised latents (under the caller's autocast) and the fp32 loss terms:
+    ``loss = mse + lambda_m * mask + weight * rcl``.
+
+    ``choice`` "all" (HMT disabled) uses the plain MSE only (plus RCL when enabled).
+    """
+    noisy, timestep, target, _ = flow_matching_inputs(batch["latents"], generator)
+    pred = transformer(
+        hidden_states=noisy,
+        encoder_hidden_states=batch["prompt_embeds"],
+        timestep=timestep,
+        encoder_attention_mask=batch["prompt_mask"],
+        return_dict=False,
+    )[0].float()
+    with torch.autocast(pred.device.type, enabled=False):  # losses in fp32 even under bf16 autocast
+        mse = F.mse_loss(pred, target)
+        zero = mse.new_zeros(())
+        mask = zero if choice == "all" else masked_mse(pred, target, mask_for_choice(choice, batch["masks"]))
+        contrast = zero if rcl is None else rcl(pred, generator)
+        loss = mse + cfg.hmt.lambda_m * mask + cfg.contrastive.weight * contrast
+    return {"loss": loss, "mse": mse, "mask": mask, "rcl": contrast}
+
+
+def _check_finite(value: torch.Tensor, what: str, step: int, choice: str) -> None:
+    if not torch.isfinite(value):
+        raise UserError(
+            f"{what} became {value.item()} at step {step} (HMT choice {choice}); lower optim.lr or check the "
+            "training latents for NaN/inf. The last good checkpoint is kept; resume from it after the fix"
+        )
+
+
 # ------------------------------------------------------------------------------------------------- train
 
 
@@ -385,8 +430,8 @@ def train_adapters(
     if existing and existing != roles:
         raise UserError(f"the transformer already has adapters {existing}, the config asks for {roles}")
     if not existing:
-        if bf16:
-            transformer.to(torch.bfloat16)
+        if bf16:  # base in bf16 (Mochi keeps no module in fp32); nn.Module.to skips diffusers' warning
+            torch.nn.Module.to(transformer, dtype=torch.bfloat16)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(oc.seed)
             add_relation_adapters(transformer, cfg.adapter)
@@ -427,71 +472,35 @@ def train_adapters(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     bar = tqdm(total=oc.steps, initial=start, disable=not progress, desc="train", dynamic_ncols=True)
     t_start = time.perf_counter()
-    snapshot = state.snapshot()
+    snapshot = state.snapshot()  # RNGs/banks as of the last completed step (what a checkpoint must hold)
     try:
         with _deferred_sigint() as sigint:
             while state.step < oc.steps:
                 t0 = time.perf_counter()
-                snapshot = (
-                    state.snapshot()
-                )  # RNG/bank state of the last completed step, for a mid-step interrupt
-                batch = collate(
-                    samples,
-                    batch_indices(state.step, oc.batch_size, len(samples), oc.seed),
-                    device,
-                    state.data_gen,
-                    oc.caption_dropout,
-                )
+                idx = batch_indices(state.step, oc.batch_size, len(samples), oc.seed)
+                batch = collate(samples, idx, device, state.data_gen, oc.caption_dropout)
                 choice = choice_names[int(torch.multinomial(choice_probs, 1, generator=state.hmt_gen))]
                 set_active_roles(transformer, roles_for_choice(choice, roles))
-                noisy, timestep, target, _ = flow_matching_inputs(batch["latents"], state.data_gen)
                 with autocast:
-                    pred = transformer(
-                        hidden_states=noisy,
-                        encoder_hidden_states=batch["prompt_embeds"],
-                        timestep=timestep,
-                        encoder_attention_mask=batch["prompt_mask"],
-                        return_dict=False,
-                    )[0]
-                pred = pred.float()
-                mse = F.mse_loss(pred, target)
-                mask = (
-                    masked_mse(pred, target, mask_for_choice(choice, batch["masks"]))
-                    if choice != "all"
-                    else mse * 0
-                )
-                contrast = rcl(pred, state.data_gen) if rcl is not None else mse * 0
-                loss = mse + cfg.hmt.lambda_m * mask + cfg.contrastive.weight * contrast
+                    losses = compute_losses(transformer, batch, choice, cfg, rcl, state.data_gen)
                 lr = lr_at(state.step, oc)
-                if not torch.isfinite(loss):
-                    raise UserError(
-                        f"loss became {loss.item()} at step {state.step + 1} (choice {choice}, lr {lr:.3g}); "
-                        "lower optim.lr or check the latents; the last good checkpoint is kept"
-                    )
+                _check_finite(losses["loss"], "loss", state.step + 1, choice)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                losses["loss"].backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, oc.grad_clip)
-                if not torch.isfinite(grad_norm):
-                    raise UserError(
-                        f"non-finite gradient at step {state.step + 1} (choice {choice}); lower optim.lr; "
-                        "the last good checkpoint is kept"
-                    )
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
+                _check_finite(grad_norm, "gradient norm", state.step + 1, choice)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
                 optimizer.step()
+
                 state.step += 1
-                h = state.history
-                for k, v in (("loss", loss), ("mse", mse), ("mask", mask), ("rcl", contrast)):
-                    h[k].append(float(v.detach()))
-                h["lr"].append(lr)
-                h["seconds"].append(time.perf_counter() - t0)
-                h["choice"].append(choice)
+                state.record(losses, lr, time.perf_counter() - t0, choice)
+                snapshot = state.snapshot()
                 bar.update(1)
                 if state.step % max(oc.log_every, 1) == 0 or state.step == oc.steps:
-                    bar.set_postfix(loss=f"{h['loss'][-1]:.4f}", lr=f"{lr:.2e}", refresh=False)
-                snapshot = state.snapshot()
+                    bar.set_postfix(loss=f"{state.history['loss'][-1]:.4f}", lr=f"{lr:.2e}", refresh=False)
                 if callback is not None:
-                    callback(state.step, h["loss"][-1])
+                    callback(state.step, state.history["loss"][-1])
                 if (
                     oc.checkpoint_every > 0
                     and state.step % oc.checkpoint_every == 0
@@ -502,13 +511,13 @@ def train_adapters(
                     raise KeyboardInterrupt
     except KeyboardInterrupt:
         bar.close()
-        # the history only holds completed steps; `snapshot` is the RNG/bank state right after the last one
-        path = checkpoint(snapshot)
-        tqdm.write(
-            f"interrupted: checkpoint of step {state.step} saved to {path}; rerun with resume to continue"
-        )
+        path = checkpoint(
+            snapshot
+        )  # history holds completed steps only; weights are updated only at their end
+        tqdm.write(f"interrupted: step {state.step} saved to {path}; rerun with resume to continue")
         raise
-    bar.close()
+    finally:
+        bar.close()
     if state.step > start or last_ckpt is None:
         last_ckpt = checkpoint(snapshot)
     set_active_roles(transformer, roles)
