@@ -139,7 +139,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict:
         timings[f"train_{method}_s_per_step"] = result.seconds_per_step
         set_active_roles(pipe.transformer, train_cfg.adapter.inference_roles, trainable=False)
         results[method] = sample_all(method)
-    set_active_roles(pipe.transformer, [], trainable=False)
+        pipe.transformer.delete_adapters(list(train_cfg.adapter.placement))  # the next method starts clean
 
     console.print("5/5 evaluating with the toy tracker and writing the report")
     rows, per_video = [], []
