@@ -44,15 +44,34 @@ def demo(
 
 @app.command()
 def train(
-    data: Path = typer.Argument(..., help="Folder of exemplar videos (.mp4 + same-name .txt captions) and masks/."),
+    data: Path = typer.Argument(
+        ..., help="Folder of exemplar videos (.mp4 + same-name .txt captions) and masks/."
+    ),
     overrides: list[str] = typer.Argument(None, help="Trainer overrides such as optim.steps=500."),
-    model: Path = typer.Option(None, "--model", "-m", help="diffusers-format Mochi directory (default: toy bundle)."),
+    model: Path = typer.Option(
+        None, "--model", "-m", help="diffusers-format Mochi directory (default: toy bundle)."
+    ),
     method: str = typer.Option("dreamrelation", help="Method or ablation preset (e.g. direct_lora, wo_hmt)."),
     config: Path = typer.Option(None, "--config", "-c", help="YAML file with TrainConfig fields."),
-    out: Path = typer.Option(Path("runs/train"), "--out", help="Run folder: checkpoints, adapters, loss.csv."),
+    out: Path = typer.Option(
+        Path("runs/train"), "--out", help="Run folder: checkpoints, adapters, loss.csv."
+    ),
     resume: bool = typer.Option(False, help="Continue from the latest checkpoint in --out."),
+    num_gpus: int = typer.Option(
+        1, "--num-gpus", help="Data-parallel processes (re-launches under accelerate)."
+    ),
 ) -> None:
-    """Train relation adapters on a folder of exemplar videos with colour-coded masks."""
+    """Train relation adapters on exemplar videos with colour-coded masks, or on a `prepare`d folder.
+
+    Several GPUs: `--num-gpus N`, or `accelerate launch -m dreamrelation.cli train ...`; the batch size
+    is per process and every rank trains the same adapters each step.
+    """
+    from dreamrelation.training.distributed import init_distributed, inside_launch, launch_distributed
+
+    if num_gpus > 1 and not inside_launch():
+        argv = _argv_without("--num-gpus")
+        raise typer.Exit(launch_distributed(num_gpus, argv))
+    init_distributed()
     from dreamrelation.config import load_config
     from dreamrelation.data.folder import load_exemplar_folder
     from dreamrelation.data.prepare import prepare_samples
@@ -63,18 +82,181 @@ def train(
     if method not in PRESET_NAMES:
         raise UserError(f"--method {method!r}: unknown preset; choose one of {', '.join(PRESET_NAMES)}")
     cfg = load_config(preset(method), config, overrides)
-    videos, captions, masks, names = load_exemplar_folder(data)  # check the user's data before the model
-    pipe = load_pipeline(model)
-    samples = prepare_samples(pipe, videos, captions, masks, names)
+    if (data / "manifest.json").is_file():  # a folder written by `dreamrelation prepare`
+        from dreamrelation.data.prepare_folder import load_prepared
+
+        samples = load_prepared(data)
+        pipe = load_pipeline(model)
+    else:
+        videos, captions, masks, names = load_exemplar_folder(data)  # check the user's data before the model
+        pipe = load_pipeline(model)
+        samples = prepare_samples(pipe, videos, captions, masks, names)
     result = train_adapters(pipe.transformer, samples, cfg, out, resume=resume)
     typer.echo(f"adapters: {result.adapter_dir}")
+
+
+def _argv_without(option: str) -> list[str]:
+    """The command-line arguments after the program name, minus ``option`` and its value."""
+    args, out, skip = sys.argv[1:], [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
+
+
+@app.command()
+def prepare(
+    src: Path = typer.Argument(..., help="Folder of videos (+ same-name .txt captions) and masks/NAME/."),
+    out: Path = typer.Argument(
+        ..., help="Cache folder: samples/*.safetensors + manifest.json (re-runs skip)."
+    ),
+    model: Path = typer.Option(
+        None, "--model", "-m", help="diffusers-format Mochi directory (default: toy bundle)."
+    ),
+    num_frames: int = typer.Option(None, help="Frames per clip, 6k+1 (default: Mochi 61, toy 25)."),
+    height: int = typer.Option(None, help="Height (default: Mochi 480, toy 64)."),
+    width: int = typer.Option(None, help="Width (default: Mochi 848, toy 64)."),
+    fps: float = typer.Option(30.0, help="Resample the clip to this frame rate."),
+    start: float = typer.Option(0.0, help="Clip start in seconds."),
+    resize: str = typer.Option("crop", help="crop (centre-crop) or pad."),
+    caption: str = typer.Option(None, help="One caption for every video (instead of .txt files)."),
+    caption_template: str = typer.Option(None, help="e.g. 'A {subject1} is high-fiving with a {subject2}.'"),
+    subjects: Path = typer.Option(None, help="JSON with subject1/subject2 mask colours (and names)."),
+    preview: bool = typer.Option(False, help="Write previews/NAME.png with the masks overlaid."),
+) -> None:
+    """Encode videos, captions and masks into a training cache; one line per bad input, good files kept."""
+    from dreamrelation.data.prepare_folder import prepare_folder
+    from dreamrelation.sampling.generate import TOY_BUNDLE
+
+    model_path = model or TOY_BUNDLE
+    toy = model is None
+    report = prepare_folder(
+        src,
+        out,
+        model_path,
+        num_frames=num_frames or (25 if toy else 61),
+        height=height or (64 if toy else 480),
+        width=width or (64 if toy else 848),
+        fps=fps,
+        start=start,
+        resize=resize,
+        caption=caption,
+        caption_template=caption_template,
+        subjects=str(subjects) if subjects else None,
+        preview=preview,
+    )
+    for problem in report.problems:
+        typer.secho(f"error: {problem}", fg=typer.colors.RED, err=True)
+    typer.echo(report.summary())
+    if not report.ok:
+        raise typer.Exit(2)
+
+
+@app.command()
+def generate(
+    prompts: list[str] = typer.Argument(None, help="Prompts (or --prompts-file)."),
+    prompts_file: Path = typer.Option(
+        None,
+        "--prompts-file",
+        "-f",
+        help="Text file, one prompt per line, or CSV with prompt[,seed] columns.",
+    ),
+    model: Path = typer.Option(
+        None, "--model", "-m", help="diffusers-format Mochi directory (default: toy bundle)."
+    ),
+    adapters: list[Path] = typer.Option(
+        None, "--adapters", "-a", help="Adapter folder (e.g. runs/train/adapters) or adapter files (repeat)."
+    ),
+    role: list[str] = typer.Option(
+        None, "--role", "-r", help="Role[=strength], repeatable (default: the recorded inference roles)."
+    ),
+    seed: list[int] = typer.Option([0], "--seed", "-s", help="Seed (repeat for several)."),
+    out: Path = typer.Option(Path("runs/generate"), "--out", help="Output folder."),
+    steps: int = typer.Option(None, help="Sampling steps (default: Mochi 64, toy 32)."),
+    guidance: float = typer.Option(None, help="CFG scale (default: Mochi 6.0, toy 4.0)."),
+    guidance_schedule: str = typer.Option(
+        None, help="Per-step CFG: 'linear:6->3' or comma-separated values."
+    ),
+    gif: bool = typer.Option(False, help="Also write a GIF per video."),
+    offload: str = typer.Option("none", help="CPU offload on a GPU machine: none, model or sequential."),
+    vae_tiling: bool = typer.Option(False, help="Decode with the tiled VAE (less memory)."),
+    dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16."),
+    device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
+    num_frames: int = typer.Option(None, help="Frames, 6k+1 (default: Mochi 61, toy 25)."),
+    height: int = typer.Option(None, help="Height in pixels (default: Mochi 480, toy 64)."),
+    width: int = typer.Option(None, help="Width in pixels (default: Mochi 848, toy 64)."),
+    fps: float = typer.Option(None, help="Frame rate of the written videos (default: Mochi 30, toy 8)."),
+) -> None:
+    """Generate videos with relation adapters: MP4 (+GIF) and a JSON sidecar per video, a contact sheet."""
+    from dreamrelation.sampling.run import run_generate
+
+    run_generate(
+        prompts=prompts,
+        prompts_file=prompts_file,
+        model=model,
+        adapters=adapters,
+        roles=role,
+        seeds=seed,
+        out=out,
+        steps=steps,
+        guidance=guidance,
+        guidance_schedule=guidance_schedule,
+        gif=gif,
+        offload=offload,
+        vae_tiling=vae_tiling,
+        dtype=dtype,
+        device=device,
+        num_frames=num_frames,
+        height=height,
+        width=width,
+        fps=fps,
+    )
+
+
+@app.command()
+def export(
+    adapters: Path = typer.Argument(
+        ..., help="Adapter folder (e.g. runs/train/adapters) or one adapter file."
+    ),
+    out: Path = typer.Argument(..., help="Output .safetensors file (or a folder)."),
+    format: str = typer.Option("comfyui", "--format", help="comfyui or genmo."),
+    role: list[str] = typer.Option(
+        None, "--role", "-r", help="Role[=strength] to merge in (default: relation + output)."
+    ),
+) -> None:
+    """Export adapters as one LoRA file for ComfyUI's Mochi loader or genmo's fine-tuner/sampler."""
+    from dreamrelation.sampling.run import run_export
+
+    run_export(adapters, out, format=format, roles=role)
+
+
+@app.command("import")
+def import_(
+    checkpoint: Path = typer.Argument(
+        ..., help="Public DreamRelation .pt/.safetensors or genmo fine-tuner LoRA."
+    ),
+    out: Path = typer.Argument(..., help="Folder for the converted {role}.safetensors files."),
+    model: Path = typer.Option(
+        None, "--model", "-m", help="diffusers Mochi directory to check shapes against."
+    ),
+) -> None:
+    """Import a public DreamRelation or genmo LoRA checkpoint (pickles are loaded with weights_only=True)."""
+    from dreamrelation.sampling.run import run_import
+
+    run_import(checkpoint, out, model=model)
 
 
 @toy_app.command("pretrain")
 def toy_pretrain(
     out: Path = typer.Option(None, "--out", help="Bundle directory (default: the packaged toy bundle)."),
     stage: list[str] = typer.Option(["vae", "transformer"], help="Stages to run: vae, transformer."),
-    overrides: list[str] = typer.Argument(None, help="PretrainConfig overrides such as transformer_steps=1000."),
+    overrides: list[str] = typer.Argument(
+        None, help="PretrainConfig overrides such as transformer_steps=1000."
+    ),
     work_dir: Path = typer.Option(Path("runs/toy-pretrain"), help="Where stage results are kept."),
 ) -> None:
     """Pretrain the toy Mochi (VAE on random shapes, transformer on base relations only); seeded."""
@@ -87,7 +269,9 @@ def toy_pretrain(
         raise UserError(f"--stage {unknown[0]!r}: choose vae and/or transformer")
     cfg = load_config(PretrainConfig, None, overrides)
     bundle = pretrain(out or TOY_BUNDLE, cfg, tuple(stage), work_dir=work_dir)
-    typer.echo(f"bundle: {bundle}" if bundle else f"stage results in {work_dir}; run the other stage to finish")
+    typer.echo(
+        f"bundle: {bundle}" if bundle else f"stage results in {work_dir}; run the other stage to finish"
+    )
 
 
 @toy_app.command("render")
@@ -116,7 +300,9 @@ def toy_relations() -> None:
     from dreamrelation.toy import world
 
     for rel in world.RELATIONS.values():
-        typer.echo(f"{rel.name:20s} {'held-out' if rel.held_out else 'base    '}  {world.caption_template(rel)}")
+        typer.echo(
+            f"{rel.name:20s} {'held-out' if rel.held_out else 'base    '}  {world.caption_template(rel)}"
+        )
 
 
 def main() -> None:

@@ -81,7 +81,9 @@ def render_exemplars(cfg: DemoConfig, out_dir: Path):
         spec = world.sample_video_spec(rng, relations=[cfg.relation], person_prob=1.0)
         video = render_video(spec)
         name = f"exemplar{i:03d}"
-        write_video(out_dir / "videos" / f"{name}.mp4", video.frames, fps=world.FPS, scale=1)  # data: native size
+        write_video(
+            out_dir / "videos" / f"{name}.mp4", video.frames, fps=world.FPS, scale=1
+        )  # data: native size
         atomic_write_text(out_dir / "videos" / f"{name}.txt", video.caption + "\n")
         write_colour_masks(out_dir / "masks" / name, video.masks)
         videos.append(video.frames)
@@ -134,7 +136,9 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict:
         train_cfg = toy_recipe(method, cfg)
         console.print(f"{step}/5 training {method} ({train_cfg.optim.steps} steps), then generating")
         t = time.time()
-        result = train_adapters(pipe.transformer, samples, train_cfg, out / "train" / method, progress=progress)
+        result = train_adapters(
+            pipe.transformer, samples, train_cfg, out / "train" / method, progress=progress
+        )
         timings[f"train_{method}_s"] = time.time() - t
         timings[f"train_{method}_s_per_step"] = result.seconds_per_step
         set_active_roles(pipe.transformer, train_cfg.adapter.inference_roles, trainable=False)
@@ -151,8 +155,15 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict:
             write_gif(out / "videos" / f"{stem}.gif", video, fps=world.FPS)
             score = evaluate_video(video, (s1, s2), cfg.relation, exemplar_subjects=exemplar_subjects)
             scores.append(score)
-            per_video.append({"method": method, "prompt": prompt, "seed": seed, "video": f"videos/{stem}.mp4",
-                              **{k: v for k, v in score.items() if isinstance(v, (int, float, str, bool))}})
+            per_video.append(
+                {
+                    "method": method,
+                    "prompt": prompt,
+                    "seed": seed,
+                    "video": f"videos/{stem}.mp4",
+                    **{k: v for k, v in score.items() if isinstance(v, (int, float, str, bool))},
+                }
+            )
         row = {"method": method}
         for key in ("relation_correct", "appearance", "leakage", "temporal_consistency"):
             mean, low, high = mean_ci95([float(s[key]) for s in scores])
@@ -162,7 +173,8 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict:
 
     first_seed = [i for i, job in enumerate(jobs) if job[2] == cfg.seeds[0]]
     sheet = contact_sheet(
-        [[videos[i] for i in range(min(4, len(videos)))]] + [[results[m][i] for i in first_seed] for m in results],
+        [[videos[i] for i in range(min(4, len(videos)))]]
+        + [[results[m][i] for i in first_seed] for m in results],
         row_labels=["exemplars"] + list(results),
         col_labels=[jobs[i][0] for i in first_seed],
     )
@@ -174,14 +186,23 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict:
         ["method", "relation_correct", "appearance", "leakage", "temporal_consistency"],
         {"relation_correct": ".3f", "appearance": ".3f", "leakage": ".3f", "temporal_consistency": ".3f"},
     )
-    data = {"config": cfg.__dict__, "relation": cfg.relation, "prompts": prompts, "results": rows,
-            "videos": per_video, "timings": timings}
+    data = {
+        "config": cfg.__dict__,
+        "relation": cfg.relation,
+        "prompts": prompts,
+        "results": rows,
+        "videos": per_video,
+        "timings": timings,
+    }
     sections = [
-        ("Setup", f"Relation **{relation.phrase}** learned from {cfg.num_exemplars} person exemplars; "
-                  f"{len(prompts)} prompts with new subjects x {len(cfg.seeds)} seeds per method. "
-                  "Scores from the toy tracker: relation accuracy (classifier over all relations), appearance "
-                  "(prompted colour and shape present), leakage (exemplar appearance present), temporal "
-                  "consistency (consecutive-frame cosine)."),
+        (
+            "Setup",
+            f"Relation **{relation.phrase}** learned from {cfg.num_exemplars} person exemplars; "
+            f"{len(prompts)} prompts with new subjects x {len(cfg.seeds)} seeds per method. "
+            "Scores from the toy tracker: relation accuracy (classifier over all relations), appearance "
+            "(prompted colour and shape present), leakage (exemplar appearance present), temporal "
+            "consistency (consecutive-frame cosine).",
+        ),
         ("Results", table),
         ("Contact sheet", "![contact sheet](contact_sheet.png)"),
         ("Timings (s)", markdown_table([timings], list(timings), {k: ".1f" for k in timings})),

@@ -13,7 +13,9 @@ from dreamrelation.utils.media import read_video
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".avi", ".mkv", ".gif")
 
 
-def load_exemplar_folder(folder: str | Path) -> tuple[list[np.ndarray], list[str], list[np.ndarray], list[str]]:
+def load_exemplar_folder(
+    folder: str | Path,
+) -> tuple[list[np.ndarray], list[str], list[np.ndarray], list[str]]:
     """Videos uint8 ``(T, H, W, 3)``, captions, masks bool ``(2, T, H, W)`` and names, sorted by name.
 
     Every problem (missing caption, missing mask folder, frame-count mismatch) is collected and reported
@@ -21,7 +23,11 @@ def load_exemplar_folder(folder: str | Path) -> tuple[list[np.ndarray], list[str
     """
     folder = Path(folder)
     video_dir = folder / "videos" if (folder / "videos").is_dir() else folder
-    paths = sorted(p for p in video_dir.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES) if video_dir.is_dir() else []
+    paths = (
+        sorted(p for p in video_dir.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+        if video_dir.is_dir()
+        else []
+    )
     if not paths:
         raise UserError(f"{video_dir}: no videos ({', '.join(VIDEO_SUFFIXES)}) found")
     videos, captions, masks, names, problems = [], [], [], [], []
@@ -50,4 +56,3 @@ def load_exemplar_folder(folder: str | Path) -> tuple[list[np.ndarray], list[str
     if problems:
         raise UserError("; ".join(problems))
     return videos, captions, masks, names
-

@@ -1,8 +1,24 @@
-"""Sampling: load a Mochi-architecture pipeline (toy bundle or real Mochi), pick adapters, generate."""
+"""Sampling: load a Mochi-architecture pipeline (toy bundle or real Mochi), pick adapters, generate.
+
+Mochi sampling as in the paper and genmo's code: ``FlowMatchEulerDiscreteScheduler(invert_sigmas=True)``
+(timestep = (1 - sigma) * 1000), the pipeline's linear-quadratic sigma schedule (threshold 0.025), an empty
+negative prompt whose embedding is zeroed (``force_zeros_for_empty_prompt``), classifier-free guidance
+(optionally a per-step schedule, applied through ``callback_on_step_end``).
+
+diffusers zeroes an empty negative prompt's token ids and attention mask (``force_zeros_for_empty_prompt``)
+where genmo zeroes its embedding and mask; with the mask all zero the embedding never enters attention
+or the caption pooler, so both give the same latents (checked: max difference 1.4e-6 on a tiny model).
+"""
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import os
+import re
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,29 +27,122 @@ import torch
 from dreamrelation.errors import UserError
 
 TOY_BUNDLE = Path(__file__).resolve().parent.parent / "assets" / "toy-mochi"
+PAPER_ROLES = ("relation", "output")
+OFFLOAD_MODES = ("none", "model", "sequential")
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+#: Defaults per model kind: (steps, guidance, fps). Mochi: the paper's 64 Euler steps, CFG 6.0, 30 fps.
+MOCHI_DEFAULTS = (64, 6.0, 30.0)
+TOY_DEFAULTS = (32, 4.0, 8.0)
+#: A CFG value of exactly 1 inside a schedule that uses CFG elsewhere is run as this (see `guidance_values`).
+CFG_ONE = 1.0 + 1e-6
 
 
-def load_pipeline(path: str | Path | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """A ``MochiPipeline`` from a diffusers-format directory (default: the shipped toy bundle)."""
+def load_pipeline(
+    path: str | Path | None = None, dtype: torch.dtype = torch.float32, device: str | None = "cpu"
+):
+    """A ``MochiPipeline`` from a diffusers-format directory (default: the shipped toy bundle).
+
+    ``device=None`` leaves it on the CPU without moving (for CPU offloading).
+    """
     from diffusers import MochiPipeline
 
     path = Path(path) if path else TOY_BUNDLE
     if not (path / "model_index.json").is_file():
         hint = " (run `dreamrelation toy pretrain` to rebuild the toy bundle)" if path == TOY_BUNDLE else ""
         raise UserError(f"{path}: not a diffusers MochiPipeline directory (no model_index.json){hint}")
-    pipe = MochiPipeline.from_pretrained(path, torch_dtype=dtype).to(device)
+    pipe = MochiPipeline.from_pretrained(path, torch_dtype=dtype)
+    if device is not None:
+        pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
+def is_toy(pipe) -> bool:
+    """Whether ``pipe`` is a toy-sized model (short text context) rather than Mochi 1."""
+    return getattr(pipe, "toy_info", None) is not None or pipe.transformer.config.max_sequence_length <= 64
+
+
 def video_geometry(pipe) -> tuple[int, int, int]:
     """Default ``(num_frames, height, width)``: the toy bundle's, else Mochi's 61 x 480 x 848."""
-    info = getattr(pipe, "toy_info", None)
-    if info is None and pipe.transformer.config.max_sequence_length <= 64:
+    if is_toy(pipe):
         from dreamrelation.toy import world
 
         return world.NUM_FRAMES, world.HEIGHT, world.WIDTH
     return 61, 480, 848
+
+
+def sampling_defaults(pipe) -> tuple[int, float, float]:
+    """``(steps, guidance, fps)`` defaults: Mochi's 64 / 6.0 / 30, or the toy's 32 / 4.0 / 8."""
+    return TOY_DEFAULTS if is_toy(pipe) else MOCHI_DEFAULTS
+
+
+def prepare_mochi_sampling(pipe) -> None:
+    """Make ``pipe`` sample as genmo does: inverted-sigma flow-matching Euler, zeroed empty negative prompt."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    sched = pipe.scheduler
+    if not isinstance(sched, FlowMatchEulerDiscreteScheduler) or not sched.config.get("invert_sigmas", False):
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(sched.config, invert_sigmas=True)
+    if not pipe.config.get("force_zeros_for_empty_prompt", False):
+        pipe.register_to_config(force_zeros_for_empty_prompt=True)
+
+
+def guidance_values(schedule: str | Sequence[float] | None, steps: int, guidance: float) -> list[float]:
+    """Per-step CFG scales: ``None`` (constant ``guidance``), a list of ``steps`` values, a comma-separated
+    string, or ``"linear:a->b"`` (linearly from a at the first step to b at the last).
+
+    diffusers' pipeline decides at the start whether to batch the unconditional branch (scale > 1), so a
+    schedule must be all > 1, or constant <= 1 (no CFG). Inside a CFG schedule a value of exactly 1 is run as
+    ``1 + 1e-6`` (the conditional prediction up to 1e-6 of the guidance term); values below 1 are refused.
+    """
+    if schedule is None or (isinstance(schedule, str) and not schedule.strip()):
+        return [float(guidance)] * steps
+    if isinstance(schedule, str):
+        text = schedule.strip()
+        m = re.fullmatch(r"linear:\s*([-+0-9.eE]+)\s*->\s*([-+0-9.eE]+)", text)
+        try:
+            if m:
+                values = np.linspace(float(m[1]), float(m[2]), steps).tolist()
+            else:
+                values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
+        except ValueError as exc:
+            raise UserError(
+                f"guidance schedule {schedule!r}: use 'linear:6->3' or comma-separated numbers"
+            ) from exc
+    else:
+        values = [float(v) for v in schedule]
+    if len(values) != steps:
+        raise UserError(f"guidance schedule has {len(values)} values but there are {steps} steps")
+    if not all(np.isfinite(values)):
+        raise UserError("guidance schedule: values must be finite numbers")
+    if any(v > 1 for v in values):
+        if any(v < 1 for v in values):
+            raise UserError(
+                "guidance schedule: mixing values above and below 1 is not supported (CFG on/off)"
+            )
+        values = [CFG_ONE if v == 1 else v for v in values]
+    elif len(set(values)) > 1:
+        raise UserError("guidance schedule: values <= 1 (no CFG) must be constant")
+    return values
+
+
+class GuidanceSchedule:
+    """``callback_on_step_end`` that sets the pipeline's CFG scale for the next step."""
+
+    def __init__(self, values: Sequence[float]) -> None:
+        self.values = list(values)
+
+    def __call__(self, pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        if step + 1 < len(self.values):
+            pipe._guidance_scale = self.values[step + 1]
+        return {}
 
 
 @torch.no_grad()
@@ -46,10 +155,16 @@ def generate_videos(
     num_frames: int | None = None,
     height: int | None = None,
     width: int | None = None,
+    guidance_schedule: str | Sequence[float] | None = None,
 ) -> list[np.ndarray]:
-    """One uint8 ``(T, H, W, 3)`` video per (prompt, seed) pair, in order; the active adapters apply."""
+    """One uint8 ``(T, H, W, 3)`` video per (prompt, seed) pair, in order; the active adapters apply.
+
+    The initial noise comes from a CPU generator seeded with ``seed``: the same seed gives the same video
+    on the same device. ``guidance_schedule``: see :func:`guidance_values`.
+    """
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds must have equal length")
+    values = guidance_values(guidance_schedule, num_inference_steps, guidance_scale)
     default_frames, default_height, default_width = video_geometry(pipe)
     videos = []
     for prompt, seed in zip(prompts, seeds, strict=True):
@@ -60,10 +175,326 @@ def generate_videos(
             height=height or default_height,
             width=width or default_width,
             num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
+            guidance_scale=values[0],
             generator=torch.Generator().manual_seed(int(seed)),
             max_sequence_length=int(pipe.transformer.config.max_sequence_length),
             output_type="np",
+            callback_on_step_end=GuidanceSchedule(values) if len(set(values)) > 1 else None,
         )
         videos.append((np.clip(out.frames[0], 0, 1) * 255).round().astype(np.uint8))
     return videos
+
+
+# ----------------------------------------------------------------------------------------------
+# prompts and adapters for generate_to_folder
+# ----------------------------------------------------------------------------------------------
+
+
+def read_jobs(prompts: Sequence[str] | os.PathLike, seeds: Sequence[int] = (0,)) -> list[tuple[str, int]]:
+    """``(prompt, seed)`` pairs. ``prompts`` is a list of prompts, or a path (``os.PathLike``) to a text file
+    with one prompt per line (blank lines and ``#`` comments skipped) or a CSV file with a ``prompt`` column
+    and an optional ``seed`` column. A row's own seed gives one video; otherwise every seed in ``seeds``.
+    """
+    seeds = [int(s) for s in seeds] or [0]
+    rows: list[tuple[str, int | None]] = []
+    if isinstance(prompts, os.PathLike):
+        path = Path(prompts)
+        if not path.is_file():
+            raise UserError(f"prompts file not found: {path}")
+        text = path.read_text(encoding="utf-8-sig")
+        if path.suffix.lower() == ".csv":
+            reader = csv.DictReader(text.splitlines())
+            fields = [f.strip().lower() for f in reader.fieldnames or []]
+            if "prompt" not in fields:
+                raise UserError(f"{path}: a CSV prompts file needs a 'prompt' column (found {fields})")
+            for n, row in enumerate(reader, start=2):
+                row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+                if not row.get("prompt"):
+                    continue
+                seed = row.get("seed", "")
+                try:
+                    rows.append((row["prompt"], int(seed) if seed else None))
+                except ValueError as exc:
+                    raise UserError(f"{path}:{n}: seed {seed!r} is not an integer") from exc
+        else:
+            rows = [
+                (line.strip(), None)
+                for line in text.splitlines()
+                if line.strip() and not line.lstrip().startswith("#")
+            ]
+    else:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        rows = [(str(p).strip(), None) for p in prompts if str(p).strip()]
+    if not rows:
+        raise UserError("no prompts given")
+    return [(p, s) for p, seed in rows for s in ([seed] if seed is not None else seeds)]
+
+
+@dataclass
+class AdapterChoice:
+    """One adapter to load: its role, file and strength."""
+
+    role: str
+    path: Path
+    scale: float
+    metadata: dict = field(default_factory=dict)
+
+
+def resolve_adapters(
+    adapters: str | os.PathLike | Sequence[str | os.PathLike] | None,
+    roles: dict[str, float] | Sequence[str] | None = None,
+) -> list[AdapterChoice]:
+    """Which adapter files to load with which strength; raises :class:`UserError` naming a missing file.
+
+    ``adapters``: a directory with ``{role}.safetensors`` files, or a list of files (role from the file's
+    metadata, else its name). ``roles``: role -> strength (a list means strength 1). Default for a
+    directory: the inference roles recorded by the trainer, else relation + output (the paper), strength 1;
+    for a list of files: every file.
+    """
+    from dreamrelation.models.adapters import read_adapter_metadata
+
+    if adapters is None:
+        if roles:
+            raise UserError("roles given but no adapters (a directory or files)")
+        return []
+    wanted = (
+        None if roles is None else (dict(roles) if isinstance(roles, dict) else dict.fromkeys(roles, 1.0))
+    )
+    single = isinstance(adapters, (str, os.PathLike))
+    if single and Path(adapters).is_dir():
+        folder = Path(adapters)
+        if wanted is None:
+            recorded: list[str] = []
+            for f in sorted(folder.glob("*.safetensors")):
+                try:
+                    recorded = list(read_adapter_metadata(f).get("inference_roles") or [])
+                except Exception:  # unreadable files are reported when chosen
+                    continue
+                if recorded:
+                    break
+            wanted = dict.fromkeys(recorded or PAPER_ROLES, 1.0)
+        choices = []
+        for role, scale in wanted.items():
+            path = folder / f"{role}.safetensors"
+            if not path.is_file():
+                raise UserError(f"adapter file missing for role {role!r}: {path}")
+            choices.append(AdapterChoice(role, path, float(scale)))
+    else:
+        files = [Path(adapters)] if single else [Path(a) for a in adapters]
+        by_role: dict[str, Path] = {}
+        for f in files:
+            if not f.is_file():
+                raise UserError(f"adapter file not found: {f}")
+            try:
+                role = str(read_adapter_metadata(f).get("role") or f.stem)
+            except Exception as exc:
+                raise UserError(f"{f}: not a readable adapter file ({exc})") from exc
+            if role in by_role:
+                raise UserError(f"two adapter files for role {role!r}: {by_role[role]} and {f}")
+            by_role[role] = f
+        wanted = wanted if wanted is not None else dict.fromkeys(by_role, 1.0)
+        missing = [r for r in wanted if r not in by_role]
+        if missing:
+            raise UserError(f"no adapter file for role(s) {missing} among {sorted(by_role)}")
+        choices = [AdapterChoice(role, by_role[role], float(scale)) for role, scale in wanted.items()]
+    for choice in choices:
+        if not np.isfinite(choice.scale):
+            raise UserError(f"adapter {choice.role!r}: strength must be a finite number")
+        choice.metadata = read_adapter_metadata(choice.path)
+    return choices
+
+
+def load_adapter_choices(pipe, choices: Sequence[AdapterChoice]) -> None:
+    """Check every file against the pipeline's transformer (shapes, ranks, target modules), then load them
+    as named adapters and activate exactly them with their strengths (``pipe.set_adapters``)."""
+    from dreamrelation.models.interop import check_adapter_file
+
+    transformer = pipe.transformer
+    for choice in choices:  # all checks before any load: fail early, leave the model untouched
+        check_adapter_file(choice.path, transformer)
+    present = set(getattr(transformer, "peft_config", {}) or {})
+    clash = [c.role for c in choices if c.role in present]
+    if clash:
+        transformer.delete_adapters(clash)
+    for choice in choices:
+        try:
+            transformer.load_lora_adapter(
+                str(choice.path.parent),
+                weight_name=choice.path.name,
+                adapter_name=choice.role,
+                prefix="transformer",
+            )
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise UserError(f"{choice.path}: cannot load as adapter {choice.role!r}: {exc}") from exc
+    if choices:
+        pipe.set_adapters([c.role for c in choices], [c.scale for c in choices])
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:limit].rstrip("-") or "video"
+
+
+def _dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if dtype not in DTYPES:
+        raise UserError(f"dtype {dtype!r}: choose auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+@dataclass
+class GenerationResult:
+    """What :func:`generate_to_folder` wrote."""
+
+    out_dir: Path
+    videos: list[Path]
+    sidecars: list[Path]
+    gifs: list[Path]
+    contact_sheet: Path
+    manifest: Path
+    frames: list[np.ndarray] = field(repr=False, default_factory=list)
+
+
+def generate_to_folder(
+    model: str | os.PathLike | None,
+    adapters: str | os.PathLike | Sequence[str | os.PathLike] | None,
+    roles_with_scales: dict[str, float] | None,
+    prompts: Sequence[str] | os.PathLike,
+    seeds: Sequence[int] = (0,),
+    out_dir: str | os.PathLike = "runs/generate",
+    steps: int | None = None,
+    guidance: float | None = None,
+    guidance_schedule: str | Sequence[float] | None = None,
+    gif: bool = False,
+    offload: str = "none",
+    vae_tiling: bool = False,
+    dtype: str | torch.dtype = "auto",
+    device: str | None = None,
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    fps: float | None = None,
+    pipe=None,
+) -> GenerationResult:
+    """Generate one video per (prompt, seed) with the chosen adapters and write them to ``out_dir``.
+
+    Per video: ``{n:03d}_{prompt-slug}_seed{seed}.mp4`` (+ ``.gif``) and a ``.json`` sidecar (prompt, seed,
+    model, adapters with strengths and sha256, every setting); per run: ``contact_sheet.png`` and
+    ``manifest.json``. Defaults: Mochi 64 steps / CFG 6.0, toy 32 / 4.0; adapters relation + output at
+    strength 1. ``model`` None means the toy bundle; ``pipe`` reuses an already loaded pipeline (adapters
+    loaded here are removed again afterwards). Everything the user gives is checked before sampling.
+    """
+    from dreamrelation.utils.io import atomic_write_json
+    from dreamrelation.utils.media import contact_sheet, save_png, write_gif, write_video
+
+    if offload not in OFFLOAD_MODES:
+        raise UserError(f"offload {offload!r}: choose one of {', '.join(OFFLOAD_MODES)}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if offload != "none" and not device.startswith("cuda"):
+        raise UserError(
+            f"offload {offload!r} moves weights between CPU and GPU; there is no GPU here (use none)"
+        )
+    torch_dtype = _dtype(dtype, device)
+    model_path = Path(model) if model else TOY_BUNDLE
+    if model and not model_path.exists():
+        raise UserError(f"model path not found: {model_path}")
+    jobs = read_jobs(prompts, seeds)
+    choices = resolve_adapters(adapters, roles_with_scales)
+    out = Path(out_dir)
+
+    owned = pipe is None
+    if owned:
+        pipe = load_pipeline(model_path, dtype=torch_dtype, device=device if offload == "none" else None)
+    d_steps, d_guidance, d_fps = sampling_defaults(pipe)
+    steps = int(steps or d_steps)
+    guidance = float(d_guidance if guidance is None else guidance)
+    fps = float(fps or d_fps)
+    values = guidance_values(guidance_schedule, steps, guidance)
+    frames_d, height_d, width_d = video_geometry(pipe)
+    geometry = {"num_frames": num_frames or frames_d, "height": height or height_d, "width": width or width_d}
+
+    prepare_mochi_sampling(pipe)
+    load_adapter_choices(pipe, choices)
+    try:
+        if owned and offload == "model":
+            pipe.enable_model_cpu_offload(device=device)
+        elif owned and offload == "sequential":
+            pipe.enable_sequential_cpu_offload(device=device)
+        if vae_tiling:
+            pipe.vae.enable_tiling()
+        adapters_info = [
+            {
+                "role": c.role,
+                "file": str(c.path.resolve()),
+                "scale": c.scale,
+                "sha256": _sha256(c.path),
+                "metadata": c.metadata,
+            }
+            for c in choices
+        ]
+        settings = {
+            "steps": steps,
+            "guidance": guidance if guidance_schedule is None else None,
+            "guidance_schedule": values if len(set(values)) > 1 else None,
+            **geometry,
+            "fps": fps,
+            "dtype": str(pipe.transformer.dtype).removeprefix("torch."),
+            "device": str(getattr(pipe, "_execution_device", device)),
+            "offload": offload,
+            "vae_tiling": bool(vae_tiling),
+            "negative_prompt": "",
+            "negative_prompt_zeroed": bool(pipe.config.get("force_zeros_for_empty_prompt", False)),
+            "scheduler": type(pipe.scheduler).__name__,
+            "invert_sigmas": bool(pipe.scheduler.config.get("invert_sigmas", False)),
+            "sigma_schedule": "linear_quadratic(threshold_noise=0.025)",
+            "noise_generator": "torch CPU generator seeded with seed",
+        }
+        model_name = (
+            str(model_path.resolve()) if owned else str(getattr(pipe, "name_or_path", "") or model_path)
+        )
+        result = GenerationResult(out, [], [], [], out / "contact_sheet.png", out / "manifest.json")
+        entries = []
+        for n, (prompt, seed) in enumerate(jobs):
+            start = time.time()
+            video = generate_videos(
+                pipe, [prompt], [seed], steps, guidance, guidance_schedule=values, **geometry
+            )[0]
+            stem = f"{n:03d}_{_slug(prompt)}_seed{seed}"
+            files = {"mp4": write_video(out / f"{stem}.mp4", video, fps=fps).name}
+            if gif:
+                result.gifs.append(write_gif(out / f"{stem}.gif", video, fps=fps))
+                files["gif"] = f"{stem}.gif"
+            sidecar = {
+                "prompt": prompt,
+                "seed": int(seed),
+                "index": n,
+                "model": model_name,
+                "adapters": adapters_info,
+                "settings": settings,
+                "files": files,
+                "seconds": round(time.time() - start, 3),
+            }
+            result.sidecars.append(atomic_write_json(out / f"{stem}.json", sidecar))
+            result.videos.append(out / files["mp4"])
+            result.frames.append(video)
+            entries.append({"prompt": prompt, "seed": int(seed), **files, "json": f"{stem}.json"})
+    finally:
+        if not owned and choices:  # leave a caller's pipeline as it was given
+            pipe.transformer.delete_adapters([c.role for c in choices])
+    labels = [f"seed {seed}: {prompt}" for prompt, seed in jobs]
+    save_png(result.contact_sheet, contact_sheet([[v] for v in result.frames], row_labels=labels))
+    manifest = {"model": model_name, "adapters": adapters_info, "settings": settings, "videos": entries}
+    atomic_write_json(result.manifest, manifest)
+    return result

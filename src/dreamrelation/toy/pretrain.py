@@ -136,7 +136,9 @@ def vae_quality(vae, clips: torch.Tensor) -> dict:
     }
 
 
-def render_pretraining_set(num_videos: int, seed: int, progress: bool = True) -> tuple[torch.Tensor, list[str]]:
+def render_pretraining_set(
+    num_videos: int, seed: int, progress: bool = True
+) -> tuple[torch.Tensor, list[str]]:
     """Render base-relation videos (never held-out ones) -> analytic latents ``(N, 12, F, h, w)``, captions."""
     from dreamrelation.toy import world
     from dreamrelation.toy.render import render_video
@@ -170,7 +172,11 @@ def encode_captions(tokenizer, text_encoder, captions: list[str], batch: int = 2
 
 
 def train_transformer(
-    cfg: PretrainConfig, latents: torch.Tensor, embeds: torch.Tensor, masks: torch.Tensor, progress: bool = True
+    cfg: PretrainConfig,
+    latents: torch.Tensor,
+    embeds: torch.Tensor,
+    masks: torch.Tensor,
+    progress: bool = True,
 ):
     """Full-weight rectified-flow pretraining of the toy ``MochiTransformer3DModel`` on normalised latents."""
     from dreamrelation.training.losses import flow_matching_inputs
@@ -203,12 +209,16 @@ def train_transformer(
     return transformer, time.time() - start, log
 
 
-def pretrain(out_dir: Path, cfg: PretrainConfig | None = None, stages: tuple[str, ...] = ("vae", "transformer"),
-             work_dir: Path = Path("runs/toy-pretrain"), progress: bool = True) -> Path | None:
+def pretrain(
+    out_dir: Path,
+    cfg: PretrainConfig | None = None,
+    stages: tuple[str, ...] = ("vae", "transformer"),
+    work_dir: Path = Path("runs/toy-pretrain"),
+    progress: bool = True,
+) -> Path | None:
     """Run the requested stages and write the bundle to ``out_dir``; stage results are kept in ``work_dir``
     so a stage not requested is read from an earlier run."""
     from diffusers import AutoencoderKLMochi
-
 
     cfg = cfg or PretrainConfig()
     work = Path(work_dir)
@@ -228,8 +238,12 @@ def pretrain(out_dir: Path, cfg: PretrainConfig | None = None, stages: tuple[str
         embeds, masks = encode_captions(tokenizer, text_encoder, captions)
         transformer, seconds, log = train_transformer(cfg, normalised, embeds, masks, progress)
         transformer.save_pretrained(work / "transformer")
-        stats = {"latents_mean": mean.tolist(), "latents_std": std.tolist(), "seconds": seconds,
-                 "final_loss": float(np.mean(log[-200:]))}
+        stats = {
+            "latents_mean": mean.tolist(),
+            "latents_std": std.tolist(),
+            "seconds": seconds,
+            "final_loss": float(np.mean(log[-200:])),
+        }
         (work / "transformer_stats.json").write_text(json.dumps(stats, indent=2))
     if not ((work / "vae").is_dir() and (work / "transformer").is_dir()):
         return None  # a stage is still missing: the bundle is assembled once both exist
@@ -246,6 +260,12 @@ def pretrain(out_dir: Path, cfg: PretrainConfig | None = None, stages: tuple[str
         "transformer": {k: stats[k] for k in ("seconds", "final_loss")},
     }
     # fp16 storage keeps the shipped bundle small; load with torch_dtype=torch.float32 to compute in fp32
-    save_bundle(Path(out_dir), vae=vae.half(), transformer=transformer.half(), text_encoder=text_encoder.half(),
-                tokenizer=tokenizer, info=info)
+    save_bundle(
+        Path(out_dir),
+        vae=vae.half(),
+        transformer=transformer.half(),
+        text_encoder=text_encoder.half(),
+        tokenizer=tokenizer,
+        info=info,
+    )
     return Path(out_dir)

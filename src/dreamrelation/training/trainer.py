@@ -4,8 +4,12 @@ One step: pick a batch; pick the HMT role (relation / subject1 / subject2, same 
 from its own seeded RNG); activate that role's adapters; rectified-flow loss with the role's mask; plus the
 contrastive loss; AdamW over *all* adapter parameters (inactive ones get no gradient and are skipped).
 
-Everything random comes from two CPU generators saved in the checkpoints, so a resumed run reproduces an
-uninterrupted one exactly on CPU. Later multi-GPU work: seed ``data_gen`` per rank, keep ``hmt_gen`` shared.
+Randomness: the HMT choice comes from ``hmt_gen`` and the RCL bank sampling from ``data_gen`` (CPU generators
+saved in the checkpoints); the noise of each sample (caption dropout, latent sampling, sigma, eps) comes from a
+generator keyed by (seed, step, position in the global batch), stateless like the batch order. So a resumed run
+reproduces an uninterrupted one exactly on CPU, and a data-parallel run (``accelerate launch``, see
+:mod:`dreamrelation.training.distributed`) on N processes reproduces a single process with an N times larger
+batch: ``hmt_gen`` and ``data_gen`` are seeded identically on every rank, each rank draws its own shard's noise.
 """
 
 from __future__ import annotations
@@ -40,6 +44,12 @@ from dreamrelation.models.adapters import (
     set_active_roles,
 )
 from dreamrelation.training.config import HMT_CHOICES, OptimConfig, TrainConfig
+from dreamrelation.training.distributed import (
+    GatheredContrastiveLoss,
+    all_reduce_gradients,
+    broadcast_parameters,
+    init_distributed,
+)
 from dreamrelation.training.losses import RelationalContrastiveLoss, flow_matching_inputs, masked_mse
 
 CHOICES = (*HMT_CHOICES, "all")  # "all": HMT disabled, every adapter on, plain MSE
@@ -129,6 +139,19 @@ def batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
     return out
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def sample_generator(seed: int, step: int, position: int) -> torch.Generator:
+    """CPU generator for the noise of the sample at ``position`` of the global batch of ``step`` (a 64-bit mix
+    of the three numbers, so streams of nearby keys are unrelated)."""
+    h = 0x9E3779B97F4A7C15
+    for v in (seed, step, position):
+        h = ((h ^ (v & _MASK64)) * 0xBF58476D1CE4E5B9) & _MASK64
+        h ^= h >> 31
+    return torch.Generator().manual_seed(h & ((1 << 63) - 1))
+
+
 # ------------------------------------------------------------------------------------------------- data
 
 
@@ -162,17 +185,26 @@ def collate(
     samples: Sequence[TrainingSample],
     idx: Sequence[int],
     device: torch.device,
-    gen: torch.Generator,
+    gen: torch.Generator | Sequence[torch.Generator],
     caption_dropout: float,
 ) -> dict[str, torch.Tensor]:
-    """Stack a batch on ``device``; sample latents from mean/logvar; zero dropped captions (embedding and mask)."""
+    """Stack a batch on ``device``; sample latents from mean/logvar; zero dropped captions (embedding and mask).
+
+    ``gen``: one generator for the whole batch, or one per sample (see :func:`sample_generator`)."""
     batch = [samples[i] for i in idx]
-    drop = torch.rand(len(batch), generator=gen) < caption_dropout
+    if isinstance(gen, torch.Generator):
+        gens = [gen] * len(batch)
+        drop = torch.rand(len(batch), generator=gen) < caption_dropout
+    else:
+        gens = list(gen)
+        if len(gens) != len(batch):
+            raise ValueError(f"{len(gens)} generators for a batch of {len(batch)}")
+        drop = torch.cat([torch.rand(1, generator=g) for g in gens]) < caption_dropout
     latents = []
-    for s in batch:
+    for s, g in zip(batch, gens, strict=True):
         z = s.latents.float()
         if s.latent_logvar is not None:
-            z = z + torch.exp(0.5 * s.latent_logvar.float()) * torch.randn(z.shape, generator=gen)
+            z = z + torch.exp(0.5 * s.latent_logvar.float()) * torch.randn(z.shape, generator=g)
         latents.append(z)
     emb = torch.stack([s.prompt_embeds.float() for s in batch])
     emask = torch.stack([s.prompt_mask.bool() for s in batch])
@@ -352,13 +384,19 @@ def compute_losses(
     cfg: TrainConfig,
     rcl: RelationalContrastiveLoss | None,
     generator: torch.Generator,
+    noise_generators: Sequence[torch.Generator] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Forward on noised latents (under the caller's autocast) and the fp32 loss terms:
     ``loss = mse + lambda_m * mask + weight * rcl``.
 
-    ``choice`` "all" (HMT disabled) uses the plain MSE only (plus RCL when enabled).
+    ``choice`` "all" (HMT disabled) uses the plain MSE only (plus RCL when enabled). Sigma and eps come from
+    ``noise_generators`` (one per sample) when given, else from ``generator``, which also drives the RCL.
     """
-    noisy, timestep, target, _ = flow_matching_inputs(batch["latents"], generator)
+    if noise_generators is None:
+        noisy, timestep, target, _ = flow_matching_inputs(batch["latents"], generator)
+    else:
+        parts = [flow_matching_inputs(batch["latents"][i : i + 1], g) for i, g in enumerate(noise_generators)]
+        noisy, timestep, target = (torch.cat([p[j] for p in parts]) for j in range(3))
     pred = transformer(
         hidden_states=noisy,
         encoder_hidden_states=batch["prompt_embeds"],
@@ -414,11 +452,20 @@ def train_adapters(
     ``KeyboardInterrupt`` from ``callback(step, loss)``) saves a checkpoint and re-raises. A non-finite loss
     raises :class:`UserError` without overwriting the last good checkpoint. With ``mixed_precision`` bf16
     (the "auto" choice on CUDA) the base weights are cast to bf16 and the forward runs under autocast.
+
+    Under ``accelerate launch`` (several processes) this trains data-parallel: ``optim.batch_size`` per
+    process, gradients averaged over ranks, files written by rank 0 only; every rank must call it with the
+    same model, samples and config, and ``callback`` must act alike on every rank. See
+    :mod:`dreamrelation.training.distributed`.
     """
     cfg = _as_dataclass(cfg)
     oc, out = cfg.optim, Path(out_dir)
+    ctx = init_distributed()
     out.mkdir(parents=True, exist_ok=True)
     device = next(transformer.parameters()).device
+    if ctx.device is not None and device != ctx.device:
+        torch.nn.Module.to(transformer, ctx.device)
+        device = ctx.device
     bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and device.type == "cuda")
     if cfg.mixed_precision not in ("auto", "bf16", "fp32"):
         raise UserError(f"mixed_precision must be auto, bf16 or fp32, not {cfg.mixed_precision!r}")
@@ -449,17 +496,23 @@ def train_adapters(
 
     groups = adapter_parameters(transformer, roles)
     params = [p for r in roles for p in groups[r]]
+    broadcast_parameters(params, ctx)  # identical start on every rank whatever the init RNG did
     optimizer = torch.optim.AdamW(params, lr=oc.lr, betas=tuple(oc.betas), weight_decay=oc.weight_decay)
     rcl = RelationalContrastiveLoss.from_config(cfg.contrastive) if cfg.contrastive.enabled else None
+    if rcl is not None and ctx.enabled:
+        rcl = GatheredContrastiveLoss.wrap(rcl, ctx)
     state = _State(0, torch.Generator().manual_seed(oc.seed), torch.Generator().manual_seed(oc.seed + 1), rcl)
     ckpt_dir = out / "checkpoints"
     last_ckpt = latest_checkpoint(out) if resume else None
     if last_ckpt is not None:
         load_checkpoint(last_ckpt, transformer, optimizer, cfg, state)
-    (out / "config.json").write_text(json.dumps(_config_dict(cfg), indent=2))
+    if ctx.is_main:
+        (out / "config.json").write_text(json.dumps(_config_dict(cfg), indent=2))
     start = state.step
 
     def checkpoint(snapshot: dict[str, torch.Tensor] | None = None) -> Path:
+        if not ctx.is_main:  # rank 0 writes; the others only need the name
+            return ckpt_dir / f"step_{state.step:06d}.safetensors"
         path = save_checkpoint(
             ckpt_dir / f"step_{state.step:06d}.safetensors", transformer, optimizer, cfg, state, snapshot
         )
@@ -470,23 +523,39 @@ def train_adapters(
         return path
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    bar = tqdm(total=oc.steps, initial=start, disable=not progress, desc="train", dynamic_ncols=True)
+    bar = tqdm(
+        total=oc.steps,
+        initial=start,
+        disable=not (progress and ctx.is_main),
+        desc="train",
+        dynamic_ncols=True,
+    )
+    per_rank = oc.batch_size
+    positions = range(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)  # this rank's slice of a global batch
     t_start = time.perf_counter()
     snapshot = state.snapshot()  # RNGs/banks as of the last completed step (what a checkpoint must hold)
     try:
         with _deferred_sigint() as sigint:
             while state.step < oc.steps:
                 t0 = time.perf_counter()
-                idx = batch_indices(state.step, oc.batch_size, len(samples), oc.seed)
-                batch = collate(samples, idx, device, state.data_gen, oc.caption_dropout)
+                everyone = batch_indices(state.step, per_rank * ctx.world_size, len(samples), oc.seed)
+                idx = [everyone[k] for k in positions]
+                gens = [sample_generator(oc.seed, state.step, k) for k in positions]
+                batch = collate(samples, idx, device, gens, oc.caption_dropout)
                 choice = choice_names[int(torch.multinomial(choice_probs, 1, generator=state.hmt_gen))]
                 set_active_roles(transformer, roles_for_choice(choice, roles))
                 with autocast:
-                    losses = compute_losses(transformer, batch, choice, cfg, rcl, state.data_gen)
+                    losses = compute_losses(transformer, batch, choice, cfg, rcl, state.data_gen, gens)
                 lr = lr_at(state.step, oc)
-                _check_finite(losses["loss"], "loss", state.step + 1, choice)
+                logged = losses
+                if ctx.enabled:  # global-batch means, identical on every rank (so all see a NaN together)
+                    keys = ("loss", "mse", "mask", "rcl")
+                    means = ctx.mean(torch.stack([losses[k].detach().float() for k in keys]))
+                    logged = {k: means[i] for i, k in enumerate(keys)}
+                _check_finite(logged["loss"], "loss", state.step + 1, choice)
                 optimizer.zero_grad(set_to_none=True)
                 losses["loss"].backward()
+                all_reduce_gradients(params, ctx)
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, oc.grad_clip)
                 _check_finite(grad_norm, "gradient norm", state.step + 1, choice)
                 for group in optimizer.param_groups:
@@ -494,7 +563,7 @@ def train_adapters(
                 optimizer.step()
 
                 state.step += 1
-                state.record(losses, lr, time.perf_counter() - t0, choice)
+                state.record(logged, lr, time.perf_counter() - t0, choice)
                 snapshot = state.snapshot()
                 bar.update(1)
                 if state.step % max(oc.log_every, 1) == 0 or state.step == oc.steps:
@@ -507,14 +576,15 @@ def train_adapters(
                     and state.step < oc.steps
                 ):
                     last_ckpt = checkpoint(snapshot)
-                if sigint["stop"]:
+                if ctx.any(sigint["stop"], device):  # every rank stops at the same step
                     raise KeyboardInterrupt
     except KeyboardInterrupt:
         bar.close()
         path = checkpoint(
             snapshot
         )  # history holds completed steps only; weights are updated only at their end
-        tqdm.write(f"interrupted: step {state.step} saved to {path}; rerun with resume to continue")
+        if ctx.is_main:
+            tqdm.write(f"interrupted: step {state.step} saved to {path}; rerun with resume to continue")
         raise
     finally:
         bar.close()
@@ -523,8 +593,10 @@ def train_adapters(
     set_active_roles(transformer, roles)
     meta = {"method": cfg.method, "steps": state.step, "inference_roles": list(cfg.adapter.inference_roles)}
     adapter_dir = out / "adapters"
-    save_adapters(transformer, adapter_dir, roles, metadata=meta)
-    _write_loss_csv(out, state.history)
+    if ctx.is_main:
+        save_adapters(transformer, adapter_dir, roles, metadata=meta)
+        _write_loss_csv(out, state.history)
+    ctx.barrier()  # every rank returns once the files exist
     h = state.history
     return TrainResult(
         losses=list(h["loss"]),

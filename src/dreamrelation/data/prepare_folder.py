@@ -1,0 +1,887 @@
+"""``dreamrelation prepare``: turn a folder of real videos, captions and masks into encoded training samples.
+
+Input folder (videos may also sit in a ``videos/`` sub-folder)::
+
+    NAME.mp4  NAME.txt                 video (mp4/mov/webm/avi/mkv/gif) and its one-line caption
+    masks/NAME/00000.png ...           colour-coded masks (the paper's format) + masks/NAME/subjects.json
+    masks/NAME/subject1/*.png, subject2/*.png    or per-subject binary masks
+    masks/NAME.mp4                     or a colour-coded mask video (colours in masks/NAME.json)
+    masks/NAME/subject1.mp4, subject2.mp4        or per-subject binary mask videos
+
+The per-video ``subjects.json`` (``masks/NAME/subjects.json`` or ``masks/NAME.json``) maps ``subject1`` /
+``subject2`` to RGB colours (subject order is never taken from sorting colours) and may name the subjects
+(``subject1_name``) for ``caption_template``. Frames are picked at ``fps`` from ``start`` seconds by nearest
+timestamp, resized and centre-cropped (or padded); masks get the same frame choice and the same geometric
+transform (nearest neighbour). Output folder::
+
+    samples/NAME.safetensors   latents, latent_logvar, prompt_embeds, prompt_mask, masks (2, F, h, w)
+    manifest.json              per video: content hashes, caption and settings hash (for incremental runs)
+    previews/NAME.png          with ``preview=True``: frames with the masks overlaid
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import string
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import av
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from dreamrelation.data.latent_masks import latent_frame_count, latent_masks
+from dreamrelation.data.mask_io import IMAGE_SUFFIXES, SUBJECTS_FILE, _frame_files
+from dreamrelation.data.prepare import encode_prompts, encode_video
+from dreamrelation.errors import UserError
+from dreamrelation.training.trainer import TrainingSample
+from dreamrelation.utils.io import atomic_path, atomic_write_json
+from dreamrelation.utils.media import contact_sheet, overlay_masks, save_png
+
+__all__ = ["VIDEO_SUFFIXES", "PrepareReport", "load_prepared", "prepare_folder", "read_example"]
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".avi", ".mkv", ".gif")
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+#: RGB distance within which a mask pixel belongs to black (background) or a subject colour.
+MAX_COLOUR_DISTANCE = 100.0
+#: Mask timelines this many times longer/shorter than the video's are rejected rather than resampled.
+MAX_MASK_FRAME_RATIO = 4.0
+#: Relative aspect-ratio difference above which masks cannot be resized onto the video.
+MAX_ASPECT_DIFFERENCE = 0.02
+#: Above this many output pixels the VAE encodes in tiles (diffusers' tiles are 256 x 256).
+TILING_PIXELS = 256 * 256
+
+Resize = Literal["crop", "pad"]
+
+
+@dataclass
+class PrepareReport:
+    """What a :func:`prepare_folder` run did: videos encoded, skipped (up to date) and one line per problem."""
+
+    out: Path
+    prepared: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    frames: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when every input was usable."""
+        return not self.problems
+
+    def summary(self) -> str:
+        """One line: counts and time."""
+        return (
+            f"prepared {len(self.prepared)}, up to date {len(self.skipped)}, problems {len(self.problems)} "
+            f"-> {self.out} ({self.seconds:.1f} s)"
+        )
+
+
+@dataclass
+class _Settings:
+    num_frames: int
+    height: int
+    width: int
+    fps: float
+    start: float
+    resize: str
+
+
+@dataclass
+class _Item:
+    """One video of the input folder and where its caption and masks are."""
+
+    name: str
+    video: Path
+    masks: Path | None = None
+    meta_file: Path | None = None
+    caption: str | None = None
+    files: list[Path] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------- small helpers
+
+
+def _sha256_file(path: Path, h: Any = None) -> str:
+    """Hex sha256 of a file's bytes (or feed them into ``h`` and return its hex digest)."""
+    h = h or hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sha256_files(files: Sequence[Path], root: Path) -> str:
+    """One sha256 over the relative names and contents of ``files``."""
+    h = hashlib.sha256()
+    for p in sorted(files):
+        h.update(str(p.relative_to(root)).encode() + b"\0")
+        _sha256_file(p, h)
+    return h.hexdigest()
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error's message on one line (FFmpeg errors without the repeated file name)."""
+    text = getattr(exc, "strerror", None) if isinstance(exc, av.FFmpegError) else None
+    return " ".join(str(text or exc).split()) or type(exc).__name__
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not valid JSON ({_one_line(exc)}); fix or delete it.") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: must be a JSON object like {{\"subject1\": [255, 0, 0], ...}}.")
+    return data
+
+
+def _subject_colours(meta: Mapping[str, Any], where: str) -> np.ndarray:
+    """(2, 3) RGB colours of subject1/subject2 from a subjects mapping."""
+    try:
+        cols = np.asarray([[int(c) for c in meta[k]] for k in ("subject1", "subject2")], dtype=np.float64)
+        if cols.shape != (2, 3):
+            raise ValueError("need three numbers per colour")
+    except KeyError:
+        raise UserError(
+            f"{where}: subject colours unknown; add {SUBJECTS_FILE} like "
+            '{"subject1": [255, 0, 0], "subject2": [0, 255, 0]} (or pass subjects=).'
+        ) from None
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{where}: subject colours must be [r, g, b] lists ({_one_line(exc)}).") from None
+    if (cols == 0).all(axis=1).any() or (cols[0] == cols[1]).all():
+        raise UserError(f"{where}: subject colours must be distinct and not black; got {cols.astype(int).tolist()}.")
+    return cols
+
+
+def _geometry(src_h: int, src_w: int, height: int, width: int, mode: str) -> tuple[int, int, int, int]:
+    """Resized size and offset: ``(rw, rh, dx, dy)``; crop takes ``[dy:dy+height, dx:dx+width]`` of the
+    resized frame, pad pastes the resized frame at ``(dx, dy)`` of a black canvas."""
+    if mode == "crop":
+        s = max(width / src_w, height / src_h)
+        rw, rh = max(width, round(src_w * s)), max(height, round(src_h * s))
+        return rw, rh, (rw - width) // 2, (rh - height) // 2
+    s = min(width / src_w, height / src_h)
+    rw, rh = min(width, max(1, round(src_w * s))), min(height, max(1, round(src_h * s)))
+    return rw, rh, (width - rw) // 2, (height - rh) // 2
+
+
+def _place(img: Image.Image, geo: tuple[int, int, int, int], height: int, width: int, mode: str,
+           resample: Image.Resampling) -> np.ndarray:
+    """Resize ``img`` to the geometry and crop or pad it to ``height x width``; return an array."""
+    rw, rh, dx, dy = geo
+    if img.size != (rw, rh):
+        img = img.resize((rw, rh), resample)
+    if mode == "crop":
+        return np.asarray(img.crop((dx, dy, dx + width, dy + height)))
+    canvas = Image.new(img.mode, (width, height))
+    canvas.paste(img, (dx, dy))
+    return np.asarray(canvas)
+
+
+def _video_filter(src_w: int, rw: int) -> Image.Resampling:
+    return Image.Resampling.BOX if rw <= src_w else Image.Resampling.BICUBIC
+
+
+# ------------------------------------------------------------------------------------------------ decoding
+
+
+def _open(path: Path) -> Any:
+    try:
+        container = av.open(str(path), mode="r")
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise UserError(
+            f"{path}: cannot open video (unreadable or truncated: {_one_line(exc)}); re-export or remove it."
+        ) from None
+    if not container.streams.video:
+        container.close()
+        raise UserError(f"{path}: no video stream; re-export it as a video or remove it.")
+    return container
+
+
+def _frames(path: Path) -> Iterator[tuple[float | None, Any]]:
+    """Decoded ``(time in seconds or None, av.VideoFrame)`` pairs; decoding errors become UserError."""
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for frame in container.decode(stream):
+                yield frame.time, frame
+        except (av.FFmpegError, OSError, ValueError, EOFError) as exc:
+            raise UserError(
+                f"{path}: video is corrupt or truncated ({_one_line(exc)}); re-export or remove it."
+            ) from None
+    finally:
+        container.close()
+
+
+def _stream_rate(path: Path) -> float:
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = float(rate) if rate else 0.0
+    finally:
+        container.close()
+    return fps if fps > 0 and math.isfinite(fps) else 25.0
+
+
+def _count_frames(path: Path) -> int:
+    """Frames of a video, from its packets (no decoding)."""
+    container = _open(path)
+    try:
+        return sum(1 for p in container.demux(container.streams.video[0]) if p.size)
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: video is corrupt or truncated ({_one_line(exc)}); re-export it.") from None
+    finally:
+        container.close()
+
+
+def _select_video(path: Path, st: _Settings) -> tuple[np.ndarray, list[int], int, tuple[int, int]]:
+    """Pick ``num_frames`` frames at ``fps`` from ``start`` (nearest timestamp), resize/crop them.
+
+    Returns frames uint8 (T, H, W, 3), the chosen source frame indices, the source frame count and the
+    source ``(height, width)``.
+    """
+    src_fps = _stream_rate(path)
+    targets = st.start + np.arange(st.num_frames) / st.fps
+    chosen: list[int] = []
+    out: list[np.ndarray] = []
+    cache: dict[int, np.ndarray] = {}
+    geo: tuple[int, int, int, int] | None = None
+    size = (0, 0)
+    prev: tuple[int, float, Any] | None = None  # index, relative time, frame
+    t0: float | None = None
+    n = 0
+
+    def take(index: int, frame: Any) -> None:
+        nonlocal geo
+        if index not in cache:
+            cache.clear()
+            img = frame.to_image()
+            if geo is None:
+                geo = _geometry(img.height, img.width, st.height, st.width, st.resize)
+            cache[index] = _place(img, geo, st.height, st.width, st.resize, _video_filter(img.width, geo[0]))
+        chosen.append(index)
+        out.append(cache[index])
+
+    for t, frame in _frames(path):
+        if t0 is None:
+            t0 = t if t is not None else 0.0
+            size = (frame.height, frame.width)
+        rel = (t - t0) if t is not None else n / src_fps
+        while len(chosen) < st.num_frames and targets[len(chosen)] <= rel + 1e-9:
+            target = targets[len(chosen)]
+            if prev is not None and abs(target - prev[1]) <= abs(rel - target):
+                take(prev[0], prev[2])
+            else:
+                take(n, frame)
+        prev = (n, rel, frame)
+        n += 1
+    if n == 0 or prev is None:
+        raise UserError(f"{path}: no decodable frames (empty or truncated); re-export or remove it.")
+    while len(chosen) < st.num_frames and targets[len(chosen)] <= prev[1] + 0.5 / src_fps + 1e-6:
+        take(prev[0], prev[2])
+    if len(chosen) < st.num_frames:
+        have = prev[1] + 1.0 / src_fps
+        need = st.start + st.num_frames / st.fps
+        raise UserError(
+            f"{path}: too few frames: {n} frames ({have:.2f} s) but {st.num_frames} frames at {st.fps:g} fps "
+            f"from {st.start:g} s need {need:.2f} s; use a longer video or lower num_frames/fps/start."
+        )
+    return np.stack(out), chosen, n, size
+
+
+# --------------------------------------------------------------------------------------------------- masks
+
+
+def _classify(rgb: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) colour mask -> subject masks (2, H, W) and the pixels matching neither black nor a subject."""
+    refs = np.concatenate([np.zeros((1, 3)), cols], axis=0)
+    dist = np.linalg.norm(rgb[..., None, :].astype(np.float32) - refs.astype(np.float32), axis=-1)
+    nearest = dist.argmin(axis=-1)
+    close = dist.min(axis=-1) <= MAX_COLOUR_DISTANCE
+    masks = np.stack([(nearest == k + 1) & close for k in range(len(cols))])
+    return masks, ~close
+
+
+@dataclass
+class _MaskSource:
+    """One subject-mask track: a colour-coded or a binary source, as image files or a video."""
+
+    path: Path
+    kind: Literal["colour", "binary"]
+    files: list[Path] | None  # image frames; None for a video
+
+    def count(self) -> int:
+        return len(self.files) if self.files is not None else _count_frames(self.path)
+
+    def size(self) -> tuple[int, int]:
+        if self.files is not None:
+            with Image.open(self.files[0]) as im:
+                return im.height, im.width
+        for _, frame in _frames(self.path):
+            return frame.height, frame.width
+        raise UserError(f"{self.path}: mask video has no frames; re-export it.")
+
+    def images(self, indices: Sequence[int]) -> dict[int, Image.Image]:
+        """The requested frames as RGB/L images (decoded once each)."""
+        wanted, mode = set(indices), ("RGB" if self.kind == "colour" else "L")
+        got: dict[int, Image.Image] = {}
+        if self.files is not None:
+            for i in wanted:
+                try:
+                    with Image.open(self.files[i]) as im:
+                        got[i] = im.convert(mode)
+                except OSError as exc:
+                    raise UserError(f"{self.files[i]}: unreadable mask image ({_one_line(exc)}); re-export it.") from None
+            return got
+        for i, (_, frame) in enumerate(_frames(self.path)):
+            if i in wanted:
+                got[i] = frame.to_image().convert(mode)
+            if len(got) == len(wanted):
+                break
+        return got
+
+
+def _mask_sources(item: _Item) -> list[_MaskSource]:
+    """Find the mask format of one video: a colour source or two binary sources."""
+    m = item.masks
+    assert m is not None
+    if m.is_file():
+        return [_MaskSource(m, "colour", None)]
+    subdirs = [m / "subject1", m / "subject2"]
+    if any(d.is_dir() for d in subdirs):
+        missing = [d.name for d in subdirs if not d.is_dir()]
+        if missing:
+            raise UserError(f"{m}: has subject1/ or subject2/ but not {missing[0]}/; add binary masks for both subjects.")
+        return [_MaskSource(d, "binary", _frame_files(d)) for d in subdirs]
+    vids = [[p for p in m.glob(f"{s}.*") if p.suffix.lower() in VIDEO_SUFFIXES] for s in ("subject1", "subject2")]
+    if any(vids):
+        if not all(vids):
+            raise UserError(f"{m}: has only one of subject1/subject2 mask videos; add the other one.")
+        return [_MaskSource(v[0], "binary", None) for v in vids]
+    if any(p.suffix.lower() in IMAGE_SUFFIXES for p in m.iterdir()):
+        return [_MaskSource(m, "colour", _frame_files(m))]
+    raise UserError(
+        f"{m}: no masks found; put colour-coded PNGs in it, or subject1/ and subject2/ folders of binary PNGs, "
+        "or subject1.mp4 and subject2.mp4."
+    )
+
+
+def _select_masks(item: _Item, meta: Mapping[str, Any], st: _Settings, chosen: Sequence[int], n_video: int,
+                  video_size: tuple[int, int]) -> np.ndarray:
+    """Masks bool (2, T, H, W) on the chosen video frames, with the video's geometric transform."""
+    sources = _mask_sources(item)
+    where = str(item.masks)
+    cols = _subject_colours(meta, f"{where}") if sources[0].kind == "colour" else None
+    vh, vw = video_size
+    geo = _geometry(vh, vw, st.height, st.width, st.resize)
+    out = np.zeros((2, len(chosen), st.height, st.width), dtype=bool)
+    unmatched = non_background = 0
+    for k, src in enumerate(sources):
+        m = src.count()
+        if m == 0:
+            raise UserError(f"{src.path}: no mask frames; export one mask per video frame.")
+        if m != n_video and not (1 / MAX_MASK_FRAME_RATIO <= m / n_video <= MAX_MASK_FRAME_RATIO):
+            raise UserError(
+                f"{src.path}: {m} mask frames for a video of {n_video} frames; masks must cover the whole "
+                f"video (at most {MAX_MASK_FRAME_RATIO:g}x more or fewer frames): export one mask per video frame."
+            )
+        mh, mw = src.size()
+        if abs((mw / mh) / (vw / vh) - 1) > MAX_ASPECT_DIFFERENCE:
+            raise UserError(
+                f"{src.path}: masks are {mw}x{mh} but the video is {vw}x{vh} (another aspect ratio); "
+                "re-export the masks at the video's resolution."
+            )
+        idx = [i if m == n_video else min(m - 1, int((i + 0.5) * m / n_video)) for i in chosen]
+        images = src.images(idx)
+        for t, i in enumerate(idx):
+            arr = _place(images[i], geo, st.height, st.width, st.resize, Image.Resampling.NEAREST)
+            if cols is not None:
+                masks, bad = _classify(arr, cols)
+                out[:, t] = masks
+                unmatched += int(bad.sum())
+                non_background += int(bad.sum() + masks.sum())
+            else:
+                out[k, t] = arr > 127
+    area = out.reshape(2, -1).sum(axis=1)
+    if cols is not None and unmatched and (unmatched > 0.25 * non_background or (area == 0).any()):
+        raise UserError(
+            f"{where}: {100 * unmatched / max(non_background, 1):.0f}% of mask pixels match neither subject1 "
+            f"{cols[0].astype(int).tolist()} nor subject2 {cols[1].astype(int).tolist()} (wrong colours); fix "
+            f"the colours in {SUBJECTS_FILE} or re-export the masks in those colours."
+        )
+    if (area == 0).all():
+        raise UserError(
+            f"{where}: zero-area masks: no subject pixels in the selected frames; check the masks (and start/"
+            "resize: a centre crop may cut the subjects out, resize='pad' keeps the whole frame)."
+        )
+    for k in range(2):
+        if area[k] == 0:
+            raise UserError(
+                f"{where}: subject{k + 1} is missing in all selected frames; add its mask (or check start/resize)."
+            )
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- discovery
+
+
+def _discover(src: Path, problems: list[str]) -> list[_Item]:
+    """Pair videos with their mask entries; report unpaired names and duplicates."""
+    vdir = src / "videos" if (src / "videos").is_dir() else src
+    videos: dict[str, Path] = {}
+    for p in sorted(vdir.iterdir()):
+        if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES:
+            if p.stem in videos:
+                problems.append(f"{p}: two videos named {p.stem!r}; rename one of them.")
+                continue
+            videos[p.stem] = p
+    mdir = src / "masks"
+    entries: dict[str, Path] = {}
+    if mdir.is_dir():
+        for p in sorted(mdir.iterdir()):
+            if p.is_dir():
+                entries[p.name] = p
+            elif p.suffix.lower() in VIDEO_SUFFIXES:
+                entries.setdefault(p.stem, p)  # a masks/NAME/ folder wins; masks/NAME.mp4 then needs it
+    for name, p in entries.items():
+        if name not in videos:
+            problems.append(
+                f"{p}: masks without a video {name}{{{','.join(VIDEO_SUFFIXES)}}}; rename them to match "
+                "their video or remove them."
+            )
+    items = []
+    for name, video in videos.items():
+        item = _Item(name, video)
+        entry = entries.get(name)
+        vid_mask = next((mdir / f"{name}{s}" for s in VIDEO_SUFFIXES if (mdir / f"{name}{s}").is_file()), None)
+        if entry is not None and entry.is_dir() and vid_mask is not None and not _has_mask_content(entry):
+            entry = vid_mask  # masks/NAME.mp4 with masks/NAME/subjects.json beside it
+        if entry is None:
+            problems.append(
+                f"{video}: no masks; add masks/{name}/ (one PNG per frame), masks/{name}/subject1/ and "
+                f"subject2/, or masks/{name}.mp4."
+            )
+            continue
+        item.masks = entry
+        for meta in (mdir / name / SUBJECTS_FILE, mdir / f"{name}.json"):
+            if meta.is_file():
+                item.meta_file = meta
+                break
+        items.append(item)
+    return items
+
+
+def _has_mask_content(folder: Path) -> bool:
+    return any(p.is_dir() or p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES for p in folder.iterdir())
+
+
+def _mask_files(item: _Item) -> list[Path]:
+    files = [item.masks] if item.masks and item.masks.is_file() else sorted(item.masks.rglob("*")) if item.masks else []
+    files = [p for p in files if p.is_file()]
+    if item.meta_file and item.meta_file not in files:
+        files.append(item.meta_file)
+    return files
+
+
+def _template_fields(template: str) -> set[str]:
+    fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    unknown = fields - {"subject1", "subject2"}
+    if unknown:
+        raise UserError(
+            f"caption template {template!r}: unknown placeholder {{{sorted(unknown)[0]}}}; use {{subject1}} and "
+            "{subject2} only."
+        )
+    return fields
+
+
+def _captions(items: list[_Item], metas: dict[str, dict[str, Any]], src: Path, caption: str | None,
+              template: str | None, problems: list[str]) -> list[_Item]:
+    """Fill ``item.caption``; every missing caption file or subject name is one problem line."""
+    if template is not None:
+        _template_fields(template)
+    good = []
+    for item in items:
+        if caption is not None:
+            item.caption = caption.strip()
+        elif template is not None:
+            meta = metas[item.name]
+            names = {k: meta.get(f"{k}_name") for k in ("subject1", "subject2")}
+            missing = [k for k in _template_fields(template) if not names.get(k)]
+            if missing:
+                where = item.meta_file or src / "masks" / item.name / SUBJECTS_FILE
+                problems.append(
+                    f"{where}: no \"{missing[0]}_name\" for the caption template; add it "
+                    '(e.g. "subject1_name": "person") or pass subjects=.'
+                )
+                continue
+            item.caption = template.format(**{k: str(v) for k, v in names.items()})
+        else:
+            txt = item.video.with_suffix(".txt")
+            if not txt.is_file():
+                problems.append(f"{txt}: missing caption file; write one line describing the video.")
+                continue
+            item.caption = txt.read_text(encoding="utf-8").strip()
+            item.files.append(txt)
+            if not item.caption:
+                problems.append(f"{txt}: empty caption file; write one line describing the video.")
+                continue
+        good.append(item)
+    return good
+
+
+# ------------------------------------------------------------------------------------------------- model
+
+
+def _model_fingerprint(model: Any) -> str:
+    """A cheap identity of the VAE + text encoder: file sizes/times of a model folder, else weight statistics."""
+    h = hashlib.sha256()
+    folder = Path(model) if isinstance(model, (str, os.PathLike)) else None
+    if folder is None:
+        name = getattr(model, "name_or_path", None)
+        folder = Path(name) if name and Path(name).is_dir() else None
+    if folder is not None:
+        for sub in ("vae", "text_encoder", "tokenizer"):
+            for p in sorted((folder / sub).rglob("*")) if (folder / sub).is_dir() else []:
+                if p.is_file():
+                    st = p.stat()
+                    h.update(f"{p.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns};".encode())
+        h.update(str(folder.resolve()).encode())
+        return h.hexdigest()[:16]
+    for part in (model.vae, model.text_encoder):
+        config = part.config.to_dict() if hasattr(part.config, "to_dict") else dict(part.config)
+        h.update(json.dumps(config, sort_keys=True, default=str).encode())
+        with torch.no_grad():
+            for p in part.parameters():
+                h.update(f"{float(p.double().sum()):.10e};".encode())
+    return h.hexdigest()[:16]
+
+
+def _settings_hash(st: _Settings, fingerprint: str) -> str:
+    data = {**st.__dict__, "model": fingerprint, "version": FORMAT_VERSION}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+
+
+def _save_sample(path: Path, sample: TrainingSample, metadata: dict[str, str]) -> None:
+    tensors = {
+        "latents": sample.latents.contiguous(),
+        "prompt_embeds": sample.prompt_embeds.contiguous(),
+        "prompt_mask": sample.prompt_mask.contiguous(),
+    }
+    if sample.latent_logvar is not None:
+        tensors["latent_logvar"] = sample.latent_logvar.contiguous()
+    if sample.masks is not None:
+        tensors["masks"] = sample.masks.contiguous()
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def _write_preview(path: Path, frames: np.ndarray, masks: np.ndarray, caption: str) -> None:
+    """Frames above the same frames in dimmed grey with subject1 (red) / subject2 (blue) masks on top."""
+    grey = np.repeat(frames.mean(axis=-1, keepdims=True) * 0.6, 3, axis=-1).astype(np.uint8)
+    overlaid = overlay_masks(grey, masks, colours=[(255, 40, 40), (40, 120, 255)], alpha=0.75)
+    sheet = contact_sheet([[frames], [overlaid]], row_labels=["video", "masks"], col_labels=[caption],
+                          frames_per_cell=6)
+    save_png(path, sheet)
+
+
+def _read_manifest(out: Path) -> dict[str, Any]:
+    path = out / MANIFEST
+    if not path.is_file():
+        return {"version": FORMAT_VERSION, "videos": {}}
+    data = _read_json(path)
+    if data.get("version") != FORMAT_VERSION or not isinstance(data.get("videos"), dict):
+        return {"version": FORMAT_VERSION, "videos": {}}
+    return data
+
+
+def _normalise_subjects(subjects: Mapping[str, Any] | str | os.PathLike[str] | None) -> dict[str, Any]:
+    if subjects is None:
+        return {}
+    if isinstance(subjects, (str, os.PathLike)):
+        return _read_json(Path(subjects))
+    return dict(subjects)
+
+
+# -------------------------------------------------------------------------------------------------- main
+
+
+def prepare_folder(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    pipe_or_model_path: Any,
+    *,
+    num_frames: int,
+    height: int,
+    width: int,
+    fps: float = 30,
+    start: float = 0.0,
+    resize: Resize = "crop",
+    caption: str | None = None,
+    caption_template: str | None = None,
+    subjects: Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    preview: bool = False,
+    progress: bool = True,
+    device: str | None = None,
+) -> PrepareReport:
+    """Encode every good video of ``src`` into ``out``; collect one line per bad input in the report.
+
+    ``pipe_or_model_path`` is a loaded ``MochiPipeline`` or a diffusers-format directory (loaded only if
+    something needs encoding). ``caption`` replaces every caption file; ``caption_template`` (e.g.
+    ``"A {subject1} is high-fiving with a {subject2}."``) is filled from the per-video subjects.json's
+    ``subject1_name``/``subject2_name`` (falling back to ``subjects``). ``subjects`` (mapping or JSON file)
+    gives defaults for every video's subjects.json. Re-running skips videos whose video, masks, caption and
+    settings are unchanged (content hashes) and drops samples whose source disappeared or turned bad.
+    """
+    began = time.perf_counter()
+    src, out = Path(src), Path(out)
+    if not src.is_dir():
+        raise UserError(f"{src}: input folder not found; point to a folder of videos with masks/ beside them.")
+    st = _check_settings(num_frames, height, width, fps, start, resize)
+    if isinstance(pipe_or_model_path, (str, os.PathLike)) and not (Path(pipe_or_model_path) / "model_index.json").is_file():
+        raise UserError(f"{pipe_or_model_path}: not a diffusers Mochi directory (no model_index.json); check the model path.")
+    defaults = _normalise_subjects(subjects)
+    report = PrepareReport(out=out)
+    problems = report.problems
+    log: Callable[[str], None] = (lambda s: print(s, file=sys.stderr, flush=True)) if progress else (lambda s: None)
+
+    items = _discover(src, problems)
+    metas: dict[str, dict[str, Any]] = {}
+    valid = []
+    for item in items:
+        try:
+            metas[item.name] = {**defaults, **(_read_json(item.meta_file) if item.meta_file else {})}
+            valid.append(item)
+        except UserError as exc:
+            problems.append(str(exc))
+    items = _captions(valid, metas, src, caption, caption_template, problems)
+
+    manifest = _read_manifest(out)
+    old: dict[str, Any] = manifest["videos"]
+    settings = _settings_hash(st, _model_fingerprint(pipe_or_model_path))
+    pipe = None if isinstance(pipe_or_model_path, (str, os.PathLike)) else pipe_or_model_path
+    entries: dict[str, Any] = {}
+
+    def save_manifest() -> None:
+        manifest["videos"] = {**{k: v for k, v in old.items() if k in keep}, **entries}
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / MANIFEST, manifest)
+
+    keep = {item.name for item in items}
+    for n, item in enumerate(items, 1):
+        try:
+            prev = old.get(item.name, {})
+            stat = item.video.stat()
+            vstat = [stat.st_size, stat.st_mtime_ns]
+            vsha = prev.get("video_sha256") if prev.get("video_stat") == vstat else None
+            vsha = vsha or _sha256_file(item.video)
+            msha = _sha256_files(_mask_files(item), src)
+            entry = {
+                "video": _rel(item.video, src),
+                "video_sha256": vsha,
+                "video_stat": vstat,
+                "masks": _rel(item.masks, src) if item.masks else None,
+                "masks_sha256": msha,
+                "caption": item.caption,
+                "settings": settings,
+                "file": f"samples/{item.name}.safetensors",
+            }
+            up_to_date = all(prev.get(k) == entry[k] for k in ("video_sha256", "masks_sha256", "caption", "settings"))
+            up_to_date = up_to_date and (out / entry["file"]).is_file()
+            need_preview = preview and not (out / "previews" / f"{item.name}.png").is_file()
+            if up_to_date and not need_preview:
+                entries[item.name] = {**prev, **entry}
+                report.skipped.append(item.name)
+                log(f"[{n}/{len(items)}] {item.name}: up to date")
+                continue
+            t = time.perf_counter()
+            frames, chosen, n_video, size = _select_video(item.video, st)
+            masks = _select_masks(item, metas[item.name], st, chosen, n_video, size)
+            if need_preview or (preview and not up_to_date):
+                _write_preview(out / "previews" / f"{item.name}.png", frames, masks, item.caption or "")
+            if up_to_date:
+                entries[item.name] = {**prev, **entry}
+                report.skipped.append(item.name)
+                continue
+            if pipe is None:
+                pipe = _load(pipe_or_model_path, device)
+            sample = _encode(pipe, frames, masks, item.caption or "", item.name, st)
+            _save_sample(out / entry["file"], sample, {"name": item.name, "caption": item.caption or "",
+                                                       "settings": settings})
+            entry.update(
+                source_frames=[int(i) for i in chosen],
+                latent_shape=list(sample.latents.shape),
+                prepared_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            )
+            entries[item.name] = entry
+            report.prepared.append(item.name)
+            report.frames += st.num_frames
+            save_manifest()
+            log(f"[{n}/{len(items)}] {item.name}: encoded in {time.perf_counter() - t:.1f} s")
+        except _ModelLoadError:
+            raise
+        except (UserError, OSError, ValueError, av.FFmpegError) as exc:
+            problems.append(str(exc) if isinstance(exc, UserError) else f"{item.video}: {_one_line(exc)}")
+            keep.discard(item.name)
+            log(f"[{n}/{len(items)}] {item.name}: {exc}")
+    # drop samples whose source disappeared or became bad (they would train on stale data)
+    for name in old:
+        if name not in entries:
+            (out / "samples" / f"{Path(name).name}.safetensors").unlink(missing_ok=True)
+    keep = set()
+    save_manifest()
+    report.seconds = time.perf_counter() - began
+    log(report.summary())
+    return report
+
+
+def _check_settings(num_frames: int, height: int, width: int, fps: float, start: float, resize: str) -> _Settings:
+    if resize not in ("crop", "pad"):
+        raise UserError(f"resize={resize!r}: choose 'crop' or 'pad'.")
+    try:
+        latent_frame_count(num_frames)
+    except ValueError as exc:
+        raise UserError(f"num_frames={num_frames}: {exc}.") from None
+    if height % 16 or width % 16 or height <= 0 or width <= 0:
+        raise UserError(f"size {width}x{height}: width and height must be positive multiples of 16.")
+    if not (fps > 0 and math.isfinite(fps)) or start < 0:
+        raise UserError(f"fps={fps}, start={start}: fps must be positive and start >= 0.")
+    return _Settings(int(num_frames), int(height), int(width), float(fps), float(start), resize)
+
+
+def read_example(
+    src: str | os.PathLike[str],
+    name: str,
+    *,
+    num_frames: int,
+    height: int,
+    width: int,
+    fps: float = 30,
+    start: float = 0.0,
+    resize: Resize = "crop",
+    subjects: Mapping[str, Any] | str | os.PathLike[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """One video of ``src`` as :func:`prepare_folder` sees it, before encoding.
+
+    Returns frames uint8 ``(T, H, W, 3)``, masks bool ``(2, T, H, W)`` (same frames, same resize) and the
+    chosen source frame indices.
+    """
+    st = _check_settings(num_frames, height, width, fps, start, resize)
+    src = Path(src)
+    item = next((i for i in _discover(src, []) if i.name == name), None)
+    if item is None:
+        raise UserError(f"{src}: no video {name!r} with masks; check the names of the video and masks/{name}.")
+    meta = {**_normalise_subjects(subjects), **(_read_json(item.meta_file) if item.meta_file else {})}
+    frames, chosen, n_video, size = _select_video(item.video, st)
+    return frames, _select_masks(item, meta, st, chosen, n_video, size), chosen
+
+
+class _ModelLoadError(UserError):
+    """The model could not be loaded: stop the run instead of blaming each video."""
+
+
+def _load(model: Any, device: str | None) -> Any:
+    """VAE, T5 and tokenizer of a diffusers Mochi directory (the transformer is not needed to prepare data)."""
+    from diffusers import MochiPipeline
+
+    path = Path(model)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        config = json.loads((path / "transformer" / "config.json").read_text())
+        pipe = MochiPipeline.from_pretrained(path, transformer=None, torch_dtype=dtype).to(device)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise _ModelLoadError(f"{path}: cannot load the Mochi VAE/text encoder ({_one_line(exc)}).") from None
+    pipe.set_progress_bar_config(disable=True)
+    pipe.prompt_length = int(config.get("max_sequence_length", 256))
+    return pipe
+
+
+def _prompt(pipe: Any, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """T5 embedding ``(L, D)`` and mask ``(L,)`` at the transformer's sequence length."""
+    if getattr(pipe, "transformer", None) is not None:
+        embeds, mask = encode_prompts(pipe, [caption])
+        return embeds[0], mask[0]
+    with torch.no_grad():
+        embeds, mask, _, _ = pipe.encode_prompt(
+            prompt=[caption], do_classifier_free_guidance=False, max_sequence_length=pipe.prompt_length
+        )
+    return embeds[0].float().cpu(), mask[0].cpu()
+
+
+def _encode(pipe: Any, frames: np.ndarray, masks: np.ndarray, caption: str, name: str,
+            st: _Settings) -> TrainingSample:
+    """Encode one clip with the pipeline's VAE (tiled for large frames) and its caption with T5."""
+    tiled = st.height * st.width > TILING_PIXELS
+    was_tiling = bool(getattr(pipe.vae, "use_tiling", False))
+    if tiled and not was_tiling:
+        pipe.vae.enable_tiling()
+    try:
+        latent, logvar = encode_video(pipe.vae, frames)
+    finally:
+        if tiled and not was_tiling:
+            pipe.vae.disable_tiling()
+    embeds, prompt_mask = _prompt(pipe, caption)
+    return TrainingSample(
+        latents=latent,
+        latent_logvar=logvar,
+        prompt_embeds=embeds,
+        prompt_mask=prompt_mask,
+        masks=latent_masks(torch.from_numpy(masks)),
+        name=name,
+    )
+
+
+def load_prepared(out: str | os.PathLike[str]) -> list[TrainingSample]:
+    """The samples listed in ``out/manifest.json`` (sorted by name), ready for ``train_adapters``."""
+    out = Path(out)
+    if not (out / MANIFEST).is_file():
+        raise UserError(f"{out}: no {MANIFEST}; run `dreamrelation prepare` into this folder first.")
+    videos = _read_manifest(out)["videos"]
+    if not videos:
+        raise UserError(f"{out / MANIFEST}: lists no prepared videos; fix the problems prepare reported and re-run it.")
+    samples = []
+    for name in sorted(videos):
+        path = out / videos[name]["file"]
+        try:
+            t = load_file(str(path))
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise UserError(f"{path}: cannot load ({_one_line(exc)}); re-run `dreamrelation prepare`.") from None
+        samples.append(
+            TrainingSample(
+                latents=t["latents"],
+                latent_logvar=t.get("latent_logvar"),
+                prompt_embeds=t["prompt_embeds"],
+                prompt_mask=t["prompt_mask"],
+                masks=t.get("masks"),
+                name=name,
+            )
+        )
+    settings = {v["settings"] for v in videos.values()}
+    if len(settings) > 1:
+        raise UserError(f"{out / MANIFEST}: samples were prepared with different settings; re-run prepare.")
+    return samples

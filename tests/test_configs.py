@@ -1,0 +1,63 @@
+"""Every shipped YAML under configs/ is a valid trainer config and means what its name says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from dreamrelation.config import load_config
+from dreamrelation.training.config import PRESET_NAMES, TrainConfig, preset
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+FILES = sorted(CONFIGS.rglob("*.yaml"))
+
+
+def test_configs_are_shipped() -> None:
+    names = {p.relative_to(CONFIGS).as_posix() for p in FILES}
+    assert {
+        "mochi/high_five.yaml",
+        "mochi/shaking_hands.yaml",
+        "toy/dreamrelation.yaml",
+        "toy/direct_lora.yaml",
+    } <= names
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.relative_to(CONFIGS).as_posix())
+def test_every_config_loads(path: Path) -> None:
+    assert isinstance(load_config(TrainConfig, path), TrainConfig)
+    method = OmegaConf.load(path).get("method", "dreamrelation")
+    assert method in PRESET_NAMES
+    cfg = load_config(preset(method), path)  # how the CLI applies it: preset defaults, then the file
+    assert cfg.method == method
+    assert set(cfg.adapter.inference_roles) <= set(cfg.adapter.placement)
+
+
+def test_mochi_configs_follow_the_paper() -> None:
+    for name in ("high_five", "shaking_hands"):
+        cfg = load_config(TrainConfig, CONFIGS / "mochi" / f"{name}.yaml")
+        assert (cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.steps, cfg.optim.batch_size) == (
+            2e-4,
+            200,
+            2000,
+            1,
+        )
+        assert (cfg.adapter.rank, cfg.hmt.lambda_m, cfg.contrastive.weight) == (16, 50.0, 0.01)
+        assert cfg.mixed_precision == "bf16" and cfg.hmt.enabled and cfg.contrastive.enabled
+        assert cfg == load_config(preset("dreamrelation"), CONFIGS / "mochi" / f"{name}.yaml")
+
+
+def test_toy_configs() -> None:
+    dr = load_config(preset("dreamrelation"), CONFIGS / "toy" / "dreamrelation.yaml")
+    direct = load_config(preset("direct_lora"), CONFIGS / "toy" / "direct_lora.yaml")
+    for cfg in (dr, direct):
+        assert (cfg.optim.steps, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.batch_size) == (
+            300,
+            1e-3,
+            30,
+            4,
+        )
+    assert dr.hmt.enabled and dr.contrastive.enabled
+    assert direct.adapter.placement == {"direct": ["q", "k", "v", "out"]}
+    assert not direct.hmt.enabled and not direct.contrastive.enabled

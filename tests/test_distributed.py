@@ -1,0 +1,164 @@
+"""Data-parallel training: 2 CPU processes (gloo) reproduce one process with the combined batch."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from diffusers import MochiTransformer3DModel
+from safetensors.torch import load_file, save_file
+
+from dreamrelation.models.adapters import named_adapter_parameters
+from dreamrelation.training.config import TrainConfig
+from dreamrelation.training.distributed import DistContext, launch_command
+from dreamrelation.training.trainer import TrainingSample, train_adapters
+
+WORLD = 2
+PER_RANK = 2
+TINY = dict(
+    num_layers=2,
+    num_attention_heads=2,
+    attention_head_dim=16,
+    pooled_projection_dim=16,
+    in_channels=12,
+    text_embed_dim=32,
+    time_embed_dim=16,
+    patch_size=2,
+    max_sequence_length=16,
+)
+
+
+def _model() -> MochiTransformer3DModel:
+    torch.manual_seed(0)
+    return MochiTransformer3DModel(**TINY)
+
+
+def _samples(n: int = 5) -> list[TrainingSample]:
+    g = torch.Generator().manual_seed(3)
+    out = []
+    for i in range(n):
+        masks = torch.zeros(2, 3, 4, 4)
+        masks[0, :, :2] = 1.0
+        masks[1, :, 2:] = 1.0
+        out.append(
+            TrainingSample(
+                latents=torch.randn(12, 3, 4, 4, generator=g),
+                prompt_embeds=torch.randn(8, 32, generator=g),
+                prompt_mask=torch.arange(8) < 5 + i % 3,
+                masks=masks,
+                latent_logvar=torch.full((12, 3, 4, 4), -3.0),
+                name=f"v{i}",
+            )
+        )
+    return out
+
+
+def _config(rcl: bool, batch_size: int) -> TrainConfig:
+    cfg = TrainConfig()
+    cfg.contrastive.enabled = rcl
+    cfg.optim.steps = 4
+    cfg.optim.warmup_steps = 1
+    cfg.optim.lr = 1e-3
+    cfg.optim.batch_size = batch_size
+    cfg.optim.checkpoint_every = 2
+    cfg.optim.caption_dropout = 0.3  # exercise the per-sample noise path
+    return cfg
+
+
+def _run(rcl: bool, batch_size: int, out: Path) -> tuple[dict[str, torch.Tensor], list[float], list[str]]:
+    model = _model()
+    result = train_adapters(model, _samples(), _config(rcl, batch_size), out, progress=False)
+    weights = {n: p.detach().clone() for n, p in named_adapter_parameters(model).items()}
+    return weights, result.losses, result.choices
+
+
+def _worker(rank: int, port: int, root: str) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_WORLD_SIZE=str(WORLD),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        GLOO_SOCKET_IFNAME="lo",
+        OMP_NUM_THREADS="1",
+    )
+    torch.set_num_threads(1)
+    try:
+        for rcl in (False, True):
+            # rank 1 gets its own run folder, which must stay empty: only rank 0 writes
+            weights, losses, choices = _run(rcl, PER_RANK, Path(root) / f"run-rcl{int(rcl)}-rank{rank}")
+            weights["losses"] = torch.tensor(losses, dtype=torch.float64)
+            weights["choices"] = torch.tensor([len(c) for c in choices])
+            save_file(weights, str(Path(root) / f"rcl{int(rcl)}-rank{rank}.safetensors"))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> Path:
+    """Train on 2 forked CPU processes (gloo) with and without RCL; one file of results per rank and run."""
+    root = tmp_path_factory.mktemp("ddp")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.multiprocessing.start_processes(
+            _worker, args=(_free_port(), str(root)), nprocs=WORLD, start_method="fork"
+        )
+    finally:
+        torch.set_num_threads(threads)
+    return root
+
+
+@pytest.mark.parametrize("rcl", [False, True])
+def test_two_ranks_match_one_process_with_the_combined_batch(two_ranks: Path, tmp_path, rcl: bool) -> None:
+    ranks = [load_file(str(two_ranks / f"rcl{int(rcl)}-rank{r}.safetensors")) for r in range(WORLD)]
+    # (a) identical adapters (and logged global losses) on every rank
+    assert ranks[0].keys() == ranks[1].keys()
+    for k in ranks[0]:
+        assert torch.equal(ranks[0][k], ranks[1][k]), k
+    # (b) equal to one process trained on the global batch (2 x per-rank batch)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single, losses, _ = _run(rcl, WORLD * PER_RANK, tmp_path / "single")
+    finally:
+        torch.set_num_threads(threads)
+    moved = {n: p for n, p in single.items() if ".lora_B." in n and p.abs().max() > 0}
+    assert moved, "training did not update any adapter"
+    for n, p in single.items():
+        torch.testing.assert_close(ranks[0][n], p, atol=1e-5, rtol=1e-4, msg=n)
+    torch.testing.assert_close(
+        ranks[0]["losses"], torch.tensor(losses, dtype=torch.float64), atol=1e-5, rtol=1e-5
+    )
+    # only rank 0 wrote checkpoints / adapters / loss.csv
+    rank0, rank1 = (two_ranks / f"run-rcl{int(rcl)}-rank{r}" for r in range(WORLD))
+    assert (rank0 / "adapters").is_dir() and (rank0 / "loss.csv").is_file()
+    assert not any(p.is_file() for p in rank1.rglob("*"))
+
+
+def test_shard_and_single_process_context() -> None:
+    ctx = DistContext(rank=1, world_size=2)
+    assert ctx.shard([5, 6, 7, 8]) == [7, 8] and not ctx.is_main and ctx.enabled
+    assert not DistContext().enabled and DistContext().mean(torch.ones(2)).tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError):
+        ctx.shard([1, 2, 3])
+
+
+def test_launch_command_runs_the_cli_module(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cmd = launch_command(4, ["train", "data", "--out", "runs/x"], main_process_port=29555)
+    assert cmd[-6:] == ["-m", "dreamrelation.cli", "train", "data", "--out", "runs/x"]
+    assert "--num_processes" in cmd and cmd[cmd.index("--num_processes") + 1] == "4"
+    assert "29555" in cmd and "--multi_gpu" in cmd
