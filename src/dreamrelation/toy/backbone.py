@@ -152,6 +152,24 @@ def analytic_latents(video: torch.Tensor) -> torch.Tensor:
     return packed.reshape(b, f, LATENT_CHANNELS, h // SPATIAL_FACTOR, w // SPATIAL_FACTOR).transpose(1, 2)
 
 
+def analytic_decode(latents: torch.Tensor) -> torch.Tensor:
+    """The reference inverse of :func:`analytic_latents`: ``(B, 12, F, h, w)`` -> ``(B, 3, 6(F-1)+1, 8h, 8w)``.
+
+    Sub-cell colours are upsampled (nearest) and the frames between keyframes linearly interpolated; the
+    trained VAE decoder should do at least this well (it can also sharpen edges).
+    """
+    b, _, f, h, w = latents.shape
+    cells = F.pixel_shuffle(latents.transpose(1, 2).reshape(b * f, LATENT_CHANNELS, h, w), 2)
+    keyframes = F.interpolate(cells, scale_factor=SUBCELL, mode="nearest")
+    keyframes = keyframes.reshape(b, f, 3, h * SPATIAL_FACTOR, w * SPATIAL_FACTOR).transpose(1, 2)
+    frames = [keyframes[:, :, :1]]
+    weights = torch.arange(1, TEMPORAL_FACTOR + 1, dtype=latents.dtype).view(1, 1, -1, 1, 1) / TEMPORAL_FACTOR
+    for i in range(1, f):
+        prev, nxt = keyframes[:, :, i - 1 : i], keyframes[:, :, i : i + 1]
+        frames.append(prev + (nxt - prev) * weights)
+    return torch.cat(frames, dim=2)
+
+
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
     """uint8 ``(T, H, W, 3)`` or ``(B, T, H, W, 3)`` -> float ``(B, 3, T, H, W)`` in [-1, 1]."""
     x = torch.from_numpy(np.asarray(frames)).float() / 127.5 - 1.0

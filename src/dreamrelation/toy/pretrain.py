@@ -39,15 +39,15 @@ class PretrainConfig:
     """Budget of the two pretraining stages (defaults: the shipped bundle)."""
 
     seed: int = 0
-    vae_steps: int = 800
+    vae_steps: int = 2000
     vae_batch: int = 8
     vae_lr: float = 1e-3
     vae_crop: int = 32
     vae_latent_noise: float = 0.03
     num_videos: int = 6000
-    transformer_steps: int = 3000
+    transformer_steps: int = 10000
     transformer_batch: int = 16
-    transformer_lr: float = 5e-4
+    transformer_lr: float = 8e-4
     caption_dropout: float = 0.1
     backbone: ToyBackboneConfig = field(default_factory=ToyBackboneConfig)
 
