@@ -80,3 +80,25 @@ def test_cli_train_reports_missing_files(tmp_path):
     (tmp_path / "videos").mkdir()
     result = _cli("train", str(tmp_path))
     assert result.returncode == 2 and "no videos" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_render_then_train_from_folder(tiny_bundle, tmp_path):
+    data, run = tmp_path / "data", tmp_path / "run"
+    result = _cli("toy", "render", str(data), "--relation", "pushing", "--num", "2", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (data / "videos").iterdir()) == [
+        "exemplar000.mp4",
+        "exemplar000.txt",
+        "exemplar001.mp4",
+        "exemplar001.txt",
+    ]
+    overrides = ["optim.steps=2", "optim.batch_size=2", "optim.warmup_steps=1", "adapter.rank=4"]
+    result = _cli("train", str(data), *overrides, "--model", str(tiny_bundle), "--out", str(run))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (run / "adapters").glob("*.safetensors")) == [
+        "output.safetensors",
+        "relation.safetensors",
+        "subject1.safetensors",
+        "subject2.safetensors",
+    ]
+    assert len((run / "loss.csv").read_text().strip().splitlines()) == 3  # header + 2 steps

@@ -280,17 +280,13 @@ def toy_render(
     relation: str = typer.Option("high_fiving", help="Relation name (see `dreamrelation toy relations`)."),
     num: int = typer.Option(16, help="Number of videos."),
     seed: int = typer.Option(0, help="Random seed."),
-    person_prob: float = typer.Option(1.0, help="Probability that a subject is a person."),
 ) -> None:
-    """Render toy relation videos with captions and paper-format subject masks."""
-    from dreamrelation.demo import DemoConfig, render_exemplars
+    """Render person-vs-person toy videos of a relation with captions and paper-format masks."""
+    from dreamrelation.evaluation.toy_study import write_exemplar_videos
     from dreamrelation.toy import world
 
     world.get_relation(relation)
-    cfg = DemoConfig(relation=relation, num_exemplars=num, exemplar_seed=seed)
-    if person_prob != 1.0:
-        raise UserError("--person-prob: only person exemplars (1.0) are supported by `toy render` for now")
-    render_exemplars(cfg, out)
+    write_exemplar_videos(relation, num, seed, out)
     typer.echo(f"{num} videos in {out}")
 
 

@@ -1,0 +1,172 @@
+"""Building blocks of toy-world experiments, shared by the demo and the toy benchmark.
+
+An experiment: render person exemplars of a relation and encode them -> for each method, train its
+adapters, generate fixed (prompt, seed) jobs with new subjects, score them with the tracker -> summarise.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dreamrelation.data.mask_io import write_colour_masks
+from dreamrelation.data.prepare import prepare_samples
+from dreamrelation.evaluation.report import mean_ci95
+from dreamrelation.models.adapters import set_active_roles
+from dreamrelation.sampling.generate import generate_videos
+from dreamrelation.toy import world
+from dreamrelation.toy.render import RenderedVideo, render_video
+from dreamrelation.toy.tracker import evaluate_video
+from dreamrelation.training.config import TrainConfig, preset
+from dreamrelation.training.trainer import TrainingSample, train_adapters
+from dreamrelation.utils.io import atomic_write_text
+from dreamrelation.utils.media import write_video
+
+UNTUNED = "untuned"
+SUMMARY_KEYS = ("relation_correct", "appearance", "leakage", "temporal_consistency")
+
+# New subjects for generation: never a person, colour pairs unlike the exemplars'.
+DEFAULT_SUBJECTS = [
+    ["star", "red", "circle", "blue"],
+    ["triangle", "yellow", "square", "green"],
+    ["diamond", "cyan", "cross", "orange"],
+    ["circle", "white", "star", "magenta"],
+]
+
+
+@dataclass
+class Job:
+    """One video to generate: the prompt, its two subjects and the seed."""
+
+    prompt: str
+    subjects: tuple[world.SubjectSpec, world.SubjectSpec]
+    seed: int
+
+    @property
+    def stem(self) -> str:
+        """A file-name stem naming the subjects and the seed."""
+        s1, s2 = self.subjects
+        return f"{s1.colour}-{s1.shape}_{s2.colour}-{s2.shape}_seed{self.seed}"
+
+
+@dataclass
+class Exemplars:
+    """Rendered exemplars of one relation, encoded for training."""
+
+    relation: str
+    videos: list[np.ndarray]
+    samples: list[TrainingSample]
+    subjects: list[world.SubjectSpec]
+
+
+def make_jobs(relation: str, subjects: Sequence[Sequence[str]], seeds: Sequence[int]) -> list[Job]:
+    """Prompts with new subjects (``[shape1, colour1, shape2, colour2]`` each) x seeds."""
+    jobs = []
+    for s1, c1, s2, c2 in subjects:
+        pair = (world.SubjectSpec(s1, c1), world.SubjectSpec(s2, c2))
+        prompt = world.caption(world.VideoSpec(relation, *pair))
+        jobs += [Job(prompt, pair, int(seed)) for seed in seeds]
+    return jobs
+
+
+def write_exemplar_videos(
+    relation: str, num: int, seed: int, out_dir: Path | None = None
+) -> list[RenderedVideo]:
+    """Render ``num`` person-vs-person videos of ``relation``.
+
+    With ``out_dir``, also writes them in the layout ``dreamrelation train`` reads: ``videos/NAME.mp4``
+    (native size) + ``videos/NAME.txt`` captions and paper-format masks in ``masks/NAME/``.
+    """
+    rng = np.random.default_rng(seed)
+    rendered = []
+    for i in range(num):
+        video = render_video(world.sample_video_spec(rng, relations=[relation], person_prob=1.0))
+        if out_dir is not None:
+            name = f"exemplar{i:03d}"
+            write_video(out_dir / "videos" / f"{name}.mp4", video.frames, fps=world.FPS, scale=1)
+            atomic_write_text(out_dir / "videos" / f"{name}.txt", video.caption + "\n")
+            write_colour_masks(out_dir / "masks" / name, video.masks)
+        rendered.append(video)
+    return rendered
+
+
+def render_exemplars(pipe, relation: str, num: int, seed: int, out_dir: Path | None = None) -> Exemplars:
+    """Render exemplars (see :func:`write_exemplar_videos`) and encode them with ``pipe``."""
+    rendered = write_exemplar_videos(relation, num, seed, out_dir)
+    samples = prepare_samples(
+        pipe,
+        [v.frames for v in rendered],
+        [v.caption for v in rendered],
+        [v.masks for v in rendered],
+        [f"exemplar{i:03d}" for i in range(num)],
+    )
+    subjects = [rendered[0].spec.subject1, rendered[0].spec.subject2]
+    return Exemplars(relation, [v.frames for v in rendered], samples, subjects)
+
+
+def toy_recipe(method: str, steps: int, batch_size: int, lr: float, warmup: int, rank: int) -> TrainConfig:
+    """A trainer preset at toy scale: steps, batch, lr and rank given; everything else the paper's."""
+    cfg = preset(method)
+    cfg.optim.steps = steps
+    cfg.optim.batch_size = batch_size
+    cfg.optim.lr = lr
+    cfg.optim.warmup_steps = warmup
+    cfg.optim.checkpoint_every = steps
+    cfg.adapter.rank = rank
+    cfg.adapter.alpha = float(rank)
+    return cfg
+
+
+def generate_jobs(pipe, jobs: Sequence[Job], steps: int, guidance: float) -> list[np.ndarray]:
+    """Generate every job with the adapters currently active in ``pipe``."""
+    return generate_videos(pipe, [j.prompt for j in jobs], [j.seed for j in jobs], steps, guidance)
+
+
+def train_and_generate(
+    pipe,
+    exemplars: Exemplars,
+    train_cfg: TrainConfig | None,
+    jobs: Sequence[Job],
+    out_dir: Path,
+    steps: int,
+    guidance: float,
+    progress: bool = True,
+) -> tuple[list[np.ndarray], dict[str, float]]:
+    """Train ``train_cfg``'s adapters (``None``: the untuned model), generate ``jobs``, remove the adapters."""
+    timings: dict[str, float] = {}
+    if train_cfg is not None:
+        start = time.time()
+        result = train_adapters(pipe.transformer, exemplars.samples, train_cfg, out_dir, progress=progress)
+        timings["train_s"] = time.time() - start
+        timings["train_s_per_step"] = result.seconds_per_step
+        set_active_roles(pipe.transformer, train_cfg.adapter.inference_roles, trainable=False)
+    start = time.time()
+    videos = generate_jobs(pipe, jobs, steps, guidance)
+    timings["generate_s"] = time.time() - start
+    if train_cfg is not None:
+        pipe.transformer.delete_adapters(list(train_cfg.adapter.placement))  # the next method starts clean
+    return videos, timings
+
+
+def score_jobs(
+    videos: Sequence[np.ndarray], jobs: Sequence[Job], relation: str, exemplar_subjects
+) -> list[dict]:
+    """Tracker scores of each generated video (relation, appearance, leakage, temporal consistency)."""
+    return [
+        evaluate_video(video, job.subjects, relation, exemplar_subjects=exemplar_subjects)
+        for video, job in zip(videos, jobs, strict=True)
+    ]
+
+
+def summarise(scores: Sequence[dict], keys: Sequence[str] = SUMMARY_KEYS) -> dict:
+    """Mean and 95% interval of each score key: ``{key: mean, key_ci95: [low, high]}``."""
+    row: dict = {}
+    for key in keys:
+        mean, low, high = mean_ci95([float(s[key]) for s in scores])
+        row[key] = mean
+        row[f"{key}_ci95"] = [low, high]
+    return row
