@@ -22,6 +22,8 @@ app = typer.Typer(
 )
 toy_app = typer.Typer(no_args_is_help=True, help="The toy world: rendered relation videos and a small Mochi.")
 app.add_typer(toy_app, name="toy")
+benchmark_app = typer.Typer(no_args_is_help=True, help="Benchmarks that reproduce the paper's tables.")
+app.add_typer(benchmark_app, name="benchmark")
 
 OVERRIDES_HELP = "Config overrides such as train_steps=200 or seeds=[0,1]."
 
@@ -248,6 +250,24 @@ def import_(
     from dreamrelation.sampling.run import run_import
 
     run_import(checkpoint, out, model=model)
+
+
+@benchmark_app.command("toy")
+def benchmark_toy(
+    overrides: list[str] = typer.Argument(
+        None, help="ToyBenchmarkConfig overrides such as relations=[pushing]."
+    ),
+    preset: str = typer.Option("full", help="full (3 relations, every method) or fast (CI-sized)."),
+    config: Path = typer.Option(None, "--config", "-c", help="YAML file with ToyBenchmarkConfig fields."),
+) -> None:
+    """The paper's Tables 1-3 on the toy world: untuned, direct LoRA, DreamRelation, ablations, placements."""
+    from dreamrelation.config import load_config
+    from dreamrelation.evaluation.toy_benchmark import ToyBenchmarkConfig, fast_preset, run_toy_benchmark
+
+    if preset not in ("full", "fast"):
+        raise UserError(f"--preset {preset!r}: choose full or fast")
+    base = fast_preset(ToyBenchmarkConfig()) if preset == "fast" else ToyBenchmarkConfig()
+    run_toy_benchmark(load_config(base, config, overrides))
 
 
 @toy_app.command("pretrain")

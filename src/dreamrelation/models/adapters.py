@@ -1,6 +1,7 @@
 """The relation LoRA triplet (relation / subject1 / subject2 + always-on output LoRA) as PEFT named adapters.
 
-Each role is one PEFT LoRA adapter on ``MochiTransformer3DModel``. A role lists projection kinds among
+Each role is one PEFT LoRA adapter on the backbone's transformer (``MochiTransformer3DModel``,
+``WanTransformer3DModel``, see :mod:`dreamrelation.models.backbones`). A role lists projection kinds among
 {"q", "k", "v", "out"}; the same kind on the visual and the text stream are different modules, so each stream
 gets its own weights. Only the adapters made active by :func:`set_active_roles` are computed in a forward.
 """
@@ -23,35 +24,39 @@ from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from dreamrelation.models.backbones import MOCHI, Backbone, get_backbone
 from dreamrelation.training.config import PROJECTIONS, STREAMS, AdapterConfig
 
-# Module names (relative to ``attn1``) of each projection kind per stream, as in diffusers' MochiAttention.
-_MODULES: dict[str, dict[str, str]] = {
-    "visual": {"q": "to_q", "k": "to_k", "v": "to_v", "out": r"to_out\.0"},
-    "text": {"q": "add_q_proj", "k": "add_k_proj", "v": "add_v_proj", "out": "to_add_out"},
-}
 METADATA_KEY = "dreamrelation_metadata"
 
 
-def target_regex(kinds: Sequence[str], streams: Sequence[str]) -> str:
+def target_regex(kinds: Sequence[str], streams: Sequence[str], backbone: Backbone = MOCHI) -> str:
     """Anchored regex matching the attention projections of ``kinds`` on ``streams`` in every block.
 
     PEFT applies a string ``target_modules`` with ``re.fullmatch``; the explicit anchors keep it exact anywhere.
+    The module names come from ``backbone`` (default Mochi).
     """
     bad = [k for k in kinds if k not in PROJECTIONS] + [s for s in streams if s not in STREAMS]
     if bad or not kinds or not streams:
         raise ValueError(f"bad projection kinds {list(kinds)} / streams {list(streams)}: {bad}")
-    names = [_MODULES[s][k] for s in streams for k in kinds]
-    return r"^transformer_blocks\.\d+\.attn1\.(" + "|".join(names) + r")$"
+    return backbone.target_regex(kinds, streams)
 
 
-def lora_config(cfg: AdapterConfig, role: str) -> LoraConfig:
-    """PEFT ``LoraConfig`` for one role of ``cfg.placement``."""
+def model_backbone(transformer: torch.nn.Module) -> Backbone:
+    """The registered backbone of ``transformer``; Mochi's module names for an unregistered class."""
+    try:
+        return get_backbone(transformer)
+    except ValueError:
+        return MOCHI
+
+
+def lora_config(cfg: AdapterConfig, role: str, backbone: Backbone = MOCHI) -> LoraConfig:
+    """PEFT ``LoraConfig`` for one role of ``cfg.placement`` on ``backbone``."""
     return LoraConfig(
         r=cfg.rank,
         lora_alpha=cfg.alpha,
         init_lora_weights=True,
-        target_modules=target_regex(cfg.placement[role], cfg.streams),
+        target_modules=target_regex(cfg.placement[role], cfg.streams, backbone),
     )
 
 
@@ -66,8 +71,9 @@ def add_relation_adapters(transformer: torch.nn.Module, cfg: AdapterConfig) -> l
     """
     transformer.requires_grad_(False)
     roles = list(cfg.placement)
+    backbone = model_backbone(transformer)
     for role in roles:
-        conf = lora_config(cfg, role)
+        conf = lora_config(cfg, role, backbone)
         if not any(re.fullmatch(conf.target_modules, n) for n, _ in transformer.named_modules()):
             raise ValueError(f"adapter {role!r}: no module matches {conf.target_modules}")
         with warnings.catch_warnings():  # PEFT warns on every adapter after the first; several are intended

@@ -1,6 +1,8 @@
-"""Losses: rectified-flow inputs/targets (Mochi convention), hybrid mask loss, relational contrastive loss."""
+"""Losses: rectified-flow inputs/targets (per-backbone convention), hybrid mask loss, relational contrastive loss."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -10,14 +12,45 @@ from dreamrelation.training.config import ContrastiveConfig
 NUM_TRAIN_TIMESTEPS = 1000
 
 
+@dataclass(frozen=True)
+class FlowConvention:
+    """How a backbone's sampler reads a rectified flow ``z_sigma = (1 - sigma) z + sigma eps``.
+
+    ``timestep_is_noise``: the model is fed ``sigma * 1000`` (Wan, FLUX) instead of ``(1 - sigma) * 1000``
+    (Mochi). ``velocity_to_data``: the model predicts ``z - eps`` (Mochi) instead of ``eps - z`` (Wan's
+    ``flow_prediction``: the scheduler takes ``x0 = x - sigma * v``).
+    """
+
+    timestep_is_noise: bool = False
+    velocity_to_data: bool = True
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Model timestep for noise level ``sigma``."""
+        return (sigma if self.timestep_is_noise else 1.0 - sigma) * NUM_TRAIN_TIMESTEPS
+
+    def noise_level(self, timestep: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`timestep`."""
+        t = timestep / NUM_TRAIN_TIMESTEPS
+        return t if self.timestep_is_noise else 1.0 - t
+
+    def target(self, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Velocity the model is trained to predict."""
+        return z - eps if self.velocity_to_data else eps - z
+
+
+#: Mochi / genmo: timestep ``(1 - sigma) * 1000``, target ``z - eps`` (the default everywhere).
+MOCHI_FLOW = FlowConvention()
+
+
 def flow_matching_inputs(
-    latents: torch.Tensor, generator: torch.Generator | None = None
+    latents: torch.Tensor, generator: torch.Generator | None = None, flow: FlowConvention = MOCHI_FLOW
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Noisy input, model timestep, velocity target and noise level for clean ``latents`` (B, C, F, h, w).
 
-    sigma ~ U(0, 1) per sample, ``z_sigma = (1 - sigma) z + sigma eps``, timestep ``(1 - sigma) * 1000`` and
-    target ``v = z - eps``: the velocity towards the data, as ``FlowMatchEulerDiscreteScheduler(invert_sigmas=True)``
-    integrates it (``x += (s_next - s) * v`` with its ``s = 1 - sigma`` increasing from 0 at pure noise).
+    sigma ~ U(0, 1) per sample, ``z_sigma = (1 - sigma) z + sigma eps``. Mochi (default ``flow``): timestep
+    ``(1 - sigma) * 1000`` and target ``v = z - eps``, the velocity towards the data, as
+    ``FlowMatchEulerDiscreteScheduler(invert_sigmas=True)`` integrates it (``x += (s_next - s) * v`` with its
+    ``s = 1 - sigma`` increasing from 0 at pure noise). Other backbones: see :class:`FlowConvention`.
     Random numbers are drawn on the CPU from ``generator`` so runs reproduce across devices.
     """
     b = latents.shape[0]
@@ -27,8 +60,7 @@ def flow_matching_inputs(
     z = latents.float()
     s = sigma.view(b, *([1] * (latents.ndim - 1)))
     noisy = (1.0 - s) * z + s * eps
-    timestep = (1.0 - sigma) * NUM_TRAIN_TIMESTEPS
-    return noisy, timestep, z - eps, sigma
+    return noisy, flow.timestep(sigma), flow.target(z, eps), sigma
 
 
 def _broadcast_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

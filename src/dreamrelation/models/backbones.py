@@ -1,0 +1,260 @@
+"""Registry of supported video backbones: everything DreamRelation needs to know about one architecture.
+
+A :class:`Backbone` names the attention projections each adapter stream targets, the VAE's compression
+(latent mask geometry), how to call the transformer, the flow-matching convention its sampler expects,
+the VAE latent normalisation and the diffusers classes to load it. Adding a third backbone is one new
+entry passed to :func:`register`.
+
+Stream mapping per backbone (projection kinds q / k / v / out):
+
+* **Mochi 1** (asymmetric MM-DiT, joint attention ``attn1``): visual stream ``attn1.to_q/to_k/to_v`` and
+  ``attn1.to_out.0``; text stream ``attn1.add_q_proj/add_k_proj/add_v_proj`` and ``attn1.to_add_out``.
+* **Wan 2.1** (DiT with self-attention ``attn1`` over video tokens and cross-attention ``attn2`` to T5
+  tokens): the visual stream is the self-attention, ``attn1.to_q/to_k`` (relation), ``attn1.to_v``
+  (subjects), ``attn1.to_out.0`` (output LoRA). Text never acts as a query and has no output projection
+  of its own, so the text stream is only ``attn2.to_k`` (kind k: which text tokens the video attends to,
+  with the relation LoRA) and ``attn2.to_v`` (kind v: the text content written into the video, with the
+  subject LoRAs); kinds q and out have no text module on Wan. Drop the text stream with
+  ``adapter.streams=[visual]``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dreamrelation.training.losses import MOCHI_FLOW, FlowConvention
+
+#: ``call(transformer, hidden_states, timestep, prompt_embeds, prompt_mask) -> prediction``
+ForwardCall = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """One video transformer architecture as DreamRelation sees it (see the module docstring)."""
+
+    name: str
+    transformer_class: str
+    pipeline_class: str
+    vae_class: str
+    blocks: str  # attribute of the transformer holding its ``nn.ModuleList`` of blocks
+    projections: Mapping[str, Mapping[str, str | None]]  # stream -> kind -> module path inside a block
+    spatial_compression: int
+    temporal_compression: int  # the VAE needs ``temporal * k + 1`` frames
+    flow: FlowConvention
+    call: ForwardCall
+    vae_channels_key: str = "latent_channels"
+    default_geometry: tuple[int, int, int] = (61, 480, 848)  # (frames, height, width) of the paper setup
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+
+    # --------------------------------------------------------------------------------------- adapters
+
+    def module_names(self, kinds: Sequence[str], streams: Sequence[str]) -> list[str]:
+        """Module paths (inside a block) of ``kinds`` on ``streams``; kinds absent on a stream are skipped."""
+        bad = [s for s in streams if s not in self.projections]
+        bad += [k for k in kinds if not any(k in self.projections[s] for s in self.projections)]
+        if bad or not kinds or not streams:
+            raise ValueError(f"bad projection kinds {list(kinds)} / streams {list(streams)}: {bad}")
+        return [m for s in streams for k in kinds if (m := self.projections[s].get(k)) is not None]
+
+    def target_regex(self, kinds: Sequence[str], streams: Sequence[str]) -> str:
+        """Anchored regex matching the projections of ``kinds`` on ``streams`` in every block.
+
+        PEFT applies a string ``target_modules`` with ``re.fullmatch``; the anchors keep it exact anywhere.
+        When every module sits in one attention layer the regex reads ``^blocks\\.\\d+\\.attn1\\.(to_q|to_k)$``.
+        """
+        names = self.module_names(kinds, streams)
+        if not names:
+            raise ValueError(f"{self.name}: no module for kinds {list(kinds)} on streams {list(streams)}")
+        parents = {n.split(".", 1)[0] for n in names}
+        prefix = rf"^{re.escape(self.blocks)}\.\d+\."
+        if len(parents) == 1 and all("." in n for n in names):
+            parent = parents.pop()
+            tails = [re.escape(n.split(".", 1)[1]) for n in names]
+            return prefix + re.escape(parent) + r"\.(" + "|".join(tails) + r")$"
+        return prefix + "(" + "|".join(re.escape(n) for n in names) + r")$"
+
+    # --------------------------------------------------------------------------------------- geometry
+
+    @property
+    def mask_geometry(self) -> tuple[int, int]:
+        """``(spatial, temporal)`` compression, the arguments of :func:`~dreamrelation.data.latent_masks.latent_masks`."""
+        return self.spatial_compression, self.temporal_compression
+
+    def latent_shape(self, channels: int, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """Latent ``(C, F, h, w)`` of a ``frames x height x width`` video."""
+        if frames < 1 or (frames - 1) % self.temporal_compression:
+            raise ValueError(f"{self.name} needs {self.temporal_compression}k+1 frames, got {frames}")
+        s = self.spatial_compression
+        return channels, (frames - 1) // self.temporal_compression + 1, height // s, width // s
+
+    # --------------------------------------------------------------------------------------- model
+
+    def forward(
+        self,
+        transformer: torch.nn.Module,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        prompt_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """The transformer's prediction for noisy latents ``(B, C, F, h, w)`` at ``timestep`` ``(B,)``."""
+        return self.call(transformer, hidden_states, timestep, prompt_embeds, prompt_mask)
+
+    def block_list(self, transformer: torch.nn.Module) -> torch.nn.ModuleList:
+        """The transformer's blocks, in forward order."""
+        return getattr(_unwrap(transformer), self.blocks)
+
+    def latent_normalisation(self, vae: Any) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """``(mean, std, scaling)`` with ``latent = (mu - mean) * scaling / std``, shaped ``(C, 1, 1, 1)``.
+
+        The inverse of what the backbone's pipeline does before decoding (Mochi:
+        ``z * std / scaling_factor + mean``; Wan: ``z * std + mean``, no scaling factor).
+        """
+        config = vae.config
+        channels = int(config[self.vae_channels_key])
+        mean = torch.tensor(config.get("latents_mean") or [0.0] * channels, dtype=torch.float32)
+        std = torch.tensor(config.get("latents_std") or [1.0] * channels, dtype=torch.float32)
+        scaling = config.get("scaling_factor", None)
+        return mean.view(-1, 1, 1, 1), std.view(-1, 1, 1, 1), float(1.0 if scaling is None else scaling)
+
+    def classes(self) -> tuple[type, type, type]:
+        """The diffusers ``(transformer, pipeline, vae)`` classes."""
+        import diffusers
+
+        return tuple(getattr(diffusers, c) for c in (self.transformer_class, self.pipeline_class, self.vae_class))
+
+
+# ----------------------------------------------------------------------------------------------- calls
+
+
+def _mochi_call(
+    transformer: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    return transformer(
+        hidden_states=x, encoder_hidden_states=emb, timestep=t, encoder_attention_mask=mask, return_dict=False
+    )[0]
+
+
+def _wan_call(
+    transformer: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    # Wan takes no attention mask: WanPipeline zero-pads the T5 states after each prompt's last token
+    emb = emb * mask.unsqueeze(-1).to(emb.dtype)
+    return transformer(hidden_states=x, timestep=t, encoder_hidden_states=emb, return_dict=False)[0]
+
+
+# ----------------------------------------------------------------------------------------------- registry
+
+MOCHI = Backbone(
+    name="mochi",
+    transformer_class="MochiTransformer3DModel",
+    pipeline_class="MochiPipeline",
+    vae_class="AutoencoderKLMochi",
+    blocks="transformer_blocks",
+    projections={
+        "visual": {"q": "attn1.to_q", "k": "attn1.to_k", "v": "attn1.to_v", "out": "attn1.to_out.0"},
+        "text": {
+            "q": "attn1.add_q_proj",
+            "k": "attn1.add_k_proj",
+            "v": "attn1.add_v_proj",
+            "out": "attn1.to_add_out",
+        },
+    },
+    spatial_compression=8,
+    temporal_compression=6,
+    flow=MOCHI_FLOW,
+    call=_mochi_call,
+    default_geometry=(61, 480, 848),
+    aliases=("mochi1", "mochi-1"),
+)
+
+WAN = Backbone(
+    name="wan2.1",
+    transformer_class="WanTransformer3DModel",
+    pipeline_class="WanPipeline",
+    vae_class="AutoencoderKLWan",
+    blocks="blocks",
+    projections={
+        "visual": {"q": "attn1.to_q", "k": "attn1.to_k", "v": "attn1.to_v", "out": "attn1.to_out.0"},
+        "text": {"q": None, "k": "attn2.to_k", "v": "attn2.to_v", "out": None},
+    },
+    spatial_compression=8,
+    temporal_compression=4,
+    # UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True): t = sigma * 1000,
+    # x0 = x - sigma * v, so v = eps - z
+    flow=FlowConvention(timestep_is_noise=True, velocity_to_data=False),
+    call=_wan_call,
+    vae_channels_key="z_dim",
+    default_geometry=(81, 480, 832),
+    aliases=("wan", "wan21", "wan-2.1"),
+)
+
+BACKBONES: dict[str, Backbone] = {}
+
+
+def register(backbone: Backbone) -> Backbone:
+    """Add ``backbone`` to the registry (by name and aliases); returns it."""
+    for key in (backbone.name, *backbone.aliases):
+        BACKBONES[key.lower()] = backbone
+    return backbone
+
+
+register(MOCHI)
+register(WAN)
+
+
+def _unwrap(module: Any) -> Any:
+    for attr in ("_orig_mod", "module"):  # torch.compile / DDP wrappers
+        inner = getattr(module, attr, None)
+        if isinstance(inner, torch.nn.Module):
+            return _unwrap(inner)
+    return module
+
+
+def get_backbone(obj: Any) -> Backbone:
+    """The backbone of a name, a transformer, a VAE or a pipeline (by class, subclasses included).
+
+    A pipeline is matched by its own class, else by its transformer's or VAE's.
+    """
+    if isinstance(obj, Backbone):
+        return obj
+    if isinstance(obj, str):
+        key = obj.lower()
+        if key not in BACKBONES:
+            names = sorted({b.name for b in BACKBONES.values()})
+            raise ValueError(f"unknown backbone {obj!r}; choose one of {', '.join(names)}")
+        return BACKBONES[key]
+    obj = _unwrap(obj)
+    seen = {b.name: b for b in BACKBONES.values()}.values()
+    for cls in type(obj).__mro__:
+        for b in seen:
+            if cls.__name__ in (b.transformer_class, b.pipeline_class, b.vae_class):
+                return b
+    for attr in ("transformer", "vae"):
+        part = getattr(obj, attr, None)
+        if part is not None and not isinstance(part, (str, int, float)):
+            try:
+                return get_backbone(part)
+            except ValueError:
+                continue
+    raise ValueError(f"no registered backbone for {type(obj).__name__}")
+
+
+def backbone_of_model_dir(path: str | Path) -> Backbone:
+    """The backbone of a diffusers-format directory, from ``model_index.json`` (or ``transformer/config.json``)."""
+    path = Path(path)
+    for file, key in (("model_index.json", "_class_name"), ("transformer/config.json", "_class_name")):
+        if (path / file).is_file():
+            name = json.loads((path / file).read_text()).get(key, "")
+            for b in {b.name: b for b in BACKBONES.values()}.values():
+                if name in (b.pipeline_class, b.transformer_class):
+                    return b
+            raise ValueError(f"{path / file}: class {name!r} is not a registered backbone")
+    raise ValueError(f"{path}: no model_index.json or transformer/config.json")
