@@ -252,6 +252,116 @@ def import_(
     run_import(checkpoint, out, model=model)
 
 
+@app.command()
+def analyze(
+    inputs: list[str] = typer.Argument(
+        ..., help="Videos (caption in NAME.txt/.json) or prompts (generated first)."
+    ),
+    model: Path = typer.Option(
+        None, "--model", "-m", help="diffusers-format Mochi directory (default: toy bundle)."
+    ),
+    adapters: list[Path] = typer.Option(
+        None, "--adapters", "-a", help="Adapter folder or adapter files (repeat)."
+    ),
+    role: list[str] = typer.Option(
+        None, "--role", "-r", help="Role[=strength], repeatable (e.g. relation output)."
+    ),
+    word: list[str] = typer.Option(None, "--word", "-w", help="Prompt word/phrase for attention maps."),
+    out: Path = typer.Option(Path("runs/analysis"), "--out", help="Output folder."),
+    sigma: float = typer.Option(
+        0.5, help="Noise level of the analysed latents (timestep = (1 - sigma) * 1000)."
+    ),
+    rank: int = typer.Option(64, help="Top-r singular vectors for the subspace similarity."),
+    seed: int = typer.Option(0, help="Noise / generation seed."),
+    steps: int = typer.Option(None, help="Sampling steps when a prompt is given."),
+    max_frames: int = typer.Option(None, help="Use at most this many frames per video."),
+    dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16."),
+    device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
+) -> None:
+    """Q/K/V feature maps, subspace similarity of Q/K/V and adapters, text-to-video attention (paper sec. 3.3)."""
+    import torch
+
+    from dreamrelation.evaluation.analysis import run_analysis
+    from dreamrelation.sampling.generate import resolve_dtype
+    from dreamrelation.sampling.run import parse_roles
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    chosen = adapters[0] if adapters and len(adapters) == 1 else (list(adapters) if adapters else None)
+    summary = run_analysis(
+        model,
+        out,
+        inputs,
+        adapters=chosen,
+        roles=parse_roles(role),
+        words=word or None,
+        sigma=sigma,
+        rank=rank,
+        seed=seed,
+        steps=steps,
+        max_frames=max_frames,
+        device=device,
+        dtype=resolve_dtype(dtype, device),
+    )
+    for name, path in summary["files"].items():
+        typer.echo(f"{name}: {path}")
+    typer.echo(f"analysis.json: {out / 'analysis.json'}")
+
+
+@app.command()
+def evaluate(
+    videos: Path = typer.Argument(
+        ..., help="Folder of videos (prompts from .json sidecars or .txt captions)."
+    ),
+    metric: list[str] = typer.Option(
+        ["clip_t", "temporal_consistency"],
+        "--metric",
+        help="clip_t, temporal_consistency, fvd, relation_accuracy (repeat).",
+    ),
+    clip: Path = typer.Option(
+        None, "--clip", help="Local CLIP weights (e.g. openai/clip-vit-large-patch14)."
+    ),
+    videomae: Path = typer.Option(None, "--videomae", help="Local VideoMAE weights for FVD."),
+    vlm: Path = typer.Option(None, "--vlm", help="Local VLM weights for relation accuracy (e.g. llava-1.5)."),
+    reference: Path = typer.Option(None, "--reference", help="Folder of real videos (FVD reference set)."),
+    relation: str = typer.Option(None, help="Relation phrase for the VLM question, e.g. 'shaking hands'."),
+    prompts_file: Path = typer.Option(
+        None, "--prompts-file", help="One prompt per line, in natural file order."
+    ),
+    repeats: int = typer.Option(10, help="VLM answers per video."),
+    seed: int = typer.Option(0, help="VLM sampling seed."),
+    max_frames: int = typer.Option(None, help="Read at most this many frames per video."),
+    out: Path = typer.Option(None, "--out", help="Report folder (default: VIDEOS/evaluation)."),
+    device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
+) -> None:
+    """CLIP-T, temporal consistency, FVD and VLM relation accuracy of a folder of videos (mean, 95% CI)."""
+    from dreamrelation.evaluation.metrics import evaluate_folder
+
+    prompts = None
+    if prompts_file is not None:
+        if not prompts_file.is_file():
+            raise UserError(f"{prompts_file}: prompts file not found")
+        prompts = [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
+    weights = {k: v for k, v in {"clip": clip, "videomae": videomae, "vlm": vlm}.items() if v is not None}
+    data = evaluate_folder(
+        videos,
+        prompts=prompts,
+        metrics=metric,
+        weights=weights,
+        reference_dir=reference,
+        relation=relation,
+        out_dir=out,
+        n_repeats=repeats,
+        seed=seed,
+        device=device,
+        max_frames=max_frames,
+    )
+    for name, s in data["metrics"].items():
+        typer.echo(
+            f"{name:22s} {s['mean']:.4f}  (95% CI {s['ci_low']:.4f} .. {s['ci_high']:.4f}, n={s['n']})"
+        )
+    typer.echo(f"report: {data['report_dir']}/report.md")
+
+
 @benchmark_app.command("toy")
 def benchmark_toy(
     overrides: list[str] = typer.Argument(

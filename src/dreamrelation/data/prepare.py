@@ -1,9 +1,10 @@
 """Turn videos, captions and subject masks into training samples for the relation adapters.
 
-The same code serves the toy bundle and the real Mochi: latents come from the pipeline's VAE and are
-normalised exactly as ``MochiPipeline`` de-normalises them before decoding; prompts go through the
-pipeline's own ``encode_prompt`` (T5); pixel masks become latent masks (every foreground pixel kept,
-6-frame groups averaged).
+The same code serves the toy bundle, the real Mochi and the other registered backbones (Wan 2.1): latents
+come from the pipeline's VAE and are normalised exactly as the pipeline de-normalises them before decoding;
+prompts go through the pipeline's own ``encode_prompt`` (T5); pixel masks become latent masks (every
+foreground pixel kept, frame groups of the VAE's temporal stride averaged). See
+:mod:`dreamrelation.models.backbones`.
 """
 
 from __future__ import annotations
@@ -15,15 +16,21 @@ import torch
 
 from dreamrelation.data.latent_masks import latent_masks
 from dreamrelation.errors import UserError
+from dreamrelation.models.backbones import MOCHI, Backbone, get_backbone
 from dreamrelation.training.trainer import TrainingSample
 
 
+def _backbone(obj) -> Backbone:
+    try:
+        return get_backbone(obj)
+    except ValueError:
+        return MOCHI
+
+
 def latent_normalisation(vae) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """``(mean, std, scaling_factor)`` of the VAE config, shaped to broadcast over ``(C, F, h, w)``."""
-    channels = vae.config.latent_channels
-    mean = torch.tensor(vae.config.latents_mean or [0.0] * channels, dtype=torch.float32).view(-1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std or [1.0] * channels, dtype=torch.float32).view(-1, 1, 1, 1)
-    return mean, std, float(vae.config.scaling_factor)
+    """``(mean, std, scaling_factor)`` of the VAE config (the backbone's convention), shaped to broadcast over
+    ``(C, F, h, w)``: ``latent = (mu - mean) * scaling / std``."""
+    return _backbone(vae).latent_normalisation(vae)
 
 
 @torch.no_grad()
@@ -42,11 +49,7 @@ def encode_video(vae, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 @torch.no_grad()
 def encode_prompts(pipe, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """T5 embeddings ``(N, L, D)`` and masks ``(N, L)`` at the transformer's sequence length."""
-    length = int(pipe.transformer.config.max_sequence_length)
-    embeds, mask, _, _ = pipe.encode_prompt(
-        prompt=list(prompts), do_classifier_free_guidance=False, max_sequence_length=length
-    )
-    return embeds.float().cpu(), mask.cpu()
+    return _backbone(pipe).encode_prompts(pipe, prompts)
 
 
 def prepare_samples(
@@ -61,6 +64,7 @@ def prepare_samples(
     if not (len(videos) == len(captions) == len(masks) == len(names)):
         raise UserError("prepare: videos, captions and masks must come in equal numbers")
     embeds, prompt_masks = encode_prompts(pipe, captions)
+    backbone = _backbone(pipe)
     samples = []
     for i, (frames, mask, name) in enumerate(zip(videos, masks, names, strict=True)):
         if mask.shape[1:] != frames.shape[:3]:
@@ -72,7 +76,7 @@ def prepare_samples(
                 latent_logvar=logvar,
                 prompt_embeds=embeds[i],
                 prompt_mask=prompt_masks[i],
-                masks=latent_masks(torch.from_numpy(mask)),
+                masks=latent_masks(torch.from_numpy(mask), backbone=backbone),
                 name=name,
             )
         )

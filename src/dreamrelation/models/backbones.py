@@ -32,7 +32,11 @@ import torch
 from dreamrelation.training.losses import MOCHI_FLOW, FlowConvention
 
 #: ``call(transformer, hidden_states, timestep, prompt_embeds, prompt_mask) -> prediction``
-ForwardCall = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+ForwardCall = Callable[
+    [torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
+]
+#: ``encode(pipe, prompts) -> (embeds (N, L, D), mask (N, L))`` at the length the transformer trains with
+PromptEncoder = Callable[[Any, Sequence[str]], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class Backbone:
     temporal_compression: int  # the VAE needs ``temporal * k + 1`` frames
     flow: FlowConvention
     call: ForwardCall
+    prompt_encoder: PromptEncoder
     vae_channels_key: str = "latent_channels"
     default_geometry: tuple[int, int, int] = (61, 480, 848)  # (frames, height, width) of the paper setup
     aliases: tuple[str, ...] = field(default_factory=tuple)
@@ -107,6 +112,12 @@ class Backbone:
         """The transformer's prediction for noisy latents ``(B, C, F, h, w)`` at ``timestep`` ``(B,)``."""
         return self.call(transformer, hidden_states, timestep, prompt_embeds, prompt_mask)
 
+    @torch.no_grad()
+    def encode_prompts(self, pipe: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text-encoder states ``(N, L, D)`` (fp32, CPU) and masks ``(N, L)`` as the pipeline makes them."""
+        embeds, mask = self.prompt_encoder(pipe, list(prompts))
+        return embeds.float().cpu(), mask.cpu()
+
     def block_list(self, transformer: torch.nn.Module) -> torch.nn.ModuleList:
         """The transformer's blocks, in forward order."""
         return getattr(_unwrap(transformer), self.blocks)
@@ -128,7 +139,9 @@ class Backbone:
         """The diffusers ``(transformer, pipeline, vae)`` classes."""
         import diffusers
 
-        return tuple(getattr(diffusers, c) for c in (self.transformer_class, self.pipeline_class, self.vae_class))
+        return tuple(
+            getattr(diffusers, c) for c in (self.transformer_class, self.pipeline_class, self.vae_class)
+        )
 
 
 # ----------------------------------------------------------------------------------------------- calls
@@ -148,6 +161,35 @@ def _wan_call(
     # Wan takes no attention mask: WanPipeline zero-pads the T5 states after each prompt's last token
     emb = emb * mask.unsqueeze(-1).to(emb.dtype)
     return transformer(hidden_states=x, timestep=t, encoder_hidden_states=emb, return_dict=False)[0]
+
+
+def _text_length(pipe: Any, default: int | None = None) -> int:
+    """The transformer's text length, else ``pipe.prompt_length`` (a pipeline loaded without transformer)."""
+    transformer = getattr(pipe, "transformer", None)
+    length = None if transformer is None else transformer.config.get("max_sequence_length")
+    return int(length or getattr(pipe, "prompt_length", None) or default or 256)
+
+
+def _mochi_prompts(pipe: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    length = _text_length(pipe)
+    embeds, mask, _, _ = pipe.encode_prompt(
+        prompt=list(prompts), do_classifier_free_guidance=False, max_sequence_length=length
+    )
+    return embeds, mask
+
+
+WAN_TEXT_LENGTH = 512  # WanPipeline's default max_sequence_length
+
+
+def _wan_prompts(pipe: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    length = _text_length(pipe, WAN_TEXT_LENGTH)
+    embeds, _ = pipe.encode_prompt(
+        prompt=list(prompts), do_classifier_free_guidance=False, max_sequence_length=length
+    )
+    tokens = pipe.tokenizer(
+        list(prompts), padding="max_length", max_length=length, truncation=True, add_special_tokens=True
+    )
+    return embeds, torch.as_tensor(tokens["attention_mask"]).bool()
 
 
 # ----------------------------------------------------------------------------------------------- registry
@@ -171,6 +213,7 @@ MOCHI = Backbone(
     temporal_compression=6,
     flow=MOCHI_FLOW,
     call=_mochi_call,
+    prompt_encoder=_mochi_prompts,
     default_geometry=(61, 480, 848),
     aliases=("mochi1", "mochi-1"),
 )
@@ -191,6 +234,7 @@ WAN = Backbone(
     # x0 = x - sigma * v, so v = eps - z
     flow=FlowConvention(timestep_is_noise=True, velocity_to_data=False),
     call=_wan_call,
+    prompt_encoder=_wan_prompts,
     vae_channels_key="z_dim",
     default_geometry=(81, 480, 832),
     aliases=("wan", "wan21", "wan-2.1"),

@@ -344,7 +344,7 @@ def _slug(text: str, limit: int = 40) -> str:
     return slug[:limit].rstrip("-") or "video"
 
 
-def _dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
@@ -406,7 +406,7 @@ def generate_to_folder(
         raise UserError(
             f"offload {offload!r} moves weights between CPU and GPU; there is no GPU here (use none)"
         )
-    torch_dtype = _dtype(dtype, device)
+    torch_dtype = resolve_dtype(dtype, device)
     model_path = Path(model) if model else TOY_BUNDLE
     if model and not model_path.exists():
         raise UserError(f"model path not found: {model_path}")

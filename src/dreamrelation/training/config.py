@@ -71,9 +71,54 @@ class OptimConfig:
     log_every: int = 10
 
 
+OPTIMIZERS = ("adamw", "adamw8bit")
+SDPA_KERNELS = ("sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math")
+
+
+@dataclass
+class MemoryConfig:
+    """Memory/speed modes for large backbones; the defaults change nothing.
+
+    Estimates for Mochi 1 (10 B parameters, 48 blocks, width 3072) at 61 x 480 x 848 (latent 12 x 11 x 60 x
+    106 -> 17,490 visual + 256 text tokens), batch 1, the paper's adapters (~41 M LoRA parameters), measured
+    ones in ``benchmarks/results/gpu_mochi.json`` (``benchmarks/gpu_mochi.py``):
+
+    * ``checkpoint_blocks``: gradient checkpointing of the first N transformer blocks (None: all blocks when
+      ``TrainConfig.gradient_checkpointing`` is on, else none; 0: none). A checkpointed block keeps only its
+      inputs (~0.11 GB per block here) and recomputes its forward in the backward pass (~+30 % step time
+      when all are checkpointed); a block kept whole holds every intermediate (order of 2-3 GB per block
+      here), so un-checkpointing some of the last blocks trades spare memory for speed.
+    * ``fp8_base``: the frozen base weights stored in float8 e4m3 and cast to bf16 layer by layer for compute
+      (diffusers ``enable_layerwise_casting``; LoRA, norm and embedding layers are skipped, adapters stay
+      fp32): base weights ~20 GB (bf16) -> ~10 GB; each forward (and recompute) pays one cast per layer
+      (a few % to ~15 % slower) and weights are rounded to 3 mantissa bits (small quality loss). Implies bf16
+      compute (autocast) even on the CPU.
+    * ``optimizer``: "adamw" (torch) or "adamw8bit" (bitsandbytes, must be installed): the optimizer state
+      shrinks from 8 to ~2 bytes per adapter parameter; ~0.33 GB -> ~0.08 GB for the paper's adapters, so
+      it matters only for much larger adapters.
+    * ``attention_backend``: "sdpa" (default: PyTorch's choice of kernel), "sdpa_flash" / "sdpa_efficient" /
+      "sdpa_cudnn" / "sdpa_math" (force one SDPA kernel for the training forward and backward; works for
+      every backbone) or any diffusers backend name such as "flash" or "sage" (``set_attention_backend``;
+      only for backbones whose attention goes through diffusers' dispatcher, e.g. Wan - Mochi calls SDPA
+      directly). Math attention materialises the 17.7k x 17.7k score matrix per head (~0.6 GB each in bf16)
+      - only for debugging.
+
+    Frozen parts not needed for training (T5-XXL ~9.5 GB bf16, the VAE) are never loaded when training from
+    a prepared cache: ``dreamrelation.models.loading.load_transformer`` loads the transformer alone.
+    """
+
+    checkpoint_blocks: int | None = None
+    fp8_base: bool = False
+    optimizer: str = "adamw"
+    attention_backend: str = "sdpa"
+
+
 @dataclass
 class TrainConfig:
-    """Everything the trainer needs. ``mixed_precision``: "auto" (bf16 on CUDA, fp32 on CPU), "bf16", "fp32"."""
+    """Everything the trainer needs. ``mixed_precision``: "auto" (bf16 on CUDA, fp32 on CPU), "bf16", "fp32".
+
+    ``memory``: memory/speed modes (:class:`MemoryConfig`), all off by default.
+    """
 
     method: str = "dreamrelation"
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
@@ -82,6 +127,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     mixed_precision: str = "auto"
     gradient_checkpointing: bool = False
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
 
 
 def _direct_lora(cfg: TrainConfig) -> None:

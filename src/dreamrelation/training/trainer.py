@@ -39,6 +39,7 @@ from dreamrelation.models.adapters import (
     adapter_parameters,
     adapter_roles,
     add_relation_adapters,
+    model_backbone,
     named_adapter_parameters,
     save_adapters,
     set_active_roles,
@@ -51,6 +52,12 @@ from dreamrelation.training.distributed import (
     init_distributed,
 )
 from dreamrelation.training.losses import RelationalContrastiveLoss, flow_matching_inputs, masked_mse
+from dreamrelation.training.memory import (
+    apply_memory_modes,
+    attention_kernel,
+    check_memory_config,
+    make_optimizer,
+)
 
 CHOICES = (*HMT_CHOICES, "all")  # "all": HMT disabled, every adapter on, plain MSE
 CHECKPOINT_FORMAT = "dreamrelation-checkpoint-v1"
@@ -391,19 +398,20 @@ def compute_losses(
 
     ``choice`` "all" (HMT disabled) uses the plain MSE only (plus RCL when enabled). Sigma and eps come from
     ``noise_generators`` (one per sample) when given, else from ``generator``, which also drives the RCL.
+    The call signature and the flow convention (timestep, velocity sign) are the backbone's.
     """
+    backbone = model_backbone(transformer)
     if noise_generators is None:
-        noisy, timestep, target, _ = flow_matching_inputs(batch["latents"], generator)
+        noisy, timestep, target, _ = flow_matching_inputs(batch["latents"], generator, backbone.flow)
     else:
-        parts = [flow_matching_inputs(batch["latents"][i : i + 1], g) for i, g in enumerate(noise_generators)]
+        parts = [
+            flow_matching_inputs(batch["latents"][i : i + 1], g, backbone.flow)
+            for i, g in enumerate(noise_generators)
+        ]
         noisy, timestep, target = (torch.cat([p[j] for p in parts]) for j in range(3))
-    pred = transformer(
-        hidden_states=noisy,
-        encoder_hidden_states=batch["prompt_embeds"],
-        timestep=timestep,
-        encoder_attention_mask=batch["prompt_mask"],
-        return_dict=False,
-    )[0].float()
+    pred = backbone.forward(
+        transformer, noisy, timestep, batch["prompt_embeds"], batch["prompt_mask"]
+    ).float()
     with torch.autocast(pred.device.type, enabled=False):  # losses in fp32 even under bf16 autocast
         mse = F.mse_loss(pred, target)
         zero = mse.new_zeros(())
@@ -411,6 +419,18 @@ def compute_losses(
         contrast = zero if rcl is None else rcl(pred, generator)
         loss = mse + cfg.hmt.lambda_m * mask + cfg.contrastive.weight * contrast
     return {"loss": loss, "mse": mse, "mask": mask, "rcl": contrast}
+
+
+def _keep_fp32_modules(transformer: torch.nn.Module) -> None:
+    """Cast back to fp32 the modules the model class keeps in fp32 (``_keep_in_fp32_modules``; Wan's norms
+    and time embedding; none on Mochi)."""
+    keep = getattr(transformer, "_keep_in_fp32_modules", None) or []
+    if not keep:
+        return
+    with torch.no_grad():
+        for name, tensor in [*transformer.named_parameters(), *transformer.named_buffers()]:
+            if tensor.is_floating_point() and any(k in name for k in keep):  # diffusers' matching rule
+                tensor.data = tensor.data.float()
 
 
 def _check_finite(value: torch.Tensor, what: str, step: int, choice: str) -> None:
@@ -467,8 +487,10 @@ def train_adapters(
         torch.nn.Module.to(transformer, ctx.device)
         device = ctx.device
     bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and device.type == "cuda")
+    bf16 = bf16 or cfg.memory.fp8_base  # fp8 storage computes in bf16
     if cfg.mixed_precision not in ("auto", "bf16", "fp32"):
         raise UserError(f"mixed_precision must be auto, bf16 or fp32, not {cfg.mixed_precision!r}")
+    check_memory_config(cfg.memory)
     _check_samples(samples, need_masks=cfg.hmt.enabled)
 
     # adapters (deterministic init that leaves the global RNG alone)
@@ -477,8 +499,9 @@ def train_adapters(
     if existing and existing != roles:
         raise UserError(f"the transformer already has adapters {existing}, the config asks for {roles}")
     if not existing:
-        if bf16:  # base in bf16 (Mochi keeps no module in fp32); nn.Module.to skips diffusers' warning
+        if bf16:  # base in bf16; nn.Module.to skips diffusers' warning
             torch.nn.Module.to(transformer, dtype=torch.bfloat16)
+            _keep_fp32_modules(transformer)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(oc.seed)
             add_relation_adapters(transformer, cfg.adapter)
@@ -490,14 +513,13 @@ def train_adapters(
                 "set its probability to 0 or add adapters"
             )
     choice_names, choice_probs = list(probs), torch.tensor(list(probs.values()), dtype=torch.float64)
-    if cfg.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
+    apply_memory_modes(transformer, cfg.memory, cfg.gradient_checkpointing)
     transformer.train()
 
     groups = adapter_parameters(transformer, roles)
     params = [p for r in roles for p in groups[r]]
     broadcast_parameters(params, ctx)  # identical start on every rank whatever the init RNG did
-    optimizer = torch.optim.AdamW(params, lr=oc.lr, betas=tuple(oc.betas), weight_decay=oc.weight_decay)
+    optimizer = make_optimizer(params, oc, cfg.memory)
     rcl = RelationalContrastiveLoss.from_config(cfg.contrastive) if cfg.contrastive.enabled else None
     if rcl is not None and ctx.enabled:
         rcl = GatheredContrastiveLoss.wrap(rcl, ctx)
@@ -544,7 +566,7 @@ def train_adapters(
                 batch = collate(samples, idx, device, gens, oc.caption_dropout)
                 choice = choice_names[int(torch.multinomial(choice_probs, 1, generator=state.hmt_gen))]
                 set_active_roles(transformer, roles_for_choice(choice, roles))
-                with autocast:
+                with autocast, attention_kernel(cfg.memory.attention_backend):
                     losses = compute_losses(transformer, batch, choice, cfg, rcl, state.data_gen, gens)
                 lr = lr_at(state.step, oc)
                 logged = losses
@@ -554,7 +576,8 @@ def train_adapters(
                     logged = {k: means[i] for i, k in enumerate(keys)}
                 _check_finite(logged["loss"], "loss", state.step + 1, choice)
                 optimizer.zero_grad(set_to_none=True)
-                losses["loss"].backward()
+                with attention_kernel(cfg.memory.attention_backend):  # checkpointed blocks recompute here
+                    losses["loss"].backward()
                 all_reduce_gradients(params, ctx)
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, oc.grad_clip)
                 _check_finite(grad_norm, "gradient norm", state.step + 1, choice)

@@ -1,0 +1,475 @@
+"""Peak GPU memory and speed of DreamRelation training and sampling at full Mochi 1 size (random weights).
+
+Builds diffusers' ``MochiTransformer3DModel`` with its default config (Mochi 1: 48 blocks, width 3072,
+~10 B parameters) directly on the GPU in bf16 with random weights (no download), adds the paper's adapters
+(relation / subject1 / subject2 / output on both streams, rank 16, fp32) and measures, at 61 frames of
+480 x 848 (latent 12 x 11 x 60 x 106), batch 1, 256 text tokens:
+
+* training, per memory mode (``MemoryConfig``): peak ``torch.cuda.max_memory_allocated`` and seconds per
+  step (forward with the HMT "relation" choice - every adapter active, the heaviest step - hybrid mask loss +
+  relational contrastive loss, backward, clipping, AdamW), after warm-up steps. Modes: ``bf16_ckpt_all``
+  (bf16 base, every block checkpointed), ``fp8_ckpt_all`` (fp8 storage / bf16 compute, every block
+  checkpointed), ``bf16_ckpt_partial`` (bf16, the first ``--partial-blocks`` blocks checkpointed). A mode
+  that runs out of memory is recorded as ``oom``;
+* inference: seconds per video for ``--inference-steps`` (64) Euler steps with classifier-free guidance
+  (one batch-2 forward per step; relation + output adapters active), transformer only;
+* optionally (``--vae-decode``) one tiled decode of the latent video by ``AutoencoderKLMochi`` (default
+  config, random weights, bf16).
+
+Prints a table and writes ``benchmarks/results/gpu_mochi.json``. Without CUDA it prints a message and
+exits 0 (safe in scripts). ``--tiny`` runs the same code path with a tiny model and clip (on the CPU when
+there is no GPU; written to ``gpu_mochi_tiny.json``). Usage::
+
+    python benchmarks/gpu_mochi.py [--steps 3] [--warmup 1] [--partial-blocks 40] [--vae-decode]
+    OMP_NUM_THREADS=1 python benchmarks/gpu_mochi.py --tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODES = ("bf16_ckpt_all", "fp8_ckpt_all", "bf16_ckpt_partial")
+TINY_MODEL = dict(
+    num_layers=3,
+    num_attention_heads=2,
+    attention_head_dim=16,
+    pooled_projection_dim=16,
+    in_channels=12,
+    text_embed_dim=32,
+    time_embed_dim=16,
+    patch_size=2,
+    max_sequence_length=16,
+)
+
+
+@dataclass
+class Geometry:
+    """Video and text sizes of one benchmark run."""
+
+    frames: int
+    height: int
+    width: int
+    text_tokens: int
+    text_dim: int
+    channels: int = 12
+
+    @property
+    def latent(self) -> tuple[int, int, int, int]:
+        """Latent ``(C, F, h, w)`` (Mochi's VAE: 8x spatial, 6x temporal)."""
+        from dreamrelation.models.backbones import MOCHI
+
+        return MOCHI.latent_shape(self.channels, self.frames, self.height, self.width)
+
+
+FULL = Geometry(frames=61, height=480, width=848, text_tokens=256, text_dim=4096)
+TINY = Geometry(frames=13, height=32, width=32, text_tokens=8, text_dim=32)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_gb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def _allocated_gb(device: torch.device) -> float | None:
+    return torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _oom_errors() -> tuple[type[BaseException], ...]:
+    return (torch.OutOfMemoryError,) if hasattr(torch, "OutOfMemoryError") else (RuntimeError,)
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_transformer(tiny: bool, device: torch.device, seed: int = 0) -> torch.nn.Module:
+    """Mochi's transformer (default config, or the tiny one) with random weights, built on ``device`` in bf16."""
+    from diffusers import MochiTransformer3DModel
+
+    torch.manual_seed(seed)
+    with torch.device(device), _default_dtype(torch.bfloat16):
+        model = MochiTransformer3DModel(**(TINY_MODEL if tiny else {}))
+    return model.requires_grad_(False)
+
+
+def build_vae(tiny: bool, device: torch.device) -> torch.nn.Module:
+    """``AutoencoderKLMochi`` (default config, or a tiny one) with random weights, bf16, tiling on."""
+    from diffusers import AutoencoderKLMochi
+
+    kwargs: dict[str, Any] = {}
+    if tiny:
+        kwargs = dict(
+            encoder_block_out_channels=(32, 32, 32, 32),
+            decoder_block_out_channels=(32, 32, 32, 32),
+            layers_per_block=(1, 1, 1, 1, 1),
+        )
+    torch.manual_seed(0)
+    with torch.device(device), _default_dtype(torch.bfloat16):
+        vae = AutoencoderKLMochi(**kwargs)
+    vae.enable_tiling()
+    return vae.eval().requires_grad_(False)
+
+
+def make_batch(geo: Geometry, device: torch.device) -> dict[str, torch.Tensor]:
+    """One random training sample shaped like a prepared one (subject masks: left and right halves)."""
+    g = torch.Generator().manual_seed(0)
+    c, f, h, w = geo.latent
+    masks = torch.zeros(1, 2, f, h, w)
+    masks[:, 0, :, :, : w // 2] = 1.0
+    masks[:, 1, :, :, w // 2 :] = 1.0
+    batch = {
+        "latents": torch.randn(1, c, f, h, w, generator=g),
+        "prompt_embeds": torch.randn(1, geo.text_tokens, geo.text_dim, generator=g),
+        "prompt_mask": torch.arange(geo.text_tokens)[None] < geo.text_tokens * 3 // 4,
+        "masks": masks,
+    }
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def memory_config(mode: str, partial_blocks: int):
+    """The ``MemoryConfig`` of a benchmark mode."""
+    from dreamrelation.training.config import MemoryConfig
+
+    if mode == "bf16_ckpt_all":
+        return MemoryConfig(checkpoint_blocks=10_000)
+    if mode == "fp8_ckpt_all":
+        return MemoryConfig(checkpoint_blocks=10_000, fp8_base=True)
+    if mode == "bf16_ckpt_partial":
+        return MemoryConfig(checkpoint_blocks=partial_blocks)
+    raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+
+
+def _timed(fn: Callable[[], None], device: torch.device, warmup: int, steps: int) -> list[float]:
+    times = []
+    for i in range(warmup + steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+# ------------------------------------------------------------------------------------------------ measures
+
+
+def train_mode(
+    mode: str, tiny: bool, geo: Geometry, device: torch.device, steps: int, warmup: int, partial_blocks: int
+) -> dict[str, Any]:
+    """Peak memory and seconds per step of DreamRelation training in one memory mode."""
+    from dreamrelation.models.adapters import adapter_parameters, add_relation_adapters, set_active_roles
+    from dreamrelation.training.config import TrainConfig
+    from dreamrelation.training.losses import RelationalContrastiveLoss
+    from dreamrelation.training.memory import apply_memory_modes, attention_kernel, make_optimizer
+    from dreamrelation.training.trainer import compute_losses, roles_for_choice
+
+    cfg = TrainConfig()
+    cfg.memory = memory_config(mode, partial_blocks)
+    out: dict[str, Any] = {"memory": asdict(cfg.memory)}
+    transformer = None
+    _free(device)  # the previous measurement's model is gone once its function returned
+    try:
+        _reset_peak(device)
+        transformer = build_transformer(tiny, device)
+        add_relation_adapters(transformer, cfg.adapter)
+        apply_memory_modes(transformer, cfg.memory, cfg.gradient_checkpointing)
+        transformer.train()
+        roles = list(cfg.adapter.placement)
+        groups = adapter_parameters(transformer, roles)
+        params = [p for r in roles for p in groups[r]]
+        optimizer = make_optimizer(params, cfg.optim, cfg.memory)
+        rcl = RelationalContrastiveLoss.from_config(cfg.contrastive)
+        set_active_roles(transformer, roles_for_choice("relation", roles))
+        batch = make_batch(geo, device)
+        gen = torch.Generator().manual_seed(0)
+        out["checkpointed_blocks"] = min(
+            cfg.memory.checkpoint_blocks or 0, len(transformer.transformer_blocks)
+        )
+        out["resident_gb"] = _allocated_gb(device)
+        _reset_peak(device)
+        losses: list[float] = []
+
+        def step() -> None:
+            with (
+                torch.autocast(device.type, dtype=torch.bfloat16),
+                attention_kernel(cfg.memory.attention_backend),
+            ):
+                parts = compute_losses(transformer, batch, "relation", cfg, rcl, gen)
+            optimizer.zero_grad(set_to_none=True)
+            with attention_kernel(cfg.memory.attention_backend):
+                parts["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+            optimizer.step()
+            losses.append(float(parts["loss"].detach()))
+
+        times = _timed(step, device, warmup, steps)
+        out.update(
+            status="ok",
+            seconds_per_step=sum(times) / len(times),
+            step_seconds=times,
+            peak_gb=_peak_gb(device),
+            losses=losses,
+            adapter_dtypes=sorted({str(p.dtype) for p in params}),
+        )
+    except _oom_errors() as exc:
+        out.update(status="oom", error=str(exc).splitlines()[0], peak_gb=_peak_gb(device))
+    finally:
+        transformer = None
+        _free(device)
+    return out
+
+
+@torch.inference_mode()
+def inference(
+    tiny: bool, geo: Geometry, device: torch.device, steps: int, timed_steps: int, guidance: float = 6.0
+) -> dict[str, Any]:
+    """Seconds per video for ``steps`` Euler steps with CFG (batch-2 forward), transformer only, bf16."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.mochi.pipeline_mochi import linear_quadratic_schedule
+
+    from dreamrelation.models.adapters import add_relation_adapters, set_active_roles
+    from dreamrelation.models.backbones import MOCHI
+    from dreamrelation.training.config import AdapterConfig
+
+    out: dict[str, Any] = {"steps": steps, "guidance": guidance}
+    transformer = None
+    _free(device)
+    try:
+        transformer = build_transformer(tiny, device)
+        cfg = AdapterConfig()
+        add_relation_adapters(transformer, cfg)
+        set_active_roles(transformer, cfg.inference_roles, trainable=False)
+        transformer.eval()
+        sched = FlowMatchEulerDiscreteScheduler(invert_sigmas=True)
+        sched.set_timesteps(sigmas=linear_quadratic_schedule(steps, 0.025), device=device)
+        sched.set_begin_index(0)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(1, *geo.latent, generator=g).to(device)
+        cond = torch.randn(1, geo.text_tokens, geo.text_dim, generator=g)
+        emb = torch.cat([torch.zeros_like(cond), cond]).to(device, torch.bfloat16)  # zeroed empty negative
+        mask = torch.ones(2, geo.text_tokens, dtype=torch.bool, device=device)
+        mask[0] = False
+        timesteps = list(sched.timesteps)
+        state = {"x": x, "i": 0}
+
+        def denoise() -> None:
+            t = timesteps[state["i"] % len(timesteps)]
+            inp = torch.cat([state["x"], state["x"]]).to(torch.bfloat16)
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                v = MOCHI.forward(transformer, inp, t.expand(2), emb, mask).float()
+            uncond, cond_v = v.chunk(2)
+            v = uncond + guidance * (cond_v - uncond)
+            if state["i"] < len(timesteps):
+                state["x"] = sched.step(v, t, state["x"], return_dict=False)[0]
+            state["i"] += 1
+
+        _reset_peak(device)
+        times = _timed(denoise, device, 1, min(timed_steps, steps))
+        per_step = sum(times) / len(times)
+        out.update(
+            status="ok",
+            seconds_per_step=per_step,
+            seconds_per_video=per_step * steps,
+            timed_steps=len(times),
+            peak_gb=_peak_gb(device),
+            finite=bool(torch.isfinite(state["x"]).all()),
+        )
+    except _oom_errors() as exc:
+        out.update(status="oom", error=str(exc).splitlines()[0], peak_gb=_peak_gb(device))
+    finally:
+        transformer = None
+        _free(device)
+    return out
+
+
+@torch.inference_mode()
+def vae_decode(tiny: bool, geo: Geometry, device: torch.device) -> dict[str, Any]:
+    """Seconds and peak memory of one tiled decode of the latent video."""
+    out: dict[str, Any] = {}
+    vae = None
+    _free(device)
+    try:
+        vae = build_vae(tiny, device)
+        z = torch.randn(1, *geo.latent, generator=torch.Generator().manual_seed(0)).to(device, torch.bfloat16)
+        _reset_peak(device)
+        shapes: list[tuple[int, ...]] = []
+        times = _timed(lambda: shapes.append(tuple(vae.decode(z, return_dict=False)[0].shape)), device, 0, 1)
+        out.update(status="ok", seconds=times[0], peak_gb=_peak_gb(device), video_shape=list(shapes[-1]))
+    except _oom_errors() as exc:
+        out.update(status="oom", error=str(exc).splitlines()[0], peak_gb=_peak_gb(device))
+    finally:
+        vae = None
+        _free(device)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def _fmt(value: float | None, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(result: dict[str, Any]) -> str:
+    """A plain-text table of the training modes, inference and VAE decode."""
+    lines = [
+        f"{result['model']} on {result['device']} | video {result['geometry']['frames']}x"
+        f"{result['geometry']['height']}x{result['geometry']['width']} -> latent {result['latent']}",
+        f"{'training mode':<22}{'ckpt blocks':>12}{'resident GB':>13}{'peak GB':>10}{'s/step':>10}",
+    ]
+    for mode, r in result["train"].items():
+        if r.get("status") != "ok":
+            lines.append(f"{mode:<22}{'':>12}{'':>13}{_fmt(r.get('peak_gb')):>10}{r.get('status', '?'):>10}")
+            continue
+        lines.append(
+            f"{mode:<22}{r['checkpointed_blocks']:>12}{_fmt(r['resident_gb']):>13}{_fmt(r['peak_gb']):>10}"
+            f"{_fmt(r['seconds_per_step'], '.3f'):>10}"
+        )
+    inf = result.get("inference")
+    if inf:
+        lines.append(
+            f"inference ({inf['steps']} steps, CFG batch 2): "
+            + (
+                f"{_fmt(inf['seconds_per_video'], '.1f')} s/video ({_fmt(inf['seconds_per_step'], '.3f')} "
+                f"s/step over {inf['timed_steps']} steps), peak {_fmt(inf['peak_gb'])} GB"
+                if inf.get("status") == "ok"
+                else str(inf.get("status"))
+            )
+        )
+    dec = result.get("vae_decode")
+    if dec:
+        lines.append(
+            "VAE decode (tiled): "
+            + (
+                f"{_fmt(dec['seconds'], '.1f')} s, peak {_fmt(dec['peak_gb'])} GB"
+                if dec.get("status") == "ok"
+                else str(dec.get("status"))
+            )
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tiny", action="store_true", help="tiny model and clip (CPU dry run of the code path)")
+    p.add_argument("--device", default=None, help="default: cuda (cpu allowed only with --tiny)")
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {', '.join(MODES)}")
+    p.add_argument("--steps", type=int, default=3, help="timed training steps per mode")
+    p.add_argument("--warmup", type=int, default=1, help="untimed training steps first")
+    p.add_argument(
+        "--partial-blocks",
+        type=int,
+        default=None,
+        help="blocks checkpointed in bf16_ckpt_partial (40; tiny: 2)",
+    )
+    p.add_argument("--inference-steps", type=int, default=64)
+    p.add_argument("--inference-timed-steps", type=int, default=None, help="time this many, extrapolate")
+    p.add_argument("--skip-inference", action="store_true")
+    p.add_argument("--vae-decode", action="store_true", help="also time a tiled VAE decode")
+    p.add_argument("--out", type=Path, default=None)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns the exit status (0 also when there is no GPU)."""
+    args = parse_args(argv)
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.tiny:
+        print(
+            "gpu_mochi: no CUDA device here; nothing measured (use --tiny for a CPU dry run of the code path)"
+        )
+        return 0
+    device = torch.device(args.device or ("cuda" if cuda else "cpu"))
+    if device.type != "cuda" and not args.tiny:
+        print(f"gpu_mochi: the full-size benchmark needs a CUDA device, not {device}")
+        return 0
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        print(f"gpu_mochi: unknown modes {bad}; choose from {', '.join(MODES)}", file=sys.stderr)
+        return 2
+    geo = TINY if args.tiny else FULL
+    partial = args.partial_blocks if args.partial_blocks is not None else (2 if args.tiny else 40)
+    out_path = args.out or RESULTS / ("gpu_mochi_tiny.json" if args.tiny else "gpu_mochi.json")
+    import diffusers
+
+    with torch.device("meta"):
+        from diffusers import MochiTransformer3DModel
+
+        meta = MochiTransformer3DModel(**(TINY_MODEL if args.tiny else {}))
+    result: dict[str, Any] = {
+        "model": "tiny Mochi (random)" if args.tiny else "Mochi 1 architecture, random weights",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "parameters": sum(p.numel() for p in meta.parameters()),
+        "geometry": asdict(geo),
+        "latent": list(geo.latent),
+        "batch_size": 1,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "train": {},
+    }
+    del meta
+    for mode in modes:
+        r = train_mode(mode, args.tiny, geo, device, args.steps, args.warmup, partial)
+        result["train"][mode] = r
+        print(
+            f"{mode}: {r.get('status')} peak {_fmt(r.get('peak_gb'))} GB, "
+            f"{_fmt(r.get('seconds_per_step'), '.3f')} s/step",
+            flush=True,
+        )
+    if not args.skip_inference:
+        timed = args.inference_timed_steps or args.inference_steps
+        result["inference"] = inference(args.tiny, geo, device, args.inference_steps, timed)
+    if args.vae_decode:
+        result["vae_decode"] = vae_decode(args.tiny, geo, device)
+    print(table(result))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

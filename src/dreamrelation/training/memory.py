@@ -1,0 +1,150 @@
+"""Memory/speed modes of :class:`~dreamrelation.training.config.MemoryConfig`, applied by the trainer.
+
+Partial gradient checkpointing (first N blocks), fp8 storage of the frozen base with bf16 compute, the
+optimizer (AdamW or bitsandbytes' 8-bit AdamW) and the attention kernel/backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from dreamrelation.errors import UserError
+from dreamrelation.models.adapters import adapter_parameters, model_backbone
+from dreamrelation.training.config import OPTIMIZERS, SDPA_KERNELS, MemoryConfig, OptimConfig
+
+_FP8_FLAG = "_dreamrelation_fp8_base"
+
+
+def check_memory_config(mem: MemoryConfig) -> None:
+    """Raise :class:`UserError` for a value no mode accepts (before the model is touched)."""
+    if mem.checkpoint_blocks is not None and int(mem.checkpoint_blocks) < 0:
+        raise UserError(f"memory.checkpoint_blocks={mem.checkpoint_blocks}: use a number >= 0 (or null)")
+    if mem.optimizer not in OPTIMIZERS:
+        raise UserError(f"memory.optimizer={mem.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    if mem.attention_backend not in SDPA_KERNELS:
+        from diffusers.models.attention_dispatch import AttentionBackendName
+
+        names = sorted(b.value for b in AttentionBackendName)
+        if mem.attention_backend not in names:
+            raise UserError(
+                f"memory.attention_backend={mem.attention_backend!r}: choose one of "
+                f"{', '.join(SDPA_KERNELS)} or a diffusers backend ({', '.join(names)})"
+            )
+
+
+def checkpoint_count(mem: MemoryConfig, gradient_checkpointing: bool, num_blocks: int) -> int:
+    """How many leading blocks are checkpointed: ``checkpoint_blocks``, else all or none by the old flag."""
+    if mem.checkpoint_blocks is None:
+        return num_blocks if gradient_checkpointing else 0
+    return min(int(mem.checkpoint_blocks), num_blocks)
+
+
+def enable_block_checkpointing(transformer: torch.nn.Module, count: int) -> None:
+    """Gradient checkpointing for the first ``count`` blocks (all: diffusers' own; 0: none)."""
+    if count <= 0:
+        return
+    blocks = list(model_backbone(transformer).block_list(transformer))
+    if count >= len(blocks):
+        transformer.enable_gradient_checkpointing()
+        return
+    chosen = {id(b) for b in blocks[:count]}
+
+    def maybe_checkpoint(module: torch.nn.Module, *args: object) -> object:
+        if id(module) in chosen:
+            return checkpoint(module.__call__, *args, use_reentrant=False)
+        return module(*args)
+
+    transformer.enable_gradient_checkpointing(gradient_checkpointing_func=maybe_checkpoint)
+
+
+def enable_fp8_base(transformer: torch.nn.Module) -> None:
+    """Store the frozen base weights in float8 e4m3, computing in bf16 (diffusers layerwise casting).
+
+    LoRA layers and the model's own skip patterns (norms, patch/time embeddings, fp32 modules) keep their
+    dtype; the adapters stay fp32. Idempotent. Call after the adapters are added.
+    """
+    if getattr(transformer, _FP8_FLAG, False):
+        return
+    if not hasattr(transformer, "enable_layerwise_casting"):
+        raise UserError(f"memory.fp8_base: {type(transformer).__name__} has no layerwise casting (diffusers)")
+    transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+    setattr(transformer, _FP8_FLAG, True)
+    for params in adapter_parameters(transformer).values():  # belt and braces: adapters train in fp32
+        for p in params:
+            if p.dtype != torch.float32:
+                p.data = p.data.float()
+
+
+def make_optimizer(
+    params: Sequence[torch.nn.Parameter], oc: OptimConfig, mem: MemoryConfig
+) -> torch.optim.Optimizer:
+    """AdamW over ``params``: torch's, or bitsandbytes' 8-bit one (:class:`UserError` when not installed)."""
+    kwargs = {"lr": oc.lr, "betas": tuple(oc.betas), "weight_decay": oc.weight_decay}
+    if mem.optimizer == "adamw":
+        return torch.optim.AdamW(params, **kwargs)
+    if mem.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as exc:
+            raise UserError(
+                "memory.optimizer=adamw8bit needs bitsandbytes (pip install bitsandbytes, CUDA); "
+                "or use memory.optimizer=adamw"
+            ) from exc
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    raise UserError(f"memory.optimizer={mem.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+
+
+def set_attention_backend(transformer: torch.nn.Module, backend: str) -> None:
+    """Select a diffusers attention backend (a no-op for the ``sdpa*`` names, see :func:`attention_kernel`)."""
+    if backend in SDPA_KERNELS:
+        return
+    dispatched = any(
+        hasattr(getattr(m, "processor", None), "_attention_backend") for m in transformer.modules()
+    )
+    if not dispatched:
+        raise UserError(
+            f"memory.attention_backend={backend!r}: {type(transformer).__name__} calls PyTorch SDPA directly; "
+            f"choose one of {', '.join(SDPA_KERNELS)}"
+        )
+    try:
+        transformer.set_attention_backend(backend)
+    except (ValueError, RuntimeError, ImportError) as exc:
+        raise UserError(f"memory.attention_backend={backend!r}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def attention_kernel(backend: str) -> Iterator[None]:
+    """Force one SDPA kernel (``sdpa_flash``, ``sdpa_efficient``, ``sdpa_cudnn``, ``sdpa_math``) inside the
+    block; ``sdpa`` and diffusers backend names leave the choice alone. Wrap forward *and* backward (a
+    checkpointed block recomputes its forward in the backward pass)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kernels = {
+        "sdpa_flash": SDPBackend.FLASH_ATTENTION,
+        "sdpa_efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION,
+        "sdpa_math": SDPBackend.MATH,
+    }
+    if backend not in kernels:
+        yield
+        return
+    with sdpa_kernel([kernels[backend]]):
+        yield
+
+
+def apply_memory_modes(transformer: torch.nn.Module, mem: MemoryConfig, gradient_checkpointing: bool) -> None:
+    """Checkpointing, fp8 base storage and the attention backend, in that order (adapters already added)."""
+    check_memory_config(mem)
+    if mem.checkpoint_blocks is None:  # the plain flag: every block, as before MemoryConfig existed
+        if gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+    else:
+        blocks = model_backbone(transformer).block_list(transformer)
+        enable_block_checkpointing(transformer, checkpoint_count(mem, gradient_checkpointing, len(blocks)))
+    if mem.fp8_base:
+        enable_fp8_base(transformer)
+    set_attention_backend(transformer, mem.attention_backend)
