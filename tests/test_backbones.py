@@ -23,6 +23,7 @@ from dreamrelation.data.prepare import encode_video, latent_normalisation
 from dreamrelation.models.adapters import (
     adapter_parameters,
     add_relation_adapters,
+    load_adapters,
     set_active_roles,
     target_regex,
 )
@@ -228,6 +229,9 @@ def test_wan_trains_with_every_feature_and_resumes_exactly(tmp_path) -> None:
     assert {p.name for p in (tmp_path / "full" / "adapters").iterdir()} == {
         f"{r}.safetensors" for r in ("relation", "subject1", "subject2", "output")
     }
+    fresh = tiny_wan()
+    load_adapters(fresh, tmp_path / "full" / "adapters", ["relation", "output"])
+    assert any(".attn2.to_k.lora_A.relation" in n for n, _ in fresh.named_parameters())
 
     first = tiny_wan()
     train_adapters(first, wan_samples(), small(2), tmp_path / "split", progress=False)
@@ -327,3 +331,46 @@ def test_tiny_wan_trained_with_the_flow_objective_samples_its_training_latent() 
         errors[sign] = (x - z).square().mean(dim=(1, 2, 3, 4))
     assert errors[1.0].max() < 0.15, errors  # z has variance ~1
     assert errors[-1.0].min() > 1.0, errors
+
+
+def test_tiny_wan_pipeline_prepares_samples_that_train(tmp_path) -> None:
+    """prepare_samples on a WanPipeline: Wan VAE normalisation, zero-padded T5 states with their mask, 4k+1
+    latent masks; the samples then train."""
+    from diffusers import WanPipeline
+
+    from dreamrelation.data.prepare import prepare_samples
+    from dreamrelation.toy.backbone import ToyBackboneConfig, build_text_encoder, build_tokenizer, toy_words
+
+    tokenizer = build_tokenizer(toy_words())
+    encoder = build_text_encoder(len(tokenizer), ToyBackboneConfig(text_dim=32))
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(
+        base_dim=8,
+        z_dim=4,
+        dim_mult=[1, 2, 2, 2],
+        num_res_blocks=1,
+        latents_mean=[0.0] * 4,
+        latents_std=[1.0] * 4,
+    )
+    pipe = WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=encoder,
+        transformer=tiny_wan(),
+        vae=vae,
+        scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True),
+    )
+    pipe.prompt_length = 24  # WanPipeline's 512 tokens, shortened for the test
+    rng = np.random.default_rng(0)
+    videos = [rng.integers(0, 255, (FRAMES, PIXELS, PIXELS, 3), dtype=np.uint8) for _ in range(2)]
+    masks = [np.zeros((2, FRAMES, PIXELS, PIXELS), dtype=bool) for _ in range(2)]
+    for m in masks:
+        m[0, :, :16], m[1, :, 16:] = True, True
+    captions = ["a red circle is shaking hands with a blue square", "a circle"]
+    samples = prepare_samples(pipe, videos, captions, masks)
+    assert samples[0].latents.shape == (4, 3, 4, 4) and samples[0].masks.shape == (2, 3, 4, 4)
+    assert samples[0].prompt_embeds.shape == (24, 32)
+    for s in samples:  # WanPipeline zero-pads after the last token; the mask says where
+        n = int(s.prompt_mask.sum())
+        assert 0 < n < 24 and not s.prompt_embeds[n:].any() and s.prompt_embeds[:n].abs().sum(-1).all()
+    result = train_adapters(pipe.transformer, samples, small(2), tmp_path, progress=False)
+    assert all(math.isfinite(x) for x in result.losses)

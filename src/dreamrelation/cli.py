@@ -73,7 +73,8 @@ def train(
     if num_gpus > 1 and not inside_launch():
         argv = _argv_without("--num-gpus")
         raise typer.Exit(launch_distributed(num_gpus, argv))
-    init_distributed()
+    import torch
+
     from dreamrelation.config import load_config
     from dreamrelation.data.folder import load_exemplar_folder
     from dreamrelation.data.prepare import prepare_samples
@@ -84,16 +85,22 @@ def train(
     if method not in PRESET_NAMES:
         raise UserError(f"--method {method!r}: unknown preset; choose one of {', '.join(PRESET_NAMES)}")
     cfg = load_config(preset(method), config, overrides)
-    if (data / "manifest.json").is_file():  # a folder written by `dreamrelation prepare`
+    ctx = init_distributed()
+    device = ctx.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" and cfg.mixed_precision != "fp32" else torch.float32
+    if (data / "manifest.json").is_file():  # a `dreamrelation prepare` folder: load the transformer only
         from dreamrelation.data.prepare_folder import load_prepared
+        from dreamrelation.models.loading import load_transformer
 
         samples = load_prepared(data)
-        pipe = load_pipeline(model)
+        transformer = load_transformer(model, dtype=dtype, device=device)
     else:
         videos, captions, masks, names = load_exemplar_folder(data)  # check the user's data before the model
         pipe = load_pipeline(model)
         samples = prepare_samples(pipe, videos, captions, masks, names)
-    result = train_adapters(pipe.transformer, samples, cfg, out, resume=resume)
+        transformer = pipe.transformer.to(device=device, dtype=dtype)
+        del pipe  # the text encoder and VAE are not needed for training
+    result = train_adapters(transformer, samples, cfg, out, resume=resume)
     typer.echo(f"adapters: {result.adapter_dir}")
 
 

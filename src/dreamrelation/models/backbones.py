@@ -132,6 +132,10 @@ class Backbone:
         channels = int(config[self.vae_channels_key])
         mean = torch.tensor(config.get("latents_mean") or [0.0] * channels, dtype=torch.float32)
         std = torch.tensor(config.get("latents_std") or [1.0] * channels, dtype=torch.float32)
+        if mean.numel() != channels or std.numel() != channels:
+            raise ValueError(
+                f"VAE config: {mean.numel()} latents_mean / {std.numel()} latents_std for {channels} channels"
+            )
         scaling = config.get("scaling_factor", None)
         return mean.view(-1, 1, 1, 1), std.view(-1, 1, 1, 1), float(1.0 if scaling is None else scaling)
 
