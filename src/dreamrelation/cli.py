@@ -80,6 +80,7 @@ def train(
     from dreamrelation.data.prepare import prepare_samples
     from dreamrelation.sampling.generate import load_pipeline
     from dreamrelation.training.config import PRESET_NAMES, preset
+    from dreamrelation.training.monitor import TrainingMonitor
     from dreamrelation.training.trainer import train_adapters
 
     if method not in PRESET_NAMES:
@@ -88,6 +89,7 @@ def train(
     ctx = init_distributed()
     device = ctx.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" and cfg.mixed_precision != "fp32" else torch.float32
+    pipe = None
     if (data / "manifest.json").is_file():  # a `dreamrelation prepare` folder: load the transformer only
         from dreamrelation.data.prepare_folder import load_prepared
         from dreamrelation.models.loading import load_transformer
@@ -99,8 +101,13 @@ def train(
         pipe = load_pipeline(model)
         samples = prepare_samples(pipe, videos, captions, masks, names)
         transformer = pipe.transformer.to(device=device, dtype=dtype)
-        del pipe  # the text encoder and VAE are not needed for training
-    result = train_adapters(transformer, samples, cfg, out, resume=resume)
+        if not cfg.monitor.validate_every:
+            pipe = None  # the text encoder and VAE are only needed for validation samples
+    monitor = TrainingMonitor(cfg, out, pipe=pipe, rank=ctx.rank)
+    try:
+        result = train_adapters(transformer, samples, cfg, out, resume=resume, callback=monitor)
+    finally:
+        monitor.close()
     typer.echo(f"adapters: {result.adapter_dir}")
 
 

@@ -114,6 +114,27 @@ class MemoryConfig:
 
 
 @dataclass
+class MonitorConfig:
+    """Logging and validation during training (see ``training/monitor.py``).
+
+    ``tensorboard``: scalars (loss, lr) under ``OUT/tensorboard`` (needs the ``tensorboard`` package);
+    ``wandb``: the same to Weights & Biases (needs ``wandb``; ``wandb_mode=offline`` works without network);
+    ``validate_every``: every N steps (0: never) generate ``prompts`` x ``seeds`` with the inference adapters
+    into ``OUT/validation/step_N/`` (MP4 + contact sheet) - needs the pipeline's VAE and text encoder.
+    """
+
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "dreamrelation"
+    wandb_mode: str = "online"
+    validate_every: int = 0
+    prompts: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    num_inference_steps: int = 32
+    guidance_scale: float = 4.0
+
+
+@dataclass
 class TrainConfig:
     """Everything the trainer needs. ``mixed_precision``: "auto" (bf16 on CUDA, fp32 on CPU), "bf16", "fp32".
 
@@ -128,6 +149,7 @@ class TrainConfig:
     mixed_precision: str = "auto"
     gradient_checkpointing: bool = False
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
 
 def _direct_lora(cfg: TrainConfig) -> None:
