@@ -22,6 +22,8 @@ app = typer.Typer(
 )
 toy_app = typer.Typer(no_args_is_help=True, help="The toy world: rendered relation videos and a small Mochi.")
 app.add_typer(toy_app, name="toy")
+data_app = typer.Typer(no_args_is_help=True, help="Data sets: select exemplar videos from local downloads.")
+app.add_typer(data_app, name="data")
 benchmark_app = typer.Typer(no_args_is_help=True, help="Benchmarks that reproduce the paper's tables.")
 app.add_typer(benchmark_app, name="benchmark")
 
@@ -374,6 +376,25 @@ def evaluate(
             f"{name:22s} {s['mean']:.4f}  (95% CI {s['ci_low']:.4f} .. {s['ci_high']:.4f}, n={s['n']})"
         )
     typer.echo(f"report: {data['report_dir']}/report.md")
+
+
+@data_app.command("ntu")
+def data_ntu(
+    src: Path = typer.Option(
+        ..., "--src", help="Your NTU RGB+D (120) download (files like S001C001P001R001A058_rgb.avi)."
+    ),
+    relation: str = typer.Option(..., "--relation", help="Two-person action id, e.g. A58 (shaking hands)."),
+    num: int = typer.Option(25, "--num", help="Number of videos (spread over setups and performer pairs)."),
+    out: Path = typer.Option(
+        Path("data/ntu"), "--out", help="Output folder: videos/NAME.avi + NAME.txt captions."
+    ),
+    copy: bool = typer.Option(False, help="Copy the videos instead of symlinking them."),
+) -> None:
+    """Select one NTU relation's videos with paper-style captions (masks: `dreamrelation masks`, or your own)."""
+    from dreamrelation.data.ntu import write_ntu_folder
+
+    written = write_ntu_folder(src, out, relation, num, copy=copy)
+    typer.echo(f"{len(written)} videos in {out / 'videos'}")
 
 
 @benchmark_app.command("toy")
