@@ -378,6 +378,27 @@ def evaluate(
     typer.echo(f"report: {data['report_dir']}/report.md")
 
 
+@app.command()
+def ui(
+    model: Path = typer.Option(
+        None, "--model", "-m", help="diffusers-format Mochi directory (default: toy bundle)."
+    ),
+    run: Path = typer.Option(
+        None, "--run", help="Training run folder to inspect; its adapters are preselected."
+    ),
+    out: Path = typer.Option(Path("runs/ui"), "--out", help="Folder for generated videos."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Address to serve on (loopback by default; there is no login)."
+    ),
+    port: int = typer.Option(7860, help="Port to serve on."),
+    open_browser: bool = typer.Option(False, "--open", help="Open the UI in a browser tab."),
+) -> None:
+    """Web UI (Gradio, needs the ui extra): generate with adapters, inspect training runs."""
+    from dreamrelation.ui import launch
+
+    launch(host=host, port=port, default_model=model, default_run=run, out_dir=out, open_browser=open_browser)
+
+
 @data_app.command("ntu")
 def data_ntu(
     src: Path = typer.Option(

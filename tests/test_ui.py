@@ -1,0 +1,208 @@
+"""The web UI: plain helpers (loss curve, validation listing, roles, cached generation) and one live app."""
+
+from __future__ import annotations
+
+import csv
+import math
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import MochiTransformer3DModel
+from PIL import Image
+
+from dreamrelation.errors import UserError
+from dreamrelation.models.adapters import adapter_parameters, add_relation_adapters, save_adapters
+from dreamrelation.training.config import AdapterConfig
+from dreamrelation.ui import (
+    LossLog,
+    PipelineCache,
+    adapter_roles_in,
+    generate_one,
+    list_validation_steps,
+    loss_curve_image,
+    loss_curve_png,
+    model_defaults,
+    parse_role_spec,
+    read_loss_csv,
+    resolve_adapter_folder,
+    role_spec,
+    run_summary,
+)
+from dreamrelation.utils.media import save_png, write_video
+
+PROMPT = "A red circle is high-fiving a blue square."
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_loss_csv(folder: Path, n: int = 120) -> Path:
+    """A ``loss.csv`` shaped like the trainer's: a noisy falling loss, a warm-up then constant lr."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "loss.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["step", "choice", "loss", "mse", "mask_mse", "rcl", "lr", "seconds"])
+        for i in range(1, n + 1):
+            loss = 1.0 / math.sqrt(i) + 0.05 * rng.random()
+            w.writerow([i, "relation", f"{loss:.6g}", loss, "", 0.1, 1e-4 * min(1.0, i / 10), 0.5])
+    return folder / "loss.csv"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fake training run: loss.csv, random relation/subject/output adapters, two validation steps."""
+    run = tmp_path_factory.mktemp("run")
+    write_loss_csv(run)
+    transformer = MochiTransformer3DModel.from_pretrained(tiny_bundle / "transformer")
+    add_relation_adapters(transformer, AdapterConfig(rank=4, alpha=4.0))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for params in adapter_parameters(transformer).values():
+            for p in params:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    save_adapters(transformer, run / "adapters", metadata={"inference_roles": ["relation", "output"]})
+    frames = np.zeros((5, 16, 16, 3), np.uint8)
+    for step in (20, 5):
+        folder = run / "validation" / f"step_{step:06d}"
+        write_video(folder / "00_seed0.mp4", frames, fps=8)
+        write_video(folder / "01_seed1.mp4", frames, fps=8)
+        if step == 20:
+            save_png(folder / "contact_sheet.png", np.full((8, 8, 3), 200, np.uint8))
+    (run / "validation" / "notes").mkdir()
+    (run / "config.json").write_text('{"method": "dreamrelation"}')
+    return run
+
+
+# ----------------------------------------------------------------------------------------------
+# plain helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def test_read_loss_csv_keeps_numeric_columns(tmp_path: Path) -> None:
+    log = read_loss_csv(write_loss_csv(tmp_path, n=30))
+    assert log.steps == list(range(1, 31))
+    assert "choice" not in log.columns and {"loss", "lr", "rcl"} <= set(log.columns)
+    assert all(math.isnan(v) for v in log.columns["mask_mse"])  # blank cells
+    assert read_loss_csv(tmp_path).columns["loss"] == log.columns["loss"]  # the run folder works too
+    with pytest.raises(UserError, match="no loss log"):
+        read_loss_csv(tmp_path / "missing")
+
+
+def test_loss_curve_png(tmp_path: Path) -> None:
+    write_loss_csv(tmp_path)
+    path = loss_curve_png(tmp_path)
+    assert path == tmp_path / "loss.png"
+    image = np.asarray(Image.open(path).convert("RGB"))
+    assert image.shape == (420, 760, 3)
+    colours = {tuple(c) for c in image.reshape(-1, 3)}
+    assert (20, 80, 180) in colours and (200, 110, 20) in colours  # smoothed loss and lr lines drawn
+    # few points, NaNs, no lr: still an image; no loss column: a message instead of a chart
+    small = loss_curve_image(LossLog([1, 2, 3], {"loss": [1.0, math.nan, 0.5]}), width=300, height=200)
+    assert small.size == (300, 200)
+    assert loss_curve_image(LossLog([1], {"mse": [1.0]})).size == (760, 420)
+
+
+def test_list_validation_steps_and_summary(run_dir: Path, tmp_path: Path) -> None:
+    steps = list_validation_steps(run_dir)
+    assert [s.step for s in steps] == [5, 20]
+    assert steps[0].contact_sheet is None and steps[1].contact_sheet is not None
+    assert [v.name for v in steps[1].videos] == ["00_seed0.mp4", "01_seed1.mp4"]
+    assert list_validation_steps(tmp_path) == []
+    summary = run_summary(run_dir)
+    assert "120 logged steps" in summary and "dreamrelation" in summary and "2 step(s) (5 .. 20)" in summary
+
+
+def test_roles_and_adapter_folders(run_dir: Path, tiny_bundle: Path, tmp_path: Path) -> None:
+    assert resolve_adapter_folder(run_dir) == run_dir / "adapters"
+    assert resolve_adapter_folder(run_dir / "adapters") == run_dir / "adapters"
+    assert resolve_adapter_folder("  ") is None
+    with pytest.raises(UserError, match="no adapter files"):
+        resolve_adapter_folder(tmp_path)
+    roles, defaults = adapter_roles_in(run_dir)
+    assert roles == ["output", "relation", "subject1", "subject2"] and defaults == ["relation", "output"]
+    assert parse_role_spec("") is None and parse_role_spec("none") == {}
+    assert parse_role_spec("relation=0.5, output") == {"relation": 0.5, "output": 1.0}
+    spec = role_spec(roles, [True, True, False, False], [0.8, 1.0, 1.0, 1.0])
+    assert spec == "output=0.8, relation=1" and parse_role_spec(spec) == {"output": 0.8, "relation": 1.0}
+    assert role_spec(roles, [False] * 4, [1.0] * 4) == "none"
+    assert model_defaults(tiny_bundle) == (32, 4.0)
+    assert model_defaults(tmp_path) == (64, 6.0)
+
+
+def test_generate_one_reuses_cached_pipeline(run_dir: Path, tiny_bundle: Path, tmp_path: Path) -> None:
+    cache = PipelineCache()
+    first = generate_one(
+        PROMPT,
+        model=tiny_bundle,
+        adapters=run_dir,
+        roles="relation=0.5",
+        steps=2,
+        out_dir=tmp_path,
+        cache=cache,
+    )
+    second = generate_one(
+        PROMPT, model=tiny_bundle, adapters=None, steps=2, seed=1, out_dir=tmp_path, cache=cache
+    )
+    assert cache.loads == 1 and tiny_bundle in cache
+    assert first.video.suffix == ".mp4" and first.video.stat().st_size > 0 and first.sidecar.is_file()
+    assert first.folder != second.folder and first.folder.parent == tmp_path
+    assert [(a["role"], a["scale"]) for a in first.info["adapters"]] == [("relation", 0.5)]
+    assert second.info["adapters"] == [] and second.info["seed"] == 1
+    assert first.info["settings"]["steps"] == 2
+    # the cached pipeline is left without adapters after each call
+    assert not getattr(cache.get(tiny_bundle).transformer, "peft_config", None)
+    with pytest.raises(UserError, match="empty prompt"):
+        generate_one(" ", model=tiny_bundle, cache=cache)
+    with pytest.raises(UserError, match="no adapters folder"):
+        generate_one(PROMPT, model=tiny_bundle, roles="relation=1", cache=cache)
+
+
+# ----------------------------------------------------------------------------------------------
+# the live app
+# ----------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_app_generates_over_http(run_dir: Path, tiny_bundle: Path, tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("gradio", reason="the web UI is optional: pip install 'dreamrelation[ui]'")
+    from gradio_client import Client
+
+    from dreamrelation.ui import launch
+
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    monkeypatch.chdir(tmp_path)
+    app, url = launch(
+        "127.0.0.1", _free_port(), default_model=tiny_bundle, default_run=run_dir, out_dir="ui", block=False
+    )
+    try:
+        assert url.startswith("http://127.0.0.1:")
+        client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
+        video, sidecar, note = client.predict(
+            str(tiny_bundle), str(run_dir), "relation=1, output=0.5", PROMPT, 3, 2, 4.0, api_name="/generate"
+        )
+        path = Path(video["video"] if isinstance(video, dict) else video)
+        assert path.suffix == ".mp4" and path.stat().st_size > 0
+        assert sidecar["seed"] == 3 and sidecar["settings"]["steps"] == 2
+        assert {a["role"]: a["scale"] for a in sidecar["adapters"]} == {"relation": 1.0, "output": 0.5}
+        assert "pipeline loaded" in note and len(list((tmp_path / "ui").glob("*/*.mp4"))) == 1
+        _, summary, _, sheets = client.predict(str(run_dir), api_name="/load_run")
+        assert "120 logged steps" in summary and len(sheets) == 1
+        sheet, videos = client.predict(str(run_dir), "5", api_name="/show_step")
+        assert sheet is None and len(videos) == 2
+    finally:
+        app.close()
