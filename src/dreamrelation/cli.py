@@ -175,6 +175,55 @@ def prepare(
 
 
 @app.command()
+def masks(
+    src: Path = typer.Argument(..., help="Folder of videos (or with a videos/ sub-folder), as for prepare."),
+    subject1: str = typer.Option(..., "--subject1", help="Text for subject 1, e.g. 'man'."),
+    subject2: str = typer.Option(..., "--subject2", help="Text for subject 2, e.g. 'dog'."),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Mask folder (default: SRC/masks, where prepare looks)."
+    ),
+    grounding_dino: Path = typer.Option(
+        Path("weights/grounding-dino-tiny"),
+        help="Local Grounding DINO folder (IDEA-Research/grounding-dino-tiny).",
+    ),
+    sam2: Path = typer.Option(
+        Path("weights/sam2.1-hiera-tiny"), help="Local SAM 2 video folder (facebook/sam2.1-hiera-tiny)."
+    ),
+    device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
+    box_threshold: float = typer.Option(0.35, help="Minimum Grounding DINO score for a subject's box."),
+    max_frames: int = typer.Option(None, help="Only the first N frames of each video."),
+    overwrite: bool = typer.Option(False, help="Redo videos whose masks already exist."),
+    preview: bool = typer.Option(True, help="Write OUT_previews/NAME.png with the masks overlaid."),
+) -> None:
+    """Subject masks from two texts (Grounding DINO boxes + SAM 2 video tracking), in the paper's colour format."""
+    import torch
+
+    from dreamrelation.data.mask_generation import generate_masks, load_grounding_dino, load_sam2_video
+
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    detector = load_grounding_dino(grounding_dino, device=dev, box_threshold=box_threshold)
+    segmenter = load_sam2_video(sam2, device=dev)
+    report = generate_masks(
+        src,
+        out or src / "masks",
+        subject1,
+        subject2,
+        detector,
+        segmenter,
+        preview=preview,
+        overwrite=overwrite,
+        max_frames=max_frames,
+    )
+    for warning in report.warnings:
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+    for problem in report.problems:
+        typer.secho(f"error: {problem}", fg=typer.colors.RED, err=True)
+    typer.echo(report.summary())
+    if not report.ok:
+        raise typer.Exit(2)
+
+
+@app.command()
 def generate(
     prompts: list[str] = typer.Argument(None, help="Prompts (or --prompts-file)."),
     prompts_file: Path = typer.Option(

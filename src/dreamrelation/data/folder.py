@@ -8,9 +8,10 @@ import numpy as np
 
 from dreamrelation.data.mask_io import read_colour_masks
 from dreamrelation.errors import UserError
-from dreamrelation.utils.media import read_video
-
-VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".avi", ".mkv", ".gif")
+from dreamrelation.utils.media import (
+    VIDEO_SUFFIXES,  # noqa: E402,I001
+    read_video,
+)
 
 
 def load_exemplar_folder(

@@ -30,7 +30,13 @@ import numpy as np
 
 from dreamrelation.data.mask_io import DEFAULT_MASK_COLOURS, SUBJECTS_FILE, write_colour_masks
 from dreamrelation.errors import UserError
-from dreamrelation.utils.media import contact_sheet, overlay_masks, read_video, save_png
+from dreamrelation.utils.media import (
+    VIDEO_SUFFIXES,  # noqa: E402,I001
+    contact_sheet,
+    overlay_masks,
+    read_video,
+    save_png,
+)
 
 __all__ = [
     "Box",
@@ -52,7 +58,6 @@ __all__ = [
 Box = tuple[float, float, float, float]
 
 #: Same video suffixes as ``dreamrelation prepare``.
-VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".avi", ".mkv", ".gif")
 GROUNDING_DINO_HINT = "IDEA-Research/grounding-dino-tiny"
 SAM2_HINT = "facebook/sam2.1-hiera-tiny"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -178,13 +183,16 @@ class GroundingDinoDetector:
         probs = out.logits[0].sigmoid().float().cpu().numpy()  # (Q, max_text_len)
         scores = np.zeros((probs.shape[0], len(texts)), dtype=np.float32)
         for k, (a, b) in enumerate(spans):
-            idx = [i for i, (s, e) in enumerate(offsets) if e > s and s >= a and e <= b and i < probs.shape[1]]
+            idx = [
+                i for i, (s, e) in enumerate(offsets) if e > s and s >= a and e <= b and i < probs.shape[1]
+            ]
             if idx:
                 scores[:, k] = probs[:, idx].max(axis=1)
         cx, cy, w, h = out.pred_boxes[0].float().cpu().numpy().T
         height, width = frame.shape[:2]
-        boxes = np.stack([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width,
-                          (cy + h / 2) * height], axis=1)
+        boxes = np.stack(
+            [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height], axis=1
+        )
         return scores, boxes
 
     def detect(self, frame: np.ndarray, texts: Sequence[str]) -> list[Box | None]:
@@ -235,7 +243,9 @@ class GroundTruthBoxDetector:
     """
 
     def __init__(self, references: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
-        self.references = [(np.asarray(f, dtype=np.float32), np.asarray(m, dtype=bool)) for f, m in references]
+        self.references = [
+            (np.asarray(f, dtype=np.float32), np.asarray(m, dtype=bool)) for f, m in references
+        ]
 
     def detect(self, frame: np.ndarray, texts: Sequence[str]) -> list[Box | None]:
         """Boxes of the matching reference frame's masks, scaled to ``frame``."""
@@ -320,29 +330,37 @@ class Sam2VideoSegmenter:
         frames = np.asarray(frames)
         num_frames, height, width = frames.shape[:3]
         session = Sam2VideoInferenceSession(
-            video=self._pixels(frames), video_height=height, video_width=width,
-            inference_device=self.device, inference_state_device=self.device,
-            video_storage_device="cpu", dtype=torch.float32,
+            video=self._pixels(frames),
+            video_height=height,
+            video_width=width,
+            inference_device=self.device,
+            inference_state_device=self.device,
+            video_storage_device="cpu",
+            dtype=torch.float32,
         )
         scale = torch.tensor([self.size / width, self.size / height] * 2, dtype=torch.float32)
         obj_ids = list(range(1, len(boxes) + 1))
         for obj_id, box in zip(obj_ids, boxes, strict=True):
             coords = (torch.tensor(box, dtype=torch.float32) * scale).view(1, 1, 2, 2)
             labels = torch.tensor([[[2, 3]]], dtype=torch.int32)  # box corners
-            session.add_point_inputs(session.obj_id_to_idx(obj_id), start, {"point_coords": coords,
-                                                                            "point_labels": labels})
+            session.add_point_inputs(
+                session.obj_id_to_idx(obj_id), start, {"point_coords": coords, "point_labels": labels}
+            )
         session.obj_with_new_inputs = list(obj_ids)  # the model consumes this list
         masks = np.zeros((len(boxes), num_frames, height, width), dtype=bool)
         done = np.zeros(num_frames, dtype=bool)
         with torch.no_grad():
             self.model(inference_session=session, frame_idx=start)
             for reverse in (False, True):
-                for out in self.model.propagate_in_video_iterator(session, start_frame_idx=start, reverse=reverse):
+                for out in self.model.propagate_in_video_iterator(
+                    session, start_frame_idx=start, reverse=reverse
+                ):
                     t = int(out.frame_idx)
                     if done[t]:
                         continue
-                    logits = F.interpolate(out.pred_masks.float().cpu(), (height, width), mode="bilinear",
-                                           align_corners=False)
+                    logits = F.interpolate(
+                        out.pred_masks.float().cpu(), (height, width), mode="bilinear", align_corners=False
+                    )
                     for row, obj_id in enumerate(out.object_ids):
                         masks[obj_ids.index(obj_id), t] = (logits[row, 0] > 0).numpy()
                     done[t] = True
@@ -386,7 +404,7 @@ class ColourTrackSegmenter:
         x0, y0 = max(int(math.floor(box[0])), 0), max(int(math.floor(box[1])), 0)
         x1, y1 = min(int(math.ceil(box[2])), w), min(int(math.ceil(box[3])), h)
         outer = np.zeros((h, w), dtype=bool)
-        outer[max(y0 - self.ring, 0):y1 + self.ring, max(x0 - self.ring, 0):x1 + self.ring] = True
+        outer[max(y0 - self.ring, 0) : y1 + self.ring, max(x0 - self.ring, 0) : x1 + self.ring] = True
         outer[y0:y1, x0:x1] = False
         crop = img[y0:y1, x0:x1].reshape(-1, 3)
         if len(crop) == 0:
@@ -490,7 +508,9 @@ def generate_masks(
     start_time = time.perf_counter()
     src = Path(videos_dir)
     if not src.is_dir():
-        raise UserError(f"Video folder {src} does not exist; pass a folder of videos (mp4, mov, webm, avi, mkv, gif).")
+        raise UserError(
+            f"Video folder {src} does not exist; pass a folder of videos (mp4, mov, webm, avi, mkv, gif)."
+        )
     if (src / "videos").is_dir():
         src = src / "videos"
     out = Path(out_dir)
@@ -509,7 +529,10 @@ def generate_masks(
             frames, _ = read_video(path, max_frames=max_frames)
             found = find_prompt_frame(frames, texts, detector)
             if isinstance(found, list):
-                missing = ", ".join(f"subject{k + 1} {texts[k]!r}" for k in found) or "the subjects together"
+                missing = (
+                    ", ".join(f"subject{k + 1} {texts[k]!r}" for k in found)
+                    or "subject1 and subject2 together"
+                )
                 report.problems.append(
                     f"{path}: {missing} not found in any of its {len(frames)} frames; check the subject text "
                     "or lower the detection threshold."
@@ -518,8 +541,10 @@ def generate_masks(
             start, boxes = found
             masks = np.asarray(segmenter.propagate(frames, boxes, start=start), dtype=bool)
             if masks.shape != (len(texts), *frames.shape[:3]):
-                raise ValueError(f"segmenter returned masks of shape {masks.shape}, expected "
-                                 f"{(len(texts), *frames.shape[:3])}")
+                raise ValueError(
+                    f"segmenter returned masks of shape {masks.shape}, expected "
+                    f"{(len(texts), *frames.shape[:3])}"
+                )
         except (UserError, RuntimeError, ValueError) as exc:
             message = " ".join(str(exc).split()) or type(exc).__name__
             report.problems.append(message if str(path) in message else f"{path}: {message}")
@@ -527,11 +552,17 @@ def generate_masks(
         for k in range(len(texts)):
             empty = int((~masks[k].any(axis=(1, 2))).sum())
             if empty:
-                report.warnings.append(f"{path}: subject{k + 1} {texts[k]!r} mask is empty in {empty} of "
-                                       f"{len(frames)} frames.")
+                report.warnings.append(
+                    f"{path}: subject{k + 1} {texts[k]!r} mask is empty in {empty} of {len(frames)} frames."
+                )
         write_colour_masks(out / name, masks, DEFAULT_MASK_COLOURS)
         if preview:
-            _preview(previews / f"{name}.png", frames, masks, f"red: {subject1}, green: {subject2} (prompt frame {start})")
+            _preview(
+                previews / f"{name}.png",
+                frames,
+                masks,
+                f"red: {subject1}, green: {subject2} (prompt frame {start})",
+            )
         report.written.append(name)
         report.prompt_frames[name] = start
     report.seconds = time.perf_counter() - start_time

@@ -47,7 +47,7 @@ NTU_RELATIONS: dict[int, str] = {
     120: "playing rock-paper-scissors with",
 }
 NTU_NAME = re.compile(r"S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})", re.IGNORECASE)
-VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov")
+VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov")  # the containers NTU RGB+D ships
 
 
 @dataclass(frozen=True)

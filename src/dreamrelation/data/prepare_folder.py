@@ -45,11 +45,15 @@ from dreamrelation.data.prepare import encode_prompts, encode_video
 from dreamrelation.errors import UserError
 from dreamrelation.training.trainer import TrainingSample
 from dreamrelation.utils.io import atomic_path, atomic_write_json
-from dreamrelation.utils.media import contact_sheet, overlay_masks, save_png
+from dreamrelation.utils.media import (
+    VIDEO_SUFFIXES,  # noqa: E402,I001
+    contact_sheet,
+    overlay_masks,
+    save_png,
+)
 
 __all__ = ["VIDEO_SUFFIXES", "PrepareReport", "load_prepared", "prepare_folder", "read_example"]
 
-VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".avi", ".mkv", ".gif")
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 #: RGB distance within which a mask pixel belongs to black (background) or a subject colour.
@@ -150,7 +154,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: not valid JSON ({_one_line(exc)}); fix or delete it.") from None
     if not isinstance(data, dict):
-        raise UserError(f"{path}: must be a JSON object like {{\"subject1\": [255, 0, 0], ...}}.")
+        raise UserError(f'{path}: must be a JSON object like {{"subject1": [255, 0, 0], ...}}.')
     return data
 
 
@@ -168,7 +172,9 @@ def _subject_colours(meta: Mapping[str, Any], where: str) -> np.ndarray:
     except (TypeError, ValueError) as exc:
         raise UserError(f"{where}: subject colours must be [r, g, b] lists ({_one_line(exc)}).") from None
     if (cols == 0).all(axis=1).any() or (cols[0] == cols[1]).all():
-        raise UserError(f"{where}: subject colours must be distinct and not black; got {cols.astype(int).tolist()}.")
+        raise UserError(
+            f"{where}: subject colours must be distinct and not black; got {cols.astype(int).tolist()}."
+        )
     return cols
 
 
@@ -184,8 +190,14 @@ def _geometry(src_h: int, src_w: int, height: int, width: int, mode: str) -> tup
     return rw, rh, (width - rw) // 2, (height - rh) // 2
 
 
-def _place(img: Image.Image, geo: tuple[int, int, int, int], height: int, width: int, mode: str,
-           resample: Image.Resampling) -> np.ndarray:
+def _place(
+    img: Image.Image,
+    geo: tuple[int, int, int, int],
+    height: int,
+    width: int,
+    mode: str,
+    resample: Image.Resampling,
+) -> np.ndarray:
     """Resize ``img`` to the geometry and crop or pad it to ``height x width``; return an array."""
     rw, rh, dx, dy = geo
     if img.size != (rw, rh):
@@ -353,7 +365,9 @@ class _MaskSource:
                     with Image.open(self.files[i]) as im:
                         got[i] = im.convert(mode)
                 except OSError as exc:
-                    raise UserError(f"{self.files[i]}: unreadable mask image ({_one_line(exc)}); re-export it.") from None
+                    raise UserError(
+                        f"{self.files[i]}: unreadable mask image ({_one_line(exc)}); re-export it."
+                    ) from None
             return got
         for i, (_, frame) in enumerate(_frames(self.path)):
             if i in wanted:
@@ -373,9 +387,13 @@ def _mask_sources(item: _Item) -> list[_MaskSource]:
     if any(d.is_dir() for d in subdirs):
         missing = [d.name for d in subdirs if not d.is_dir()]
         if missing:
-            raise UserError(f"{m}: has subject1/ or subject2/ but not {missing[0]}/; add binary masks for both subjects.")
+            raise UserError(
+                f"{m}: has subject1/ or subject2/ but not {missing[0]}/; add binary masks for both subjects."
+            )
         return [_MaskSource(d, "binary", _frame_files(d)) for d in subdirs]
-    vids = [[p for p in m.glob(f"{s}.*") if p.suffix.lower() in VIDEO_SUFFIXES] for s in ("subject1", "subject2")]
+    vids = [
+        [p for p in m.glob(f"{s}.*") if p.suffix.lower() in VIDEO_SUFFIXES] for s in ("subject1", "subject2")
+    ]
     if any(vids):
         if not all(vids):
             raise UserError(f"{m}: has only one of subject1/subject2 mask videos; add the other one.")
@@ -388,8 +406,14 @@ def _mask_sources(item: _Item) -> list[_MaskSource]:
     )
 
 
-def _select_masks(item: _Item, meta: Mapping[str, Any], st: _Settings, chosen: Sequence[int], n_video: int,
-                  video_size: tuple[int, int]) -> np.ndarray:
+def _select_masks(
+    item: _Item,
+    meta: Mapping[str, Any],
+    st: _Settings,
+    chosen: Sequence[int],
+    n_video: int,
+    video_size: tuple[int, int],
+) -> np.ndarray:
     """Masks bool (2, T, H, W) on the chosen video frames, with the video's geometric transform."""
     sources = _mask_sources(item)
     where = str(item.masks)
@@ -475,7 +499,9 @@ def _discover(src: Path, problems: list[str]) -> list[_Item]:
     for name, video in videos.items():
         item = _Item(name, video)
         entry = entries.get(name)
-        vid_mask = next((mdir / f"{name}{s}" for s in VIDEO_SUFFIXES if (mdir / f"{name}{s}").is_file()), None)
+        vid_mask = next(
+            (mdir / f"{name}{s}" for s in VIDEO_SUFFIXES if (mdir / f"{name}{s}").is_file()), None
+        )
         if entry is not None and entry.is_dir() and vid_mask is not None and not _has_mask_content(entry):
             entry = vid_mask  # masks/NAME.mp4 with masks/NAME/subjects.json beside it
         if entry is None:
@@ -498,7 +524,13 @@ def _has_mask_content(folder: Path) -> bool:
 
 
 def _mask_files(item: _Item) -> list[Path]:
-    files = [item.masks] if item.masks and item.masks.is_file() else sorted(item.masks.rglob("*")) if item.masks else []
+    files = (
+        [item.masks]
+        if item.masks and item.masks.is_file()
+        else sorted(item.masks.rglob("*"))
+        if item.masks
+        else []
+    )
     files = [p for p in files if p.is_file()]
     if item.meta_file and item.meta_file not in files:
         files.append(item.meta_file)
@@ -516,8 +548,14 @@ def _template_fields(template: str) -> set[str]:
     return fields
 
 
-def _captions(items: list[_Item], metas: dict[str, dict[str, Any]], src: Path, caption: str | None,
-              template: str | None, problems: list[str]) -> list[_Item]:
+def _captions(
+    items: list[_Item],
+    metas: dict[str, dict[str, Any]],
+    src: Path,
+    caption: str | None,
+    template: str | None,
+    problems: list[str],
+) -> list[_Item]:
     """Fill ``item.caption``; every missing caption file or subject name is one problem line."""
     if template is not None:
         _template_fields(template)
@@ -532,7 +570,7 @@ def _captions(items: list[_Item], metas: dict[str, dict[str, Any]], src: Path, c
             if missing:
                 where = item.meta_file or src / "masks" / item.name / SUBJECTS_FILE
                 problems.append(
-                    f"{where}: no \"{missing[0]}_name\" for the caption template; add it "
+                    f'{where}: no "{missing[0]}_name" for the caption template; add it '
                     '(e.g. "subject1_name": "person") or pass subjects=.'
                 )
                 continue
@@ -604,8 +642,9 @@ def _write_preview(path: Path, frames: np.ndarray, masks: np.ndarray, caption: s
     """Frames above the same frames in dimmed grey with subject1 (red) / subject2 (blue) masks on top."""
     grey = np.repeat(frames.mean(axis=-1, keepdims=True) * 0.6, 3, axis=-1).astype(np.uint8)
     overlaid = overlay_masks(grey, masks, colours=[(255, 40, 40), (40, 120, 255)], alpha=0.75)
-    sheet = contact_sheet([[frames], [overlaid]], row_labels=["video", "masks"], col_labels=[caption],
-                          frames_per_cell=6)
+    sheet = contact_sheet(
+        [[frames], [overlaid]], row_labels=["video", "masks"], col_labels=[caption], frames_per_cell=6
+    )
     save_png(path, sheet)
 
 
@@ -660,14 +699,23 @@ def prepare_folder(
     began = time.perf_counter()
     src, out = Path(src), Path(out)
     if not src.is_dir():
-        raise UserError(f"{src}: input folder not found; point to a folder of videos with masks/ beside them.")
+        raise UserError(
+            f"{src}: input folder not found; point to a folder of videos with masks/ beside them."
+        )
     st = _check_settings(num_frames, height, width, fps, start, resize)
-    if isinstance(pipe_or_model_path, (str, os.PathLike)) and not (Path(pipe_or_model_path) / "model_index.json").is_file():
-        raise UserError(f"{pipe_or_model_path}: not a diffusers Mochi directory (no model_index.json); check the model path.")
+    if (
+        isinstance(pipe_or_model_path, (str, os.PathLike))
+        and not (Path(pipe_or_model_path) / "model_index.json").is_file()
+    ):
+        raise UserError(
+            f"{pipe_or_model_path}: not a diffusers Mochi directory (no model_index.json); check the model path."
+        )
     defaults = _normalise_subjects(subjects)
     report = PrepareReport(out=out)
     problems = report.problems
-    log: Callable[[str], None] = (lambda s: print(s, file=sys.stderr, flush=True)) if progress else (lambda s: None)
+    log: Callable[[str], None] = (
+        (lambda s: print(s, file=sys.stderr, flush=True)) if progress else (lambda s: None)
+    )
 
     items = _discover(src, problems)
     metas: dict[str, dict[str, Any]] = {}
@@ -710,7 +758,9 @@ def prepare_folder(
                 "settings": settings,
                 "file": f"samples/{item.name}.safetensors",
             }
-            up_to_date = all(prev.get(k) == entry[k] for k in ("video_sha256", "masks_sha256", "caption", "settings"))
+            up_to_date = all(
+                prev.get(k) == entry[k] for k in ("video_sha256", "masks_sha256", "caption", "settings")
+            )
             up_to_date = up_to_date and (out / entry["file"]).is_file()
             need_preview = preview and not (out / "previews" / f"{item.name}.png").is_file()
             if up_to_date and not need_preview:
@@ -730,8 +780,11 @@ def prepare_folder(
             if pipe is None:
                 pipe = _load(pipe_or_model_path, device)
             sample = _encode(pipe, frames, masks, item.caption or "", item.name, st)
-            _save_sample(out / entry["file"], sample, {"name": item.name, "caption": item.caption or "",
-                                                       "settings": settings})
+            _save_sample(
+                out / entry["file"],
+                sample,
+                {"name": item.name, "caption": item.caption or "", "settings": settings},
+            )
             entry.update(
                 source_frames=[int(i) for i in chosen],
                 latent_shape=list(sample.latents.shape),
@@ -759,7 +812,9 @@ def prepare_folder(
     return report
 
 
-def _check_settings(num_frames: int, height: int, width: int, fps: float, start: float, resize: str) -> _Settings:
+def _check_settings(
+    num_frames: int, height: int, width: int, fps: float, start: float, resize: str
+) -> _Settings:
     if resize not in ("crop", "pad"):
         raise UserError(f"resize={resize!r}: choose 'crop' or 'pad'.")
     try:
@@ -794,7 +849,9 @@ def read_example(
     src = Path(src)
     item = next((i for i in _discover(src, []) if i.name == name), None)
     if item is None:
-        raise UserError(f"{src}: no video {name!r} with masks; check the names of the video and masks/{name}.")
+        raise UserError(
+            f"{src}: no video {name!r} with masks; check the names of the video and masks/{name}."
+        )
     meta = {**_normalise_subjects(subjects), **(_read_json(item.meta_file) if item.meta_file else {})}
     frames, chosen, n_video, size = _select_video(item.video, st)
     return frames, _select_masks(item, meta, st, chosen, n_video, size), chosen
@@ -833,8 +890,9 @@ def _prompt(pipe: Any, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
     return embeds[0].float().cpu(), mask[0].cpu()
 
 
-def _encode(pipe: Any, frames: np.ndarray, masks: np.ndarray, caption: str, name: str,
-            st: _Settings) -> TrainingSample:
+def _encode(
+    pipe: Any, frames: np.ndarray, masks: np.ndarray, caption: str, name: str, st: _Settings
+) -> TrainingSample:
     """Encode one clip with the pipeline's VAE (tiled for large frames) and its caption with T5."""
     tiled = st.height * st.width > TILING_PIXELS
     was_tiling = bool(getattr(pipe.vae, "use_tiling", False))
@@ -863,14 +921,18 @@ def load_prepared(out: str | os.PathLike[str]) -> list[TrainingSample]:
         raise UserError(f"{out}: no {MANIFEST}; run `dreamrelation prepare` into this folder first.")
     videos = _read_manifest(out)["videos"]
     if not videos:
-        raise UserError(f"{out / MANIFEST}: lists no prepared videos; fix the problems prepare reported and re-run it.")
+        raise UserError(
+            f"{out / MANIFEST}: lists no prepared videos; fix the problems prepare reported and re-run it."
+        )
     samples = []
     for name in sorted(videos):
         path = out / videos[name]["file"]
         try:
             t = load_file(str(path))
         except (OSError, ValueError, RuntimeError) as exc:
-            raise UserError(f"{path}: cannot load ({_one_line(exc)}); re-run `dreamrelation prepare`.") from None
+            raise UserError(
+                f"{path}: cannot load ({_one_line(exc)}); re-run `dreamrelation prepare`."
+            ) from None
         samples.append(
             TrainingSample(
                 latents=t["latents"],

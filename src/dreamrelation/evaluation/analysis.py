@@ -30,6 +30,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from dreamrelation.errors import UserError
+from dreamrelation.utils.media import VIDEO_SUFFIXES
 
 __all__ = [
     "AnalysisInput",
@@ -62,7 +63,6 @@ STOP_WORDS = frozenset(
 )
 #: VAE temporal/spatial compression of Mochi (6 frames, 8 pixels per latent cell).
 TEMPORAL_STRIDE = 6
-VIDEO_SUFFIXES = frozenset({".mp4", ".gif", ".webm", ".mov", ".avi", ".mkv"})
 SPATIAL_STRIDE = 8
 # viridis-like colour map anchors (value, RGB) for heat-maps
 _VIRIDIS = np.array(

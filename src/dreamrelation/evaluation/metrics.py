@@ -36,6 +36,7 @@ import torch
 from PIL import Image
 
 from dreamrelation.errors import UserError
+from dreamrelation.utils.media import VIDEO_SUFFIXES
 
 __all__ = [
     "METRICS",
@@ -74,7 +75,6 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 QUESTION = "Are the two subjects {relation}? Answer yes or no."
-VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".mov", ".avi", ".mkv")
 
 
 # ----------------------------------------------------------------------------------------------

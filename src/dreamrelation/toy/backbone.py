@@ -184,7 +184,9 @@ def tensor_to_frames(video: torch.Tensor) -> np.ndarray:
     return x.permute(1, 2, 3, 0).cpu().numpy()
 
 
-def save_bundle(out_dir: Path, *, vae, transformer, text_encoder, tokenizer, info: dict | None = None) -> None:
+def save_bundle(
+    out_dir: Path, *, vae, transformer, text_encoder, tokenizer, info: dict | None = None
+) -> None:
     """Write a diffusers-format MochiPipeline directory (``model_index.json`` + one folder per part)."""
     from diffusers import MochiPipeline
 

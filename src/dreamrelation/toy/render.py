@@ -83,8 +83,9 @@ def shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, size: float) -> np.nd
     raise UserError(f"Unknown shape {shape!r}.")
 
 
-def render_background(spec: VideoSpec, num_frames: int = NUM_FRAMES, height: int = HEIGHT,
-                      width: int = WIDTH) -> np.ndarray:
+def render_background(
+    spec: VideoSpec, num_frames: int = NUM_FRAMES, height: int = HEIGHT, width: int = WIDTH
+) -> np.ndarray:
     """Background-only frames (T,H,W,3) uint8 for ``spec`` (the scene is static)."""
     if spec.scene not in SCENES:
         raise UserError(f"Unknown scene {spec.scene!r}; choose one of {list(SCENES)}.")
@@ -115,12 +116,16 @@ def render_background(spec: VideoSpec, num_frames: int = NUM_FRAMES, height: int
     return np.broadcast_to(frame, (num_frames, height, width, 3)).copy()
 
 
-def render_masks(spec: VideoSpec, num_frames: int = NUM_FRAMES, height: int = HEIGHT,
-                 width: int = WIDTH) -> tuple[np.ndarray, np.ndarray]:
+def render_masks(
+    spec: VideoSpec, num_frames: int = NUM_FRAMES, height: int = HEIGHT, width: int = WIDTH
+) -> tuple[np.ndarray, np.ndarray]:
     """Visible masks (2,T,H,W) and centre trajectories (2,T,2) without compositing frames."""
     relation = get_relation(spec.relation)
     subjects = spec.subjects
-    extents = (shape_extent(subjects[0].shape, subjects[0].size), shape_extent(subjects[1].shape, subjects[1].size))
+    extents = (
+        shape_extent(subjects[0].shape, subjects[0].size),
+        shape_extent(subjects[1].shape, subjects[1].size),
+    )
     rng = np.random.default_rng([spec.seed, 1])
     traj = relation.trajectory(rng, extents, num_frames, height, width)
     xs = np.arange(width, dtype=np.float64)[None, None, :]
@@ -137,8 +142,9 @@ def render_masks(spec: VideoSpec, num_frames: int = NUM_FRAMES, height: int = HE
     return masks, traj
 
 
-def render_video(spec: VideoSpec, num_frames: int = NUM_FRAMES, height: int = HEIGHT,
-                 width: int = WIDTH) -> RenderedVideo:
+def render_video(
+    spec: VideoSpec, num_frames: int = NUM_FRAMES, height: int = HEIGHT, width: int = WIDTH
+) -> RenderedVideo:
     """Render ``spec`` deterministically: frames, exact visible masks, centre trajectories and caption."""
     masks, traj = render_masks(spec, num_frames, height, width)
     frames = render_background(spec, num_frames, height, width)

@@ -109,7 +109,9 @@ def frame_background(video: np.ndarray) -> np.ndarray:
     return np.median(vid[:, ::2, ::2].reshape(vid.shape[0], -1, 3), axis=1)
 
 
-def _segment_dist2(offset: np.ndarray, sq_norm: np.ndarray, direction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _segment_dist2(
+    offset: np.ndarray, sq_norm: np.ndarray, direction: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Mixing weight (unclipped) and squared distance of pixels to the segment background -> colour.
 
     ``offset``: pixel minus background (T,H,W,3), ``sq_norm`` its squared norm (T,H,W); ``direction``: colour
@@ -122,8 +124,13 @@ def _segment_dist2(offset: np.ndarray, sq_norm: np.ndarray, direction: np.ndarra
     return alpha, np.maximum(sq_norm + norm2 * clipped * (clipped - 2.0 * alpha), 0.0)
 
 
-def colour_mask(video: np.ndarray, colour: Sequence[float], competitors: Sequence[Sequence[float]] = (),
-                background: np.ndarray | None = None, min_mix: float = 0.5) -> np.ndarray:
+def colour_mask(
+    video: np.ndarray,
+    colour: Sequence[float],
+    competitors: Sequence[Sequence[float]] = (),
+    background: np.ndarray | None = None,
+    min_mix: float = 0.5,
+) -> np.ndarray:
     """Pixels (T,H,W) explained as ``colour`` blended over the frame's background colour.
 
     A pixel counts if it is at least ``min_mix`` of the way from the background to ``colour``, lies close to
@@ -150,7 +157,9 @@ def _candidate_colours(subject: SubjectSpec, avoid: str | None) -> list[RGB]:
     return [subject.rgb]
 
 
-def track_subjects(video: np.ndarray, subjects: Sequence[SubjectSpec], min_area: int = MIN_AREA) -> TrackResult:
+def track_subjects(
+    video: np.ndarray, subjects: Sequence[SubjectSpec], min_area: int = MIN_AREA
+) -> TrackResult:
     """Track the two prompted subjects by colour (a person may be in any person tone not used by the other)."""
     if len(subjects) != 2:
         raise UserError(f"Tracking needs exactly two subjects; got {len(subjects)}.")
@@ -169,10 +178,14 @@ def track_subjects(video: np.ndarray, subjects: Sequence[SubjectSpec], min_area:
             colour_mask(vid, c, [r for r in (*cands, *rivals) if r != c], background).sum() for c in cands
         ]
         chosen.append(cands[int(np.argmax(areas))])
-    masks = np.stack([
-        clean_mask(colour_mask(vid, chosen[k], [chosen[1 - k]] if chosen[0] != chosen[1] else [], background))
-        for k in range(2)
-    ])
+    masks = np.stack(
+        [
+            clean_mask(
+                colour_mask(vid, chosen[k], [chosen[1 - k]] if chosen[0] != chosen[1] else [], background)
+            )
+            for k in range(2)
+        ]
+    )
     areas = masks.sum(axis=(2, 3))
     found = (areas >= min_area) & (areas <= MAX_AREA_FRACTION * height * width)
     ys, xs = np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64)
@@ -252,13 +265,33 @@ def trajectory_features(trajectories: np.ndarray, height: int = HEIGHT, width: i
     along, perp = rel @ m_hat, rel @ m_perp
     half = (_K - 1) // 2
     extras = [
-        n1, n2, cos_net, up1, down1, up2, down2,
-        np.abs(np.diff(p1[:, 1])).sum(), np.abs(np.diff(p1[:, 0])).sum(),
-        np.abs(np.diff(p2[:, 1])).sum(), np.abs(np.diff(p2[:, 0])).sum(),
-        sweep, cos_rel, along.mean(), np.abs(along).mean(), np.abs(perp).mean(),
-        rel[:, 1].mean(), rel[:, 1].min(), np.abs(rel[:, 1]).mean(), np.abs(rel[:, 0]).mean(),
-        step1[:half].sum(), step1[half:].sum(), step2[:half].sum(), step2[half:].sum(),
-        dist.max() - dist.min(), dist.std(), float(np.argmin(dist)) / (_K - 1),
+        n1,
+        n2,
+        cos_net,
+        up1,
+        down1,
+        up2,
+        down2,
+        np.abs(np.diff(p1[:, 1])).sum(),
+        np.abs(np.diff(p1[:, 0])).sum(),
+        np.abs(np.diff(p2[:, 1])).sum(),
+        np.abs(np.diff(p2[:, 0])).sum(),
+        sweep,
+        cos_rel,
+        along.mean(),
+        np.abs(along).mean(),
+        np.abs(perp).mean(),
+        rel[:, 1].mean(),
+        rel[:, 1].min(),
+        np.abs(rel[:, 1]).mean(),
+        np.abs(rel[:, 0]).mean(),
+        step1[:half].sum(),
+        step1[half:].sum(),
+        step2[:half].sum(),
+        step2[half:].sum(),
+        dist.max() - dist.min(),
+        dist.std(),
+        float(np.argmin(dist)) / (_K - 1),
     ]
     curve = dist / (dist.max() + 1e-9)
     return np.concatenate([dist, curve, step1, step2, np.asarray(extras, dtype=np.float64)])
@@ -282,8 +315,9 @@ class RelationClassifier:
         return e / e.sum(axis=-1, keepdims=True)
 
 
-def _fit_softmax(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float = 1e-3,
-                 steps: int = 1500, lr: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def _fit_softmax(
+    x: np.ndarray, y: np.ndarray, num_classes: int, l2: float = 1e-3, steps: int = 1500, lr: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
     n, f = x.shape
     w, b = np.zeros((f, num_classes)), np.zeros(num_classes)
     vw, vb = np.zeros_like(w), np.zeros_like(b)
@@ -302,8 +336,9 @@ def _fit_softmax(x: np.ndarray, y: np.ndarray, num_classes: int, l2: float = 1e-
     return w, b
 
 
-def training_trajectories(per_relation: int = 80, seed: int = CLASSIFIER_SEED,
-                          relations: Sequence[str] = RELATION_NAMES) -> tuple[list[np.ndarray], list[str]]:
+def training_trajectories(
+    per_relation: int = 80, seed: int = CLASSIFIER_SEED, relations: Sequence[str] = RELATION_NAMES
+) -> tuple[list[np.ndarray], list[str]]:
     """Visible-mask centroid trajectories of rendered ground-truth videos (masks only, no frames)."""
     rng = np.random.default_rng(seed)
     trajs, labels = [], []
@@ -333,7 +368,9 @@ def fitted_classifier(per_relation: int = 80, seed: int = CLASSIFIER_SEED) -> Re
     return RelationClassifier(names, mean, std, w, b)
 
 
-def classify_relation(trajectories: np.ndarray, height: int = HEIGHT, width: int = WIDTH) -> tuple[str, dict[str, float]]:
+def classify_relation(
+    trajectories: np.ndarray, height: int = HEIGHT, width: int = WIDTH
+) -> tuple[str, dict[str, float]]:
     """Predict the relation (over base + held-out) from centroid trajectories (2,T,2) in pixels.
 
     Returns the predicted name and a probability per relation name.
@@ -402,8 +439,9 @@ def _resolve_subjects(spec_or_subjects: VideoSpec | Sequence[SubjectSpec]) -> tu
     return subjects[0], subjects[1]
 
 
-def score_appearance(video: np.ndarray, subjects: VideoSpec | Sequence[SubjectSpec],
-                     track: TrackResult | None = None) -> dict[str, object]:
+def score_appearance(
+    video: np.ndarray, subjects: VideoSpec | Sequence[SubjectSpec], track: TrackResult | None = None
+) -> dict[str, object]:
     """How well the prompted subjects appear: per-subject presence (fraction of frames with a plausible blob of
     the prompted colour), mean shape IoU and shape accuracy (prompted shape is the best-matching template).
 
@@ -431,9 +469,12 @@ def score_appearance(video: np.ndarray, subjects: VideoSpec | Sequence[SubjectSp
     }
 
 
-def score_leakage(video: np.ndarray, exemplar_subjects: Sequence[SubjectSpec],
-                  subjects: VideoSpec | Sequence[SubjectSpec] | None = None,
-                  track: TrackResult | None = None) -> dict[str, float]:
+def score_leakage(
+    video: np.ndarray,
+    exemplar_subjects: Sequence[SubjectSpec],
+    subjects: VideoSpec | Sequence[SubjectSpec] | None = None,
+    track: TrackResult | None = None,
+) -> dict[str, float]:
     """How much the exemplars' appearance shows up in a video generated for other subjects.
 
     ``colour_leakage``: max over exemplar colours (person tones for a person, excluding colours the prompted
@@ -467,7 +508,11 @@ def score_leakage(video: np.ndarray, exemplar_subjects: Sequence[SubjectSpec],
                 hits += max(iou, key=iou.get) in ex_shapes
                 total += 1
         shape_leak = hits / total if total else 0.0
-    return {"colour_leakage": colour_leak, "shape_leakage": shape_leak, "leakage": max(colour_leak, shape_leak)}
+    return {
+        "colour_leakage": colour_leak,
+        "shape_leakage": shape_leak,
+        "leakage": max(colour_leak, shape_leak),
+    }
 
 
 def temporal_consistency(video: np.ndarray) -> float:
@@ -484,9 +529,13 @@ def temporal_consistency(video: np.ndarray) -> float:
     return float(cos.mean())
 
 
-def evaluate_video(video: np.ndarray, spec_or_subjects: VideoSpec | Sequence[SubjectSpec],
-                   target_relation: str, exemplar_subjects: Sequence[SubjectSpec] | None = None,
-                   min_tracked_fraction: float = 0.5) -> dict[str, object]:
+def evaluate_video(
+    video: np.ndarray,
+    spec_or_subjects: VideoSpec | Sequence[SubjectSpec],
+    target_relation: str,
+    exemplar_subjects: Sequence[SubjectSpec] | None = None,
+    min_tracked_fraction: float = 0.5,
+) -> dict[str, object]:
     """Track, classify and score one video against the prompted subjects and target relation.
 
     ``tracked`` is False when a subject was found in fewer than ``min_tracked_fraction`` of the frames; the
@@ -514,8 +563,13 @@ def evaluate_video(video: np.ndarray, spec_or_subjects: VideoSpec | Sequence[Sub
     return result
 
 
-def degrade_video(video: np.ndarray, rng: np.random.Generator, blur_sigma: float = 1.0,
-                  noise_std: float = 8.0, pool: int = 4) -> np.ndarray:
+def degrade_video(
+    video: np.ndarray,
+    rng: np.random.Generator,
+    blur_sigma: float = 1.0,
+    noise_std: float = 8.0,
+    pool: int = 4,
+) -> np.ndarray:
     """Simulate a small generator + VAE: Gaussian blur, additive noise, ``pool``x``pool`` average pooling
     and nearest upsampling. Returns uint8 (T,H,W,3)."""
     vid = _as_video(video)
@@ -535,4 +589,3 @@ def degrade_video(video: np.ndarray, rng: np.random.Generator, blur_sigma: float
         pooled = vid.reshape(t, h // pool, pool, w // pool, pool, 3).mean(axis=(2, 4))
         vid = pooled.repeat(pool, axis=1).repeat(pool, axis=2)
     return np.clip(np.round(vid), 0, 255).astype(np.uint8)
-

@@ -43,6 +43,9 @@ SHEET_FRAME_HEIGHT = 128
 SHEET_PAD = 8
 SHEET_GAP = 2
 
+# Video containers the project reads (PyAV/FFmpeg decodes them all).
+VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".mov", ".webm", ".avi", ".mkv", ".gif")
+
 DEFAULT_MASK_COLOURS: tuple[Colour, ...] = (
     (230, 25, 75),  # red
     (60, 180, 75),  # green
