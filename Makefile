@@ -27,6 +27,7 @@ lint: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/step_time.py
+	$(BIN)/python benchmarks/prepare_throughput.py
 
 clean:
 	rm -rf runs .pytest_cache
