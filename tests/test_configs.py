@@ -51,13 +51,12 @@ def test_mochi_configs_follow_the_paper() -> None:
 def test_toy_configs() -> None:
     dr = load_config(preset("dreamrelation"), CONFIGS / "toy" / "dreamrelation.yaml")
     direct = load_config(preset("direct_lora"), CONFIGS / "toy" / "direct_lora.yaml")
+    from dreamrelation.demo import DemoConfig
+
+    demo = DemoConfig()  # the shipped toy configs are the demo's recipe
     for cfg in (dr, direct):
-        assert (cfg.optim.steps, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.batch_size) == (
-            300,
-            1e-3,
-            30,
-            4,
-        )
+        got = (cfg.optim.steps, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.batch_size, cfg.adapter.rank)
+        assert got == (demo.train_steps, demo.lr, demo.warmup_steps, demo.batch_size, demo.rank)
     assert dr.hmt.enabled and dr.contrastive.enabled
     assert direct.adapter.placement == {"direct": ["q", "k", "v", "out"]}
     assert not direct.hmt.enabled and not direct.contrastive.enabled

@@ -67,9 +67,9 @@ class ToyBenchmarkConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     num_inference_steps: int = 32
     guidance_scale: float = 4.0
-    train_steps: int = 300
+    train_steps: int = 1000
     batch_size: int = 4
-    lr: float = 1e-3
+    lr: float = 2e-3
     warmup_steps: int = 30
     rank: int = 16
     out_dir: str = "runs/benchmark-toy"
