@@ -152,7 +152,7 @@ class ClipScorer:
 
         p = check_weights(path, "clip")
         self.device = _device(device)
-        self.model = CLIPModel.from_pretrained(p, torch_dtype=dtype).to(self.device).eval()
+        self.model = CLIPModel.from_pretrained(p, dtype=dtype).to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(p)
         self.size = int(self.model.config.vision_config.image_size)
         self.mean, self.std = _norm_stats(p, CLIP_MEAN, CLIP_STD)
@@ -253,7 +253,7 @@ class VideoFeatureExtractor:
 
         p = check_weights(path, "videomae")
         self.device = _device(device)
-        self.model = VideoMAEModel.from_pretrained(p, torch_dtype=dtype).to(self.device).eval()
+        self.model = VideoMAEModel.from_pretrained(p, dtype=dtype).to(self.device).eval()
         self.size = int(self.model.config.image_size)
         self.num_frames = int(self.model.config.num_frames)
         self.mean, self.std = _norm_stats(p, IMAGENET_MEAN, IMAGENET_STD)
@@ -327,7 +327,7 @@ class VlmJudge:
         self.device = _device(device)
         dtype = dtype or (torch.bfloat16 if self.device.startswith("cuda") else torch.float32)
         self.processor = AutoProcessor.from_pretrained(p)
-        self.model = AutoModelForImageTextToText.from_pretrained(p, torch_dtype=dtype).to(self.device).eval()
+        self.model = AutoModelForImageTextToText.from_pretrained(p, dtype=dtype).to(self.device).eval()
         self.max_new_tokens = int(max_new_tokens)
         self.temperature = float(temperature)
         self.generate_kwargs = dict(generate_kwargs or {})
