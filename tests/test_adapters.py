@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import pytest
 import torch
 from diffusers import MochiPipeline, MochiTransformer3DModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import safe_open
+from tiny import TINY_TRANSFORMER
 
 from dreamrelation.models.adapters import (
     active_roles,
@@ -24,26 +24,7 @@ from dreamrelation.models.adapters import (
 from dreamrelation.training.config import AdapterConfig
 from dreamrelation.training.trainer import roles_for_choice
 
-TINY = dict(
-    num_layers=2,
-    num_attention_heads=2,
-    attention_head_dim=16,
-    pooled_projection_dim=16,
-    in_channels=12,
-    text_embed_dim=32,
-    time_embed_dim=16,
-    patch_size=2,
-    max_sequence_length=16,
-)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run much faster on one thread, above all on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+TINY = TINY_TRANSFORMER
 
 
 LAST = TINY["num_layers"] - 1

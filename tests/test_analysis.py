@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
 from diffusers import MochiTransformer3DModel
+from tiny import TINY_TRANSFORMER
 
 from dreamrelation.evaluation.analysis import (
     adapter_similarity,
@@ -30,25 +30,7 @@ from dreamrelation.evaluation.analysis import (
 from dreamrelation.models.adapters import add_relation_adapters, save_adapters, set_active_roles
 from dreamrelation.training.config import AdapterConfig
 
-TINY_T = dict(
-    num_layers=2,
-    num_attention_heads=2,
-    attention_head_dim=16,
-    pooled_projection_dim=16,
-    in_channels=12,
-    text_embed_dim=32,
-    time_embed_dim=16,
-    patch_size=2,
-    max_sequence_length=16,
-)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+TINY_T = TINY_TRANSFORMER
 
 
 def tiny(seed: int = 0) -> MochiTransformer3DModel:

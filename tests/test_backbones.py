@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import numpy as np
@@ -31,16 +30,6 @@ from dreamrelation.models.backbones import MOCHI, WAN, get_backbone
 from dreamrelation.training.config import PROJECTIONS, AdapterConfig, TrainConfig
 from dreamrelation.training.losses import flow_matching_inputs
 from dreamrelation.training.trainer import TrainingSample, roles_for_choice, train_adapters
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run much faster on one thread, above all on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 MOCHI_TINY = dict(
     num_layers=2,

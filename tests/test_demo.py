@@ -36,6 +36,8 @@ def test_short_demo_end_to_end(tiny_bundle, tmp_path):
         assert (out / entry["video"]).with_suffix(".gif").is_file()
     # the exemplar folder is written in the paper's layout and can be trained from
     assert len(list((out / "exemplars" / "masks").iterdir())) == 3
-    assert (out / "exemplars" / "videos" / "exemplar000.txt").read_text().startswith("A person is high-fiving")
+    assert (
+        (out / "exemplars" / "videos" / "exemplar000.txt").read_text().startswith("A person is high-fiving")
+    )
     for method in ("direct_lora", "dreamrelation"):
         assert list((out / "train" / method / "adapters").glob("*.safetensors"))

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 from diffusers import MochiTransformer3DModel
 from safetensors.torch import load_file, save_file
+from tiny import TINY_TRANSFORMER
 
 from dreamrelation.models.adapters import named_adapter_parameters
 from dreamrelation.training.config import TrainConfig
@@ -19,17 +20,7 @@ from dreamrelation.training.trainer import TrainingSample, train_adapters
 
 WORLD = 2
 PER_RANK = 2
-TINY = dict(
-    num_layers=2,
-    num_attention_heads=2,
-    attention_head_dim=16,
-    pooled_projection_dim=16,
-    in_channels=12,
-    text_embed_dim=32,
-    time_embed_dim=16,
-    patch_size=2,
-    max_sequence_length=16,
-)
+TINY = TINY_TRANSFORMER
 
 
 def _model() -> MochiTransformer3DModel:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +17,6 @@ from dreamrelation.sampling.run import parse_roles
 from dreamrelation.training.config import AdapterConfig
 
 PROMPTS = ["A red circle is high-fiving a blue square.", "A bear is shaking hands with a raccoon."]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_adapters(transformer: torch.nn.Module, out: Path) -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import torch
 from diffusers import MochiTransformer3DModel
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tiny import TINY_TRANSFORMER
 
 from dreamrelation.errors import UserError
 from dreamrelation.models.adapters import (
@@ -34,28 +34,10 @@ from dreamrelation.models.interop import (
 )
 from dreamrelation.training.config import AdapterConfig
 
-TINY = dict(
-    num_layers=2,
-    num_attention_heads=2,
-    attention_head_dim=16,  # visual width 32
-    pooled_projection_dim=16,  # text width 16: distinct from the visual width, so transposes show
-    in_channels=12,
-    text_embed_dim=32,
-    time_embed_dim=16,
-    patch_size=2,
-    max_sequence_length=16,
-)
+TINY = TINY_TRANSFORMER
 LAST = TINY["num_layers"] - 1
 QKV = {"x": ("to_q", "to_k", "to_v"), "y": ("add_q_proj", "add_k_proj", "add_v_proj")}
 PROJ = {"x": "to_out.0", "y": "to_add_out"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny() -> MochiTransformer3DModel:

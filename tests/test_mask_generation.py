@@ -29,10 +29,25 @@ from dreamrelation.toy.render import render_background, render_video
 from dreamrelation.toy.world import SubjectSpec, VideoSpec
 from dreamrelation.utils.media import write_video
 
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "red", "star", "blue", "circle", "green", "square"]
+VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    ".",
+    "red",
+    "star",
+    "blue",
+    "circle",
+    "green",
+    "square",
+]
 SPECS = [
     VideoSpec("high_fiving", SubjectSpec("star", "red"), SubjectSpec("circle", "blue"), "textured", seed=3),
-    VideoSpec("chasing", SubjectSpec("square", "green"), SubjectSpec("triangle", "yellow"), "gradient", seed=8),
+    VideoSpec(
+        "chasing", SubjectSpec("square", "green"), SubjectSpec("triangle", "yellow"), "gradient", seed=8
+    ),
     VideoSpec("passing", SubjectSpec("person", "skin"), SubjectSpec("diamond", "cyan"), "plain", seed=11),
 ]
 
@@ -47,14 +62,39 @@ def dino_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers.models.grounding_dino.processing_grounding_dino import GroundingDinoProcessor
 
     torch.manual_seed(0)
-    swin = SwinConfig(window_size=7, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], image_size=98,
-                      out_indices=[2, 3, 4])
-    text = {"model_type": "bert", "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
-            "intermediate_size": 8, "max_position_embeddings": 32, "vocab_size": len(VOCAB)}
+    swin = SwinConfig(
+        window_size=7,
+        embed_dim=8,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 1, 1],
+        image_size=98,
+        out_indices=[2, 3, 4],
+    )
+    text = {
+        "model_type": "bert",
+        "hidden_size": 8,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 8,
+        "max_position_embeddings": 32,
+        "vocab_size": len(VOCAB),
+    }
     config = GroundingDinoConfig(
-        d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
-        encoder_ffn_dim=8, decoder_ffn_dim=8, num_queries=12, num_feature_levels=4, encoder_n_points=2,
-        decoder_n_points=2, use_timm_backbone=False, backbone_config=swin, max_text_len=16, text_config=text,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=8,
+        decoder_ffn_dim=8,
+        num_queries=12,
+        num_feature_levels=4,
+        encoder_n_points=2,
+        decoder_n_points=2,
+        use_timm_backbone=False,
+        backbone_config=swin,
+        max_text_len=16,
+        text_config=text,
     )
     out = tmp_path_factory.mktemp("dino")
     GroundingDinoForObjectDetection(config).save_pretrained(out)
@@ -72,18 +112,45 @@ def sam_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     size = 128
     backbone = Sam2HieraDetConfig(
-        hidden_size=12, image_size=size, patch_stride=4, patch_kernel_size=7, patch_padding=3,
-        blocks_per_stage=[1, 1, 1, 1], embed_dim_per_stage=[12, 24, 48, 96], num_attention_heads_per_stage=[1, 1, 1, 1],
+        hidden_size=12,
+        image_size=size,
+        patch_stride=4,
+        patch_kernel_size=7,
+        patch_padding=3,
+        blocks_per_stage=[1, 1, 1, 1],
+        embed_dim_per_stage=[12, 24, 48, 96],
+        num_attention_heads_per_stage=[1, 1, 1, 1],
     )
-    vision = Sam2VisionConfig(backbone_config=backbone, backbone_channel_list=[96, 48, 24, 12],
-                              backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]], fpn_hidden_size=128)
+    vision = Sam2VisionConfig(
+        backbone_config=backbone,
+        backbone_channel_list=[96, 48, 24, 12],
+        backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]],
+        fpn_hidden_size=128,
+    )
     config = Sam2VideoConfig(
-        vision_config=vision, image_size=size,
-        prompt_encoder_config={"hidden_size": 128, "image_size": size, "patch_size": 16, "mask_input_channels": 8},
-        mask_decoder_config={"hidden_size": 128, "mlp_dim": 64, "num_attention_heads": 4, "iou_head_hidden_dim": 32},
-        memory_attention_hidden_size=128, memory_attention_num_layers=1, memory_attention_feed_forward_hidden_size=64,
-        memory_attention_rope_feat_sizes=[8, 8], memory_encoder_hidden_size=128, memory_encoder_output_channels=64,
-        mask_downsampler_embed_dim=128, memory_fuser_embed_dim=128, memory_fuser_intermediate_dim=64,
+        vision_config=vision,
+        image_size=size,
+        prompt_encoder_config={
+            "hidden_size": 128,
+            "image_size": size,
+            "patch_size": 16,
+            "mask_input_channels": 8,
+        },
+        mask_decoder_config={
+            "hidden_size": 128,
+            "mlp_dim": 64,
+            "num_attention_heads": 4,
+            "iou_head_hidden_dim": 32,
+        },
+        memory_attention_hidden_size=128,
+        memory_attention_num_layers=1,
+        memory_attention_feed_forward_hidden_size=64,
+        memory_attention_rope_feat_sizes=[8, 8],
+        memory_encoder_hidden_size=128,
+        memory_encoder_output_channels=64,
+        mask_downsampler_embed_dim=128,
+        memory_fuser_embed_dim=128,
+        memory_fuser_intermediate_dim=64,
         memory_fuser_num_layers=1,
     )
     out = tmp_path_factory.mktemp("sam2")
@@ -109,7 +176,9 @@ def test_missing_or_wrong_weights_name_the_path_and_the_download(tmp_path: Path,
     missing = tmp_path / "weights" / "grounding-dino"
     with pytest.raises(UserError, match=r"not found at .*grounding-dino.*IDEA-Research/grounding-dino-tiny"):
         load_grounding_dino(missing)
-    with pytest.raises(UserError, match=r"SAM 2 video weights not found at .*sam.*facebook/sam2.1-hiera-tiny"):
+    with pytest.raises(
+        UserError, match=r"SAM 2 video weights not found at .*sam.*facebook/sam2.1-hiera-tiny"
+    ):
         load_sam2_video(tmp_path / "sam")
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="has no config.json"):
@@ -125,14 +194,17 @@ def test_tiny_real_models_end_to_end(tmp_path: Path, dino_dir: Path, sam_dir: Pa
     src = tmp_path / "data" / "videos"
     _write_videos(src, SPECS[:2], num_frames=5, scale=1)
     (src / "broken.mp4").write_bytes(b"not a video")
-    report = generate_masks(tmp_path / "data", tmp_path / "data" / "masks", "red star", "blue circle",
-                            detector, segmenter)
+    report = generate_masks(
+        tmp_path / "data", tmp_path / "data" / "masks", "red star", "blue circle", detector, segmenter
+    )
     assert report.written == ["clip0", "clip1"], report.problems
     assert report.prompt_frames == {"clip0": 0, "clip1": 0}
     assert len(report.problems) == 1 and "broken.mp4" in report.problems[0]
     for name in report.written:
         folder = tmp_path / "data" / "masks" / name
-        assert sorted(p.name for p in folder.iterdir()) == [f"{t:05d}.png" for t in range(5)] + ["subjects.json"]
+        assert sorted(p.name for p in folder.iterdir()) == [f"{t:05d}.png" for t in range(5)] + [
+            "subjects.json"
+        ]
         masks = read_colour_masks(folder)
         assert masks.shape == (2, 5, 64, 64) and masks.dtype == bool
         assert not (masks[0] & masks[1]).any()
@@ -169,16 +241,22 @@ def test_toy_accuracy_through_mp4_and_colour_masks(tmp_path: Path) -> None:
     late_masks = np.concatenate([np.zeros((2, 2, 64, 64), dtype=bool), late.masks], axis=1)
     write_video(tmp_path / "videos" / "clip3.mp4", late_frames, fps=8)
     # clip4: subject2 never visible to the detector
-    gone = render_video(VideoSpec("chasing", SubjectSpec("cross", "orange"), SubjectSpec("star", "white"), seed=5),
-                        num_frames=num_frames)
+    gone = render_video(
+        VideoSpec("chasing", SubjectSpec("cross", "orange"), SubjectSpec("star", "white"), seed=5),
+        num_frames=num_frames,
+    )
     write_video(tmp_path / "videos" / "clip4.mp4", gone.frames, fps=8)
     references = [(v.frames, v.masks) for v in rendered.values()]  # type: ignore[attr-defined]
-    references += [(late_frames, late_masks), (gone.frames, gone.masks & np.array([True, False])[:, None, None, None])]
+    references += [
+        (late_frames, late_masks),
+        (gone.frames, gone.masks & np.array([True, False])[:, None, None, None]),
+    ]
     detector = GroundTruthBoxDetector(references)
     out = tmp_path / "masks"
 
-    report = generate_masks(tmp_path / "videos", out, "first", "second", detector, ColourTrackSegmenter(),
-                            preview=False)
+    report = generate_masks(
+        tmp_path / "videos", out, "first", "second", detector, ColourTrackSegmenter(), preview=False
+    )
     assert report.written == ["clip0", "clip1", "clip2", "clip3"], report.problems
     assert report.prompt_frames["clip3"] == 2
     assert report.problems == [
@@ -203,9 +281,16 @@ def test_mask_box_and_empty_folder(tmp_path: Path) -> None:
     assert mask_box(mask) is None
     mask[2:4, 5] = True
     assert mask_box(mask) == (5.0, 2.0, 6.0, 4.0)
-    report = generate_masks(tmp_path, tmp_path / "masks", "a", "b", GroundTruthBoxDetector([]),
-                            ColourTrackSegmenter())
+    report = generate_masks(
+        tmp_path, tmp_path / "masks", "a", "b", GroundTruthBoxDetector([]), ColourTrackSegmenter()
+    )
     assert not report.ok and "no videos" in report.problems[0]
     with pytest.raises(UserError, match="does not exist"):
-        generate_masks(tmp_path / "nope", tmp_path / "masks", "a", "b", GroundTruthBoxDetector([]),
-                       ColourTrackSegmenter())
+        generate_masks(
+            tmp_path / "nope",
+            tmp_path / "masks",
+            "a",
+            "b",
+            GroundTruthBoxDetector([]),
+            ColourTrackSegmenter(),
+        )

@@ -30,7 +30,10 @@ def test_round_trip_and_layout(tmp_path: Path) -> None:
     folder = write_colour_masks(tmp_path / "video0", masks)
     names = sorted(p.name for p in folder.iterdir())
     assert names[0] == "00000.png" and "subjects.json" in names and len(names) == masks.shape[1] + 1
-    assert json.loads((folder / "subjects.json").read_text()) == {"subject1": [255, 0, 0], "subject2": [0, 255, 0]}
+    assert json.loads((folder / "subjects.json").read_text()) == {
+        "subject1": [255, 0, 0],
+        "subject2": [0, 255, 0],
+    }
     assert np.array_equal(read_colour_masks(folder), masks)
     # overwrite atomically: no temp folders left behind
     write_colour_masks(folder, masks[:, :3], colours=((0, 0, 255), (255, 255, 0)))

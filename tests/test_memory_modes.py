@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
 from diffusers import MochiPipeline, MochiTransformer3DModel, WanTransformer3DModel
+from tiny import TINY_TRANSFORMER
 
 import dreamrelation.training.memory as memory
 from dreamrelation.errors import UserError
@@ -17,27 +17,7 @@ from dreamrelation.models.loading import load_transformer
 from dreamrelation.training.config import MemoryConfig, TrainConfig
 from dreamrelation.training.trainer import TrainingSample, train_adapters
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run much faster on one thread, above all on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-TINY = dict(
-    num_layers=3,
-    num_attention_heads=2,
-    attention_head_dim=16,
-    pooled_projection_dim=16,
-    in_channels=12,
-    text_embed_dim=32,
-    time_embed_dim=16,
-    patch_size=2,
-    max_sequence_length=16,
-)
+TINY = {**TINY_TRANSFORMER, "num_layers": 3}
 
 
 def tiny() -> MochiTransformer3DModel:

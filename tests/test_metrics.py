@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +30,6 @@ from dreamrelation.evaluation.report import mean_ci95
 from dreamrelation.toy.backbone import build_tokenizer, toy_words
 
 EXTRA_WORDS = ["yes", "no", "are", "the", "two", "subjects", "answer", "or"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -42,8 +42,9 @@ def _colour_frames(masks: np.ndarray, colours=(RED, GREEN)) -> np.ndarray:
     return img
 
 
-def _write(root: Path, name: str, video: RenderedVideo, fmt: str = "colour", scale: int = 1,
-           caption: bool = True) -> None:
+def _write(
+    root: Path, name: str, video: RenderedVideo, fmt: str = "colour", scale: int = 1, caption: bool = True
+) -> None:
     """Write a toy video (upscaled by ``scale``), its caption and masks in format ``fmt``."""
     frames = upscale_nearest(video.frames, scale)
     masks = upscale_nearest(video.masks[..., None], scale)[..., 0]
@@ -95,9 +96,16 @@ def test_crop_and_pad_keep_masks_on_their_pixels(tmp_path):
         inside = frames[masks[k]].astype(int).mean(axis=0)
         assert np.abs(inside - subject.rgb).max() < 25
 
-    frames, masks, _ = read_example(tmp_path, "square", num_frames=25, height=64, width=128, fps=8, resize="pad")
-    assert (masks[..., 32:96] == video.masks).all() and not masks[..., :32].any() and not masks[..., 96:].any()
-    assert frames[..., :30, :].max() <= 16 and np.abs(frames[..., 32:96, :].astype(int) - video.frames).mean() < 4
+    frames, masks, _ = read_example(
+        tmp_path, "square", num_frames=25, height=64, width=128, fps=8, resize="pad"
+    )
+    assert (
+        (masks[..., 32:96] == video.masks).all() and not masks[..., :32].any() and not masks[..., 96:].any()
+    )
+    assert (
+        frames[..., :30, :].max() <= 16
+        and np.abs(frames[..., 32:96, :].astype(int) - video.frames).mean() < 4
+    )
 
 
 def test_masks_resampled_to_the_video_timeline_or_rejected(tmp_path):
@@ -144,16 +152,18 @@ def test_real_video_with_fps_resampling(tmp_path, tiny_bundle):
     for k in range(2):
         _binary_pngs(tmp_path / "masks" / "squares" / f"subject{k + 1}", masks[k])
     out = tmp_path / "out"
-    report = prepare_folder(tmp_path, out, tiny_bundle, num_frames=25, height=64, width=64, fps=11,
-                            start=0.1, progress=False)
+    report = prepare_folder(
+        tmp_path, out, tiny_bundle, num_frames=25, height=64, width=64, fps=11, start=0.1, progress=False
+    )
     assert report.ok and report.prepared == ["squares"], report.problems
     entry = json.loads((out / "manifest.json").read_text())["videos"]["squares"]
     assert entry["source_frames"] == [int(np.floor((0.1 + i / 11) * 30 + 0.5)) for i in range(25)]
     (sample,) = load_prepared(out)
     assert sample.latents.shape == (12, 5, 8, 8) and sample.masks.shape == (2, 5, 8, 8)
     assert sample.latent_logvar.shape == sample.latents.shape and sample.prompt_mask.any()
-    frames, pixel_masks, chosen = read_example(tmp_path, "squares", num_frames=25, height=64, width=64, fps=11,
-                                               start=0.1)
+    frames, pixel_masks, chosen = read_example(
+        tmp_path, "squares", num_frames=25, height=64, width=64, fps=11, start=0.1
+    )
     assert chosen == entry["source_frames"]
     assert torch.equal(sample.masks, latent_masks(torch.from_numpy(pixel_masks)))
     for k, colour in enumerate((RED, GREEN)):  # the squares moved and their masks moved with them
@@ -202,8 +212,9 @@ def test_large_frames_encode_tiled_and_gif_input(tmp_path, tiny_bundle):
     seen = []
     encode = pipe.vae.encode
     pipe.vae.encode = lambda x: seen.append((pipe.vae.use_tiling, tuple(x.shape))) or encode(x)
-    report = prepare_folder(tmp_path, tmp_path / "out", pipe, num_frames=7, height=272, width=272, fps=8,
-                            progress=False)
+    report = prepare_folder(
+        tmp_path, tmp_path / "out", pipe, num_frames=7, height=272, width=272, fps=8, progress=False
+    )
     assert report.ok, report.problems
     assert seen == [(True, (1, 3, 7, 272, 272))] and not pipe.vae.use_tiling
     (sample,) = load_prepared(tmp_path / "out")
@@ -215,24 +226,45 @@ def test_captions_from_argument_or_template(tmp_path, tiny_bundle):
     for i in range(2):
         _write(src, f"v{i}", _toy(20 + i), caption=False)
     meta = src / "masks" / "v0" / "subjects.json"
-    meta.write_text(json.dumps({**json.loads(meta.read_text()), "subject1_name": "cat", "subject2_name": "dog"}))
+    meta.write_text(
+        json.dumps({**json.loads(meta.read_text()), "subject1_name": "cat", "subject2_name": "dog"})
+    )
 
     missing = prepare_folder(src, tmp_path / "a", tiny_bundle, **TOY, progress=False)
     assert sorted(missing.problems) == [
-        f"{src / name}.txt: missing caption file; write one line describing the video." for name in ("v0", "v1")
+        f"{src / name}.txt: missing caption file; write one line describing the video."
+        for name in ("v0", "v1")
     ]
-    given = prepare_folder(src, tmp_path / "b", tiny_bundle, **TOY, caption="A cat is near a dog.", progress=False)
+    given = prepare_folder(
+        src, tmp_path / "b", tiny_bundle, **TOY, caption="A cat is near a dog.", progress=False
+    )
     assert given.ok and len(given.prepared) == 2
     # a loaded pipeline (transformer included) encodes exactly like a model path (VAE + T5 only)
-    prepare_folder(src, tmp_path / "b2", load_pipeline(tiny_bundle), **TOY, caption="A cat is near a dog.",
-                   progress=False)
+    prepare_folder(
+        src,
+        tmp_path / "b2",
+        load_pipeline(tiny_bundle),
+        **TOY,
+        caption="A cat is near a dog.",
+        progress=False,
+    )
     for a, b in zip(load_prepared(tmp_path / "b"), load_prepared(tmp_path / "b2"), strict=True):
         assert torch.equal(a.latents, b.latents) and torch.equal(a.prompt_embeds, b.prompt_embeds)
         assert torch.equal(a.prompt_mask, b.prompt_mask) and torch.equal(a.masks, b.masks)
-    templ = prepare_folder(src, tmp_path / "c", tiny_bundle, **TOY, caption_template="A {subject1} is with a {subject2}.",
-                           subjects={"subject1_name": "fox", "subject2_name": "owl"}, progress=False)
+    templ = prepare_folder(
+        src,
+        tmp_path / "c",
+        tiny_bundle,
+        **TOY,
+        caption_template="A {subject1} is with a {subject2}.",
+        subjects={"subject1_name": "fox", "subject2_name": "owl"},
+        progress=False,
+    )
     assert templ.ok
-    captions = {k: v["caption"] for k, v in json.loads((tmp_path / "c" / "manifest.json").read_text())["videos"].items()}
+    captions = {
+        k: v["caption"]
+        for k, v in json.loads((tmp_path / "c" / "manifest.json").read_text())["videos"].items()
+    }
     assert captions == {"v0": "A cat is with a dog.", "v1": "A fox is with a owl."}
 
 
@@ -260,7 +292,9 @@ def test_bad_inputs_each_get_one_clear_line(tmp_path, tiny_bundle):
             write_colour_masks(src / "masks" / name, edit(video.masks), (RED, GREEN))
         else:  # subject1 painted blue although subjects.json says red
             write_colour_masks(src / "masks" / name, video.masks, ((0, 0, 255), GREEN))
-            (src / "masks" / name / "subjects.json").write_text(json.dumps({"subject1": RED, "subject2": GREEN}))
+            (src / "masks" / name / "subjects.json").write_text(
+                json.dumps({"subject1": RED, "subject2": GREEN})
+            )
     shutil.rmtree(src / "masks" / "nomask")
 
     report = prepare_folder(src, out, tiny_bundle, **TOY, progress=False)

@@ -13,7 +13,9 @@ def test_shipped_bundle_samples_show_prompted_subjects_moving():
     pipe = load_pipeline(TOY_BUNDLE)
     assert pipe.transformer.config.in_channels == 12 and pipe.scheduler.config.invert_sigmas
     rng = np.random.default_rng(11)
-    specs = [world.sample_video_spec(rng, relations=[r], person_prob=0.0) for r in ("approaching", "moving_away")]
+    specs = [
+        world.sample_video_spec(rng, relations=[r], person_prob=0.0) for r in ("approaching", "moving_away")
+    ]
     specs += [world.sample_video_spec(rng, relations=["walking_alongside"], person_prob=0.0)]
     videos = generate_videos(pipe, [world.caption(s) for s in specs], [0, 1, 2], 32, 4.0)
     found, motion = [], []

@@ -12,7 +12,9 @@ from dreamrelation.evaluation.toy_benchmark import (
 
 
 def test_bar_chart_draws_one_row_per_method():
-    rows = [{"method": m, "relation_correct": 0.5, "relation_correct_ci95": [0.3, 0.7]} for m in ("a", "b", "c")]
+    rows = [
+        {"method": m, "relation_correct": 0.5, "relation_correct_ci95": [0.3, 0.7]} for m in ("a", "b", "c")
+    ]
     small = bar_chart(rows[:1], "relation_correct", "t")
     big = bar_chart(rows, "relation_correct", "t")
     assert big.height - small.height == 2 * 26

@@ -69,7 +69,9 @@ def test_subject1_on_top_where_shapes_overlap() -> None:
         video = render_video(spec)
         for t in range(NUM_FRAMES):
             full = [
-                shape_mask(s.shape, xs - video.trajectories[k, t, 0], ys - video.trajectories[k, t, 1], s.size)
+                shape_mask(
+                    s.shape, xs - video.trajectories[k, t, 0], ys - video.trajectories[k, t, 1], s.size
+                )
                 for k, s in enumerate(spec.subjects)
             ]
             both = full[0] & full[1]
@@ -99,7 +101,9 @@ def test_motion_is_slow_and_in_frame() -> None:
 def test_backgrounds_are_dark_and_low_contrast() -> None:
     for scene in ("plain", "gradient", "textured"):
         for seed in range(10):
-            spec = VideoSpec("approaching", SubjectSpec("circle", "red"), SubjectSpec("star", "blue"), scene, seed)
+            spec = VideoSpec(
+                "approaching", SubjectSpec("circle", "red"), SubjectSpec("star", "blue"), scene, seed
+            )
             bg = render_background(spec)[0].astype(float)
             assert bg.max() <= 90 and bg.std() < 20
 

@@ -72,7 +72,9 @@ def test_tracker_centroids_match_ground_truth() -> None:
 
 
 def test_evaluate_video_fields_and_scores() -> None:
-    spec = VideoSpec("orbiting", SubjectSpec("star", "red", 7.0), SubjectSpec("circle", "blue", 6.0), "textured", 5)
+    spec = VideoSpec(
+        "orbiting", SubjectSpec("star", "red", 7.0), SubjectSpec("circle", "blue", 6.0), "textured", 5
+    )
     frames = render_video(spec).frames
     result = evaluate_video(frames, spec, "orbiting", exemplar_subjects=EXEMPLARS)
     assert result["relation_correct"] and result["tracked"] and result["predicted_relation"] == "orbiting"
@@ -85,7 +87,9 @@ def test_evaluate_video_fields_and_scores() -> None:
 
 def test_leakage_detects_exemplar_appearance() -> None:
     # the video shows persons, but the prompt asked for a red star and a blue circle
-    leaked = VideoSpec("high_fiving", SubjectSpec("person", "skin", 5.5), SubjectSpec("person", "slate", 5.5), seed=2)
+    leaked = VideoSpec(
+        "high_fiving", SubjectSpec("person", "skin", 5.5), SubjectSpec("person", "slate", 5.5), seed=2
+    )
     frames = render_video(leaked).frames
     prompted = (SubjectSpec("star", "red"), SubjectSpec("circle", "blue"))
     leak = score_leakage(frames, EXEMPLARS, prompted)
@@ -95,7 +99,9 @@ def test_leakage_detects_exemplar_appearance() -> None:
     result = evaluate_video(frames, prompted, "high_fiving", exemplar_subjects=EXEMPLARS)
     assert not result["tracked"] and not result["relation_correct"]
     # persons painted in the prompted colours: shape leakage
-    shaped = VideoSpec("high_fiving", SubjectSpec("person", "skin", 5.5), SubjectSpec("person", "slate", 5.5), seed=2)
+    shaped = VideoSpec(
+        "high_fiving", SubjectSpec("person", "skin", 5.5), SubjectSpec("person", "slate", 5.5), seed=2
+    )
     recoloured = render_video(shaped)
     frames = recoloured.frames.copy()
     frames[recoloured.masks[0]] = prompted[0].rgb

@@ -6,13 +6,13 @@ import csv
 import math
 import os
 import signal
-from collections.abc import Iterator
 
 import pytest
 import torch
 from diffusers import MochiTransformer3DModel
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
+from tiny import TINY_TRANSFORMER
 
 from dreamrelation.errors import UserError
 from dreamrelation.models.adapters import load_adapters
@@ -26,27 +26,7 @@ from dreamrelation.training.trainer import (
     train_adapters,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run much faster on one thread, above all on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-TINY = dict(
-    num_layers=2,
-    num_attention_heads=2,
-    attention_head_dim=16,
-    pooled_projection_dim=16,
-    in_channels=12,
-    text_embed_dim=32,
-    time_embed_dim=16,
-    patch_size=2,
-    max_sequence_length=16,
-)
+TINY = TINY_TRANSFORMER
 
 
 def tiny() -> MochiTransformer3DModel:

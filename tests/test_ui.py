@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import math
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +34,6 @@ from dreamrelation.ui import (
 from dreamrelation.utils.media import save_png, write_video
 
 PROMPT = "A red circle is high-fiving a blue square."
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_loss_csv(folder: Path, n: int = 120) -> Path:
