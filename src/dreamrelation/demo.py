@@ -9,7 +9,7 @@ seeds with the untuned model, the baseline and DreamRelation -> score every vide
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -17,8 +17,8 @@ from rich.console import Console
 
 from dreamrelation.evaluation.report import markdown_table, write_report
 from dreamrelation.evaluation.toy_study import (
-    DEFAULT_SUBJECTS,
     UNTUNED,
+    ToyExperimentConfig,
     make_jobs,
     render_exemplars,
     score_jobs,
@@ -35,22 +35,10 @@ METHODS = (UNTUNED, "direct_lora", "dreamrelation")
 
 
 @dataclass
-class DemoConfig:
-    """What the demo learns and generates; the training recipes are the toy presets of the trainer."""
+class DemoConfig(ToyExperimentConfig):
+    """What the demo learns and generates (shared settings in :class:`ToyExperimentConfig`)."""
 
-    bundle: str = ""  # empty: the shipped toy bundle
     relation: str = "high_fiving"
-    num_exemplars: int = 16
-    exemplar_seed: int = 1234
-    subjects: list[list[str]] = field(default_factory=lambda: [list(s) for s in DEFAULT_SUBJECTS])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    num_inference_steps: int = 32
-    guidance_scale: float = 4.0
-    train_steps: int = 1000
-    batch_size: int = 4
-    lr: float = 2e-3
-    warmup_steps: int = 30
-    rank: int = 16
     out_dir: str = "runs/demo"
 
 
@@ -73,11 +61,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict:
 
     results, rows, per_video = {}, [], []
     for i, method in enumerate(METHODS):
-        train_cfg = None
-        if method != UNTUNED:
-            train_cfg = toy_recipe(
-                method, cfg.train_steps, cfg.batch_size, cfg.lr, cfg.warmup_steps, cfg.rank
-            )
+        train_cfg = toy_recipe(method, cfg)
         what = "untuned model" if train_cfg is None else f"{method} ({cfg.train_steps} training steps)"
         console.print(f"2/3 [{i + 1}/{len(METHODS)}] {what}: generating {len(jobs)} videos")
         videos, method_timings = train_and_generate(

@@ -17,9 +17,9 @@ from rich.console import Console
 
 from dreamrelation.evaluation.report import markdown_table, write_report
 from dreamrelation.evaluation.toy_study import (
-    DEFAULT_SUBJECTS,
     SUMMARY_KEYS,
     UNTUNED,
+    ToyExperimentConfig,
     make_jobs,
     render_exemplars,
     score_jobs,
@@ -55,23 +55,12 @@ LABELS = {"v_qk": "V / QK", "q_kv": "Q / KV", "kv_q": "KV / Q", "dreamrelation":
 
 
 @dataclass
-class ToyBenchmarkConfig:
-    """What the benchmark runs; ``preset=fast`` shrinks everything for CI."""
+class ToyBenchmarkConfig(ToyExperimentConfig):
+    """What the benchmark runs (shared settings in :class:`ToyExperimentConfig`); ``fast_preset`` is for CI."""
 
-    bundle: str = ""
     relations: list[str] = field(default_factory=lambda: ["high_fiving", "pushing", "jumping_over"])
     methods: list[str] = field(default_factory=lambda: list(PAPER_RELATION_ACCURACY))
-    num_exemplars: int = 16
-    exemplar_seed: int = 1234
-    subjects: list[list[str]] = field(default_factory=lambda: [list(s) for s in DEFAULT_SUBJECTS])
     seeds: list[int] = field(default_factory=lambda: [0, 1])
-    num_inference_steps: int = 32
-    guidance_scale: float = 4.0
-    train_steps: int = 1000
-    batch_size: int = 4
-    lr: float = 2e-3
-    warmup_steps: int = 30
-    rank: int = 16
     out_dir: str = "runs/benchmark-toy"
 
 
@@ -126,11 +115,7 @@ def run_toy_benchmark(cfg: ToyBenchmarkConfig, progress: bool = True) -> dict:
         jobs = make_jobs(relation, cfg.subjects, cfg.seeds)
         sheet_rows = []
         for method in cfg.methods:
-            train_cfg = None
-            if method != UNTUNED:
-                train_cfg = toy_recipe(
-                    method, cfg.train_steps, cfg.batch_size, cfg.lr, cfg.warmup_steps, cfg.rank
-                )
+            train_cfg = toy_recipe(method, cfg)
             console.print(f"{relation}: {method}")
             videos, _ = train_and_generate(
                 pipe,

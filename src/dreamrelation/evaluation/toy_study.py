@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -108,17 +108,40 @@ def render_exemplars(pipe, relation: str, num: int, seed: int, out_dir: Path | N
     return Exemplars(relation, [v.frames for v in rendered], samples, subjects)
 
 
-def toy_recipe(method: str, steps: int, batch_size: int, lr: float, warmup: int, rank: int) -> TrainConfig:
-    """A trainer preset at toy scale: steps, batch, lr and rank given; everything else the paper's."""
-    cfg = preset(method)
-    cfg.optim.steps = steps
-    cfg.optim.batch_size = batch_size
-    cfg.optim.lr = lr
-    cfg.optim.warmup_steps = warmup
-    cfg.optim.checkpoint_every = steps
-    cfg.adapter.rank = rank
-    cfg.adapter.alpha = float(rank)
-    return cfg
+@dataclass
+class ToyExperimentConfig:
+    """Settings shared by toy experiments (demo, benchmark): exemplars, prompts, sampling, training recipe.
+
+    The recipe is the same for every method: a trainer preset with these steps, batch, lr and rank.
+    """
+
+    bundle: str = ""  # empty: the shipped toy bundle
+    num_exemplars: int = 16
+    exemplar_seed: int = 1234
+    subjects: list[list[str]] = field(default_factory=lambda: [list(s) for s in DEFAULT_SUBJECTS])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    num_inference_steps: int = 32
+    guidance_scale: float = 4.0
+    train_steps: int = 1000
+    batch_size: int = 4
+    lr: float = 2e-3
+    warmup_steps: int = 30
+    rank: int = 16
+
+
+def toy_recipe(method: str, cfg: ToyExperimentConfig) -> TrainConfig | None:
+    """The trainer preset of ``method`` at toy scale (``None`` for the untuned model)."""
+    if method == UNTUNED:
+        return None
+    train = preset(method)
+    train.optim.steps = cfg.train_steps
+    train.optim.batch_size = cfg.batch_size
+    train.optim.lr = cfg.lr
+    train.optim.warmup_steps = cfg.warmup_steps
+    train.optim.checkpoint_every = cfg.train_steps
+    train.adapter.rank = cfg.rank
+    train.adapter.alpha = float(cfg.rank)
+    return train
 
 
 def generate_jobs(pipe, jobs: Sequence[Job], steps: int, guidance: float) -> list[np.ndarray]:
