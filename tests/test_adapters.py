@@ -9,7 +9,7 @@ import torch
 from diffusers import MochiPipeline, MochiTransformer3DModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import safe_open
-from tiny import TINY_TRANSFORMER
+from tiny import TINY_TRANSFORMER, paper_placement_targets
 
 from dreamrelation.models.adapters import (
     active_roles,
@@ -70,16 +70,7 @@ def lora_targets(model: torch.nn.Module) -> dict[str, set[str]]:
 def test_paper_placement_targets_exactly_the_expected_modules() -> None:
     model = tiny()
     add_relation_adapters(model, AdapterConfig())
-    expected: dict[str, set[str]] = {}
-    for i in range(TINY["num_layers"]):
-        a = f"transformer_blocks.{i}.attn1."
-        for name in ("to_q", "to_k", "add_q_proj", "add_k_proj"):
-            expected[a + name] = {"relation"}
-        for name in ("to_v", "add_v_proj"):
-            expected[a + name] = {"subject1", "subject2"}
-        expected[a + "to_out.0"] = {"output"}
-        if i != LAST:  # the last block has no text output projection
-            expected[a + "to_add_out"] = {"output"}
+    expected = paper_placement_targets(TINY["num_layers"])
     assert lora_targets(model) == expected
 
 

@@ -16,6 +16,7 @@ from diffusers import (
     WanTransformer3DModel,
 )
 from peft.tuners.tuners_utils import BaseTunerLayer
+from tiny import TINY_TRANSFORMER, TINY_WAN, paper_placement_targets
 
 from dreamrelation.data.latent_masks import latent_frame_count, latent_masks
 from dreamrelation.data.prepare import encode_video, latent_normalisation
@@ -31,29 +32,8 @@ from dreamrelation.training.config import PROJECTIONS, AdapterConfig, TrainConfi
 from dreamrelation.training.losses import flow_matching_inputs
 from dreamrelation.training.trainer import TrainingSample, roles_for_choice, train_adapters
 
-MOCHI_TINY = dict(
-    num_layers=2,
-    num_attention_heads=2,
-    attention_head_dim=16,
-    pooled_projection_dim=16,
-    in_channels=12,
-    text_embed_dim=32,
-    time_embed_dim=16,
-    patch_size=2,
-    max_sequence_length=16,
-)
-WAN_TINY = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=2,
-    attention_head_dim=16,
-    in_channels=4,
-    out_channels=4,
-    text_dim=32,
-    freq_dim=32,
-    ffn_dim=64,
-    num_layers=2,
-    rope_max_seq_len=64,
-)
+MOCHI_TINY = TINY_TRANSFORMER
+WAN_TINY = TINY_WAN
 FRAMES = 9  # 4k + 1 video frames -> 3 latent frames
 PIXELS = 32  # 32 x 32 pixels -> 4 x 4 latent cells
 
@@ -93,17 +73,7 @@ def test_mochi_entry_reproduces_the_previous_targets_exactly() -> None:
     torch.manual_seed(0)
     model = MochiTransformer3DModel(**MOCHI_TINY)
     add_relation_adapters(model, AdapterConfig())
-    last = MOCHI_TINY["num_layers"] - 1
-    expected: dict[str, set[str]] = {}
-    for i in range(MOCHI_TINY["num_layers"]):
-        a = f"transformer_blocks.{i}.attn1."
-        for name in ("to_q", "to_k", "add_q_proj", "add_k_proj"):
-            expected[a + name] = {"relation"}
-        for name in ("to_v", "add_v_proj"):
-            expected[a + name] = {"subject1", "subject2"}
-        expected[a + "to_out.0"] = {"output"}
-        if i != last:
-            expected[a + "to_add_out"] = {"output"}
+    expected = paper_placement_targets(MOCHI_TINY["num_layers"])
     assert lora_targets(model) == expected
 
 

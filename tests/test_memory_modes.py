@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 from diffusers import MochiPipeline, MochiTransformer3DModel, WanTransformer3DModel
-from tiny import TINY_TRANSFORMER
+from tiny import TINY_TRANSFORMER, TINY_WAN
 
 import dreamrelation.training.memory as memory
 from dreamrelation.errors import UserError
@@ -96,18 +96,7 @@ def test_fp8_base_trains_on_cpu_with_fp32_adapters(tmp_path) -> None:
 
 def test_wan_bf16_keeps_its_fp32_modules(tmp_path) -> None:
     torch.manual_seed(0)
-    model = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=16,
-        in_channels=4,
-        out_channels=4,
-        text_dim=32,
-        freq_dim=32,
-        ffn_dim=64,
-        num_layers=2,
-        rope_max_seq_len=64,
-    )
+    model = WanTransformer3DModel(**TINY_WAN)
     cfg = small(2)
     cfg.mixed_precision = "bf16"
     result = train_adapters(model, samples(channels=4), cfg, tmp_path, progress=False)

@@ -11,3 +11,31 @@ TINY_TRANSFORMER = dict(
     patch_size=2,
     max_sequence_length=16,
 )
+
+TINY_WAN = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=2,
+    attention_head_dim=16,
+    in_channels=4,
+    out_channels=4,
+    text_dim=32,
+    freq_dim=32,
+    ffn_dim=64,
+    num_layers=2,
+    rope_max_seq_len=64,
+)
+
+
+def paper_placement_targets(num_layers: int) -> dict[str, set[str]]:
+    """The modules the paper's placement must target on a Mochi transformer, written out by hand."""
+    expected: dict[str, set[str]] = {}
+    for i in range(num_layers):
+        a = f"transformer_blocks.{i}.attn1."
+        for name in ("to_q", "to_k", "add_q_proj", "add_k_proj"):
+            expected[a + name] = {"relation"}
+        for name in ("to_v", "add_v_proj"):
+            expected[a + name] = {"subject1", "subject2"}
+        expected[a + "to_out.0"] = {"output"}
+        if i != num_layers - 1:  # the last block has no text output projection
+            expected[a + "to_add_out"] = {"output"}
+    return expected
