@@ -126,6 +126,17 @@ def _argv_without(option: str) -> list[str]:
     return out
 
 
+def _report_and_exit(report) -> None:
+    """Print a batch report's warnings and problems (one line each) and its summary; exit 2 if not ok."""
+    for warning in getattr(report, "warnings", []):
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+    for problem in report.problems:
+        typer.secho(f"error: {problem}", fg=typer.colors.RED, err=True)
+    typer.echo(report.summary())
+    if not report.ok:
+        raise typer.Exit(2)
+
+
 @app.command()
 def prepare(
     src: Path = typer.Argument(..., help="Folder of videos (+ same-name .txt captions) and masks/NAME/."),
@@ -167,11 +178,7 @@ def prepare(
         subjects=str(subjects) if subjects else None,
         preview=preview,
     )
-    for problem in report.problems:
-        typer.secho(f"error: {problem}", fg=typer.colors.RED, err=True)
-    typer.echo(report.summary())
-    if not report.ok:
-        raise typer.Exit(2)
+    _report_and_exit(report)
 
 
 @app.command()
@@ -214,13 +221,7 @@ def masks(
         overwrite=overwrite,
         max_frames=max_frames,
     )
-    for warning in report.warnings:
-        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
-    for problem in report.problems:
-        typer.secho(f"error: {problem}", fg=typer.colors.RED, err=True)
-    typer.echo(report.summary())
-    if not report.ok:
-        raise typer.Exit(2)
+    _report_and_exit(report)
 
 
 @app.command()

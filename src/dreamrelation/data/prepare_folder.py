@@ -808,8 +808,7 @@ def prepare_folder(
     keep = set()
     save_manifest()
     report.seconds = time.perf_counter() - began
-    log(report.summary())
-    return report
+    return report  # the caller prints report.summary() (the CLI does, once)
 
 
 def _check_settings(
