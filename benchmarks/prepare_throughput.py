@@ -54,8 +54,13 @@ def make_bundle(path: Path) -> Path:
     torch.manual_seed(0)
     cfg = ToyBackboneConfig()
     tokenizer = build_tokenizer(toy_words())
-    save_bundle(path, vae=build_vae(cfg), transformer=build_transformer(cfg),
-                text_encoder=build_text_encoder(len(tokenizer), cfg), tokenizer=tokenizer)
+    save_bundle(
+        path,
+        vae=build_vae(cfg),
+        transformer=build_transformer(cfg),
+        text_encoder=build_text_encoder(len(tokenizer), cfg),
+        tokenizer=tokenizer,
+    )
     return path
 
 
@@ -66,7 +71,9 @@ def make_folder(root: Path, n: int, scale: int) -> Path:
         video = render_video(world.sample_video_spec(rng))
         write_video(root / f"v{i:03d}.mp4", upscale_nearest(video.frames, scale), fps=world.FPS, scale=1)
         (root / f"v{i:03d}.txt").write_text(video.caption + "\n")
-        write_colour_masks(root / "masks" / f"v{i:03d}", upscale_nearest(video.masks[..., None], scale)[..., 0])
+        write_colour_masks(
+            root / "masks" / f"v{i:03d}", upscale_nearest(video.masks[..., None], scale)[..., 0]
+        )
     return root
 
 
@@ -109,14 +116,23 @@ def bench_loader(out: Path, batch: int, total_steps: int, repeats: int = 200) ->
         collate(samples, idx, torch.device("cpu"), [sample_generator(0, step, k) for k in range(batch)], 0.1)
         times.append(time.perf_counter() - t)
     per_step = statistics.median(times)
-    return {"load_prepared_s": load, "collate_median_s": per_step,
-            "loader_per_step_s": per_step + load / total_steps, "samples": samples}
+    return {
+        "load_prepared_s": load,
+        "collate_median_s": per_step,
+        "loader_per_step_s": per_step + load / total_steps,
+        "samples": samples,
+    }
 
 
 def bench_step(bundle: Path, samples: list, batch: int, steps: int, skip: int = 2) -> float:
     """Median seconds of a toy DreamRelation training step (``train_adapters``' own per-step wall time)."""
     cfg = preset("dreamrelation")
-    cfg.optim.steps, cfg.optim.batch_size, cfg.optim.warmup_steps, cfg.optim.checkpoint_every = steps, batch, 1, 0
+    cfg.optim.steps, cfg.optim.batch_size, cfg.optim.warmup_steps, cfg.optim.checkpoint_every = (
+        steps,
+        batch,
+        1,
+        0,
+    )
     cfg.mixed_precision = "fp32"
     transformer = load_pipeline(bundle).transformer
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,18 +165,26 @@ def main() -> None:
         step = bench_step(bundle, samples, args.batch, args.train_steps + 2)
     share = loader["loader_per_step_s"] / step
 
-    print(f"prepare: {args.videos} toy videos x {GEOMETRY['num_frames']} frames -> "
-          f"{GEOMETRY['height']}x{GEOMETRY['width']}, {args.threads} thread(s)")
+    print(
+        f"prepare: {args.videos} toy videos x {GEOMETRY['num_frames']} frames -> "
+        f"{GEOMETRY['height']}x{GEOMETRY['width']}, {args.threads} thread(s)"
+    )
     print(f"{'source':<22}{'first run f/s':>15}{'decode f/s':>12}{'encode f/s':>12}{'re-run s':>10}")
     for label, r in prep.items():
-        print(f"{label:<22}{r['first_run_frames_per_s']:>15.1f}{r['decode_transform_frames_per_s']:>12.1f}"
-              f"{r['encode_and_write_frames_per_s']:>12.1f}{r['rerun_all_up_to_date_s']:>10.3f}")
-    print(f"loader: load_prepared {loader['load_prepared_s'] * 1e3:.1f} ms once, collate (batch {args.batch}) "
-          f"{loader['collate_median_s'] * 1e3:.2f} ms/step, {loader['loader_per_step_s'] * 1e3:.2f} ms/step "
-          f"amortised over {args.recipe_steps} steps")
+        print(
+            f"{label:<22}{r['first_run_frames_per_s']:>15.1f}{r['decode_transform_frames_per_s']:>12.1f}"
+            f"{r['encode_and_write_frames_per_s']:>12.1f}{r['rerun_all_up_to_date_s']:>10.3f}"
+        )
+    print(
+        f"loader: load_prepared {loader['load_prepared_s'] * 1e3:.1f} ms once, collate (batch {args.batch}) "
+        f"{loader['collate_median_s'] * 1e3:.2f} ms/step, {loader['loader_per_step_s'] * 1e3:.2f} ms/step "
+        f"amortised over {args.recipe_steps} steps"
+    )
     verdict = "meets" if share < TARGET_LOADER_SHARE else "misses"
-    print(f"toy step {step * 1e3:.1f} ms -> loader share {100 * share:.2f}% ({verdict} the target "
-          f"< {100 * TARGET_LOADER_SHARE:.0f}%); wall {time.perf_counter() - t0:.0f} s")
+    print(
+        f"toy step {step * 1e3:.1f} ms -> loader share {100 * share:.2f}% ({verdict} the target "
+        f"< {100 * TARGET_LOADER_SHARE:.0f}%); wall {time.perf_counter() - t0:.0f} s"
+    )
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {
