@@ -1,9 +1,10 @@
-"""Shared fixtures: tiny randomly initialised Mochi stacks built from configs (no downloads)."""
+"""Shared fixtures: tiny randomly initialised Mochi and Wan stacks built from configs (no downloads)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from tiny import TINY_WAN_TOY
 
 from dreamrelation.toy.backbone import (
     ToyBackboneConfig,
@@ -37,6 +38,21 @@ def tiny_bundle(tmp_path_factory):
         vae=build_vae(TINY, latents_mean=[0.1] * 12, latents_std=[0.5] * 12),
         transformer=build_transformer(TINY),
         text_encoder=build_text_encoder(len(tokenizer), TINY),
+        tokenizer=tokenizer,
+    )
+    return out
+
+@pytest.fixture(scope="session")
+def tiny_wan_bundle(tmp_path_factory):
+    """A tiny toy bundle of the Wan 2.1 classes (random weights) that ``WanPipeline.from_pretrained`` loads."""
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("wan_bundle")
+    tokenizer = build_tokenizer(toy_words())
+    save_bundle(
+        out,
+        vae=build_vae(TINY_WAN_TOY, latents_mean=[0.1] * 12, latents_std=[0.5] * 12),
+        transformer=build_transformer(TINY_WAN_TOY),
+        text_encoder=build_text_encoder(len(tokenizer), TINY_WAN_TOY),
         tokenizer=tokenizer,
     )
     return out

@@ -1,4 +1,6 @@
-"""Sizes of the tiny randomly initialised Mochi transformers the tests build (never mocks)."""
+"""Sizes of the tiny randomly initialised Mochi and Wan models the tests build (never mocks)."""
+
+from dreamrelation.toy.backbone import ToyBackboneConfig
 
 TINY_TRANSFORMER = dict(
     num_layers=2,
@@ -23,6 +25,18 @@ TINY_WAN = dict(
     ffn_dim=64,
     num_layers=2,
     rope_max_seq_len=64,
+)
+
+#: A tiny toy stack of the Wan 2.1 classes (AutoencoderKLWan, WanTransformer3DModel, UMT5EncoderModel)
+TINY_WAN_TOY = ToyBackboneConfig(
+    architecture="wan",
+    num_layers=2,
+    num_attention_heads=2,
+    attention_head_dim=16,
+    text_dim=32,
+    time_embed_dim=16,
+    wan_vae_base_dim=8,
+    wan_ffn_dim=64,
 )
 
 

@@ -53,7 +53,7 @@ def train(
     ),
     overrides: list[str] = typer.Argument(None, help="Trainer overrides such as optim.steps=500."),
     model: Path = typer.Option(
-        None, "--model", "-m", help="diffusers-format Mochi directory (default: toy bundle)."
+        None, "--model", "-m", help="diffusers-format Mochi or Wan directory (default: toy bundle)."
     ),
     method: str = typer.Option("dreamrelation", help="Method or ablation preset (e.g. direct_lora, wo_hmt)."),
     config: Path = typer.Option(None, "--config", "-c", help="YAML file with TrainConfig fields."),
@@ -100,9 +100,10 @@ def train(
         transformer = load_transformer(model, dtype=dtype, device=device)
     else:
         videos, captions, masks, names = load_exemplar_folder(data)  # check the user's data before the model
-        pipe = load_pipeline(model)
+        # loaded in the training dtype: from_pretrained keeps the modules a model wants in fp32 (Wan's norms)
+        pipe = load_pipeline(model, dtype=dtype, device=str(device))
         samples = prepare_samples(pipe, videos, captions, masks, names)
-        transformer = pipe.transformer.to(device=device, dtype=dtype)
+        transformer = pipe.transformer
         if not cfg.monitor.validate_every:
             pipe = None  # the text encoder and VAE are only needed for validation samples
     monitor = TrainingMonitor(cfg, out, pipe=pipe, rank=ctx.rank)
@@ -144,12 +145,14 @@ def prepare(
         ..., help="Cache folder: samples/*.safetensors + manifest.json (re-runs skip)."
     ),
     model: Path = typer.Option(
-        None, "--model", "-m", help="diffusers-format Mochi directory (default: toy bundle)."
+        None, "--model", "-m", help="diffusers-format Mochi or Wan directory (default: toy bundle)."
     ),
-    num_frames: int = typer.Option(None, help="Frames per clip, 6k+1 (default: Mochi 61, toy 25)."),
-    height: int = typer.Option(None, help="Height (default: Mochi 480, toy 64)."),
-    width: int = typer.Option(None, help="Width (default: Mochi 848, toy 64)."),
-    fps: float = typer.Option(30.0, help="Resample the clip to this frame rate."),
+    num_frames: int = typer.Option(
+        None, help="Frames per clip: Mochi 6k+1, Wan 4k+1 (default: Mochi 61, Wan 81, toy 25)."
+    ),
+    height: int = typer.Option(None, help="Height (default: 480, toy 64)."),
+    width: int = typer.Option(None, help="Width (default: Mochi 848, Wan 832, toy 64)."),
+    fps: float = typer.Option(None, help="Resample the clip to this frame rate (default: Wan 16, else 30)."),
     start: float = typer.Option(0.0, help="Clip start in seconds."),
     resize: str = typer.Option("crop", help="crop (centre-crop) or pad."),
     caption: str = typer.Option(None, help="One caption for every video (instead of .txt files)."),
@@ -159,18 +162,20 @@ def prepare(
 ) -> None:
     """Encode videos, captions and masks into a training cache; one line per bad input, good files kept."""
     from dreamrelation.data.prepare_folder import prepare_folder
-    from dreamrelation.sampling.generate import TOY_BUNDLE
+    from dreamrelation.models.loading import model_backbone_dir
+    from dreamrelation.toy import world
 
-    model_path = model or TOY_BUNDLE
-    toy = model is None
+    model_path, backbone = model_backbone_dir(model)
+    toy = (model_path / "toy_info.json").is_file()
+    d_frames, d_height, d_width = (world.NUM_FRAMES, world.HEIGHT, world.WIDTH) if toy else backbone.default_geometry
     report = prepare_folder(
         src,
         out,
         model_path,
-        num_frames=num_frames or (25 if toy else 61),
-        height=height or (64 if toy else 480),
-        width=width or (64 if toy else 848),
-        fps=fps,
+        num_frames=num_frames or d_frames,
+        height=height or d_height,
+        width=width or d_width,
+        fps=fps or (30.0 if toy else backbone.sampling_defaults[2]),
         start=start,
         resize=resize,
         caption=caption,
@@ -234,7 +239,7 @@ def generate(
         help="Text file, one prompt per line, or CSV with prompt[,seed] columns.",
     ),
     model: Path = typer.Option(
-        None, "--model", "-m", help="diffusers-format Mochi directory (default: toy bundle)."
+        None, "--model", "-m", help="diffusers-format Mochi or Wan directory (default: toy bundle)."
     ),
     adapters: list[Path] = typer.Option(
         None, "--adapters", "-a", help="Adapter folder (e.g. runs/train/adapters) or adapter files (repeat)."
@@ -244,8 +249,8 @@ def generate(
     ),
     seed: list[int] = typer.Option([0], "--seed", "-s", help="Seed (repeat for several)."),
     out: Path = typer.Option(Path("runs/generate"), "--out", help="Output folder."),
-    steps: int = typer.Option(None, help="Sampling steps (default: Mochi 64, toy 32)."),
-    guidance: float = typer.Option(None, help="CFG scale (default: Mochi 6.0, toy 4.0)."),
+    steps: int = typer.Option(None, help="Sampling steps (default: Mochi 64, Wan 50, toy 32)."),
+    guidance: float = typer.Option(None, help="CFG scale (default: Mochi 6.0, Wan 5.0, toy 4.0)."),
     guidance_schedule: str = typer.Option(
         None, help="Per-step CFG: 'linear:6->3' or comma-separated values."
     ),
@@ -254,10 +259,14 @@ def generate(
     vae_tiling: bool = typer.Option(False, help="Decode with the tiled VAE (less memory)."),
     dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16."),
     device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
-    num_frames: int = typer.Option(None, help="Frames, 6k+1 (default: Mochi 61, toy 25)."),
-    height: int = typer.Option(None, help="Height in pixels (default: Mochi 480, toy 64)."),
-    width: int = typer.Option(None, help="Width in pixels (default: Mochi 848, toy 64)."),
-    fps: float = typer.Option(None, help="Frame rate of the written videos (default: Mochi 30, toy 8)."),
+    num_frames: int = typer.Option(
+        None, help="Frames: Mochi 6k+1, Wan 4k+1 (default: Mochi 61, Wan 81, toy 25)."
+    ),
+    height: int = typer.Option(None, help="Height in pixels (default: 480, toy 64)."),
+    width: int = typer.Option(None, help="Width in pixels (default: Mochi 848, Wan 832, toy 64)."),
+    fps: float = typer.Option(
+        None, help="Frame rate of the written videos (default: Mochi 30, Wan 16, toy 8)."
+    ),
 ) -> None:
     """Generate videos with relation adapters: MP4 (+GIF) and a JSON sidecar per video, a contact sheet."""
     from dreamrelation.sampling.run import run_generate
@@ -324,7 +333,7 @@ def analyze(
         ..., help="Videos (caption in NAME.txt/.json) or prompts (generated first)."
     ),
     model: Path = typer.Option(
-        None, "--model", "-m", help="diffusers-format Mochi directory (default: toy bundle)."
+        None, "--model", "-m", help="diffusers-format Mochi or Wan directory (default: toy bundle)."
     ),
     adapters: list[Path] = typer.Option(
         None, "--adapters", "-a", help="Adapter folder or adapter files (repeat)."
@@ -431,7 +440,7 @@ def evaluate(
 @app.command()
 def ui(
     model: Path = typer.Option(
-        None, "--model", "-m", help="diffusers-format Mochi directory (default: toy bundle)."
+        None, "--model", "-m", help="diffusers-format Mochi or Wan directory (default: toy bundle)."
     ),
     run: Path = typer.Option(
         None, "--run", help="Training run folder to inspect; its adapters are preselected."
@@ -493,18 +502,25 @@ def toy_pretrain(
     overrides: list[str] = typer.Argument(
         None, help="PretrainConfig overrides such as transformer_steps=1000."
     ),
-    work_dir: Path = typer.Option(Path("runs/toy-pretrain"), help="Where stage results are kept."),
+    architecture: str = typer.Option("mochi", help="Toy backbone: mochi or wan (Wan 2.1 classes)."),
+    work_dir: Path = typer.Option(
+        None, help="Where stage results are kept (default runs/toy-pretrain[-wan])."
+    ),
 ) -> None:
-    """Pretrain the toy Mochi (VAE on random shapes, transformer on base relations only); seeded."""
+    """Pretrain a toy backbone (VAE on random shapes, transformer on base relations only); seeded."""
     from dreamrelation.config import load_config
-    from dreamrelation.sampling.generate import TOY_BUNDLE
+    from dreamrelation.sampling.generate import TOY_BUNDLES
+    from dreamrelation.toy.backbone import ARCHITECTURES
     from dreamrelation.toy.pretrain import PretrainConfig, pretrain
 
     unknown = sorted(set(stage) - {"vae", "transformer"})
     if unknown:
         raise UserError(f"--stage {unknown[0]!r}: choose vae and/or transformer")
-    cfg = load_config(PretrainConfig, None, overrides)
-    bundle = pretrain(out or TOY_BUNDLE, cfg, tuple(stage), work_dir=work_dir)
+    if architecture not in ARCHITECTURES:
+        raise UserError(f"--architecture {architecture!r}: choose one of {', '.join(ARCHITECTURES)}")
+    cfg = load_config(PretrainConfig, None, [f"backbone.architecture={architecture}", *(overrides or [])])
+    work_dir = work_dir or Path("runs/toy-pretrain" + ("" if architecture == "mochi" else f"-{architecture}"))
+    bundle = pretrain(out or TOY_BUNDLES[architecture], cfg, tuple(stage), work_dir=work_dir)
     typer.echo(
         f"bundle: {bundle}" if bundle else f"stage results in {work_dir}; run the other stage to finish"
     )

@@ -133,8 +133,10 @@ def role_spec(roles: Sequence[str], active: Sequence[bool], strengths: Sequence[
 
 
 def model_defaults(model: str | os.PathLike | None) -> tuple[int, float]:
-    """``(steps, guidance)`` defaults for a model directory without loading it: toy 32 / 4.0, Mochi 64 / 6.0."""
-    from dreamrelation.sampling.generate import MOCHI_DEFAULTS, TOY_BUNDLE, TOY_DEFAULTS
+    """``(steps, guidance)`` defaults for a model directory without loading it: toy 32 / 4.0, else its
+    backbone's (Mochi 64 / 6.0, Wan 50 / 5.0)."""
+    from dreamrelation.models.backbones import MOCHI, backbone_of_model_dir
+    from dreamrelation.sampling.generate import TOY_BUNDLE, TOY_DEFAULTS
 
     path = Path(model) if model and str(model).strip() else TOY_BUNDLE
     toy = (path / "toy_info.json").is_file()
@@ -144,7 +146,13 @@ def model_defaults(model: str | os.PathLike | None) -> tuple[int, float]:
             toy = int(json.loads(config.read_text()).get("max_sequence_length", 256)) <= 64
         except (ValueError, OSError):
             toy = False
-    steps, guidance, _ = TOY_DEFAULTS if toy else MOCHI_DEFAULTS
+    if toy:
+        return TOY_DEFAULTS[:2]
+    try:
+        backbone = backbone_of_model_dir(path)
+    except ValueError:
+        backbone = MOCHI
+    steps, guidance, _ = backbone.sampling_defaults
     return steps, guidance
 
 

@@ -43,6 +43,8 @@ from dreamrelation.data.latent_masks import latent_frame_count, latent_masks
 from dreamrelation.data.mask_io import IMAGE_SUFFIXES, SUBJECTS_FILE, _frame_files
 from dreamrelation.data.prepare import encode_prompts, encode_video
 from dreamrelation.errors import UserError
+from dreamrelation.models.backbones import MOCHI, Backbone, backbone_of_model_dir, get_backbone
+from dreamrelation.models.loading import text_length_of_model_dir
 from dreamrelation.training.trainer import TrainingSample
 from dreamrelation.utils.io import atomic_path, atomic_write_json
 from dreamrelation.utils.media import (
@@ -689,8 +691,9 @@ def prepare_folder(
 ) -> PrepareReport:
     """Encode every good video of ``src`` into ``out``; collect one line per bad input in the report.
 
-    ``pipe_or_model_path`` is a loaded ``MochiPipeline`` or a diffusers-format directory (loaded only if
-    something needs encoding). ``caption`` replaces every caption file; ``caption_template`` (e.g.
+    ``pipe_or_model_path`` is a loaded pipeline (``MochiPipeline``, ``WanPipeline``) or a diffusers-format
+    directory of a registered backbone (loaded only if something needs encoding); ``num_frames`` must suit
+    its VAE (Mochi 6k+1, Wan 4k+1). ``caption`` replaces every caption file; ``caption_template`` (e.g.
     ``"A {subject1} is high-fiving with a {subject2}."``) is filled from the per-video subjects.json's
     ``subject1_name``/``subject2_name`` (falling back to ``subjects``). ``subjects`` (mapping or JSON file)
     gives defaults for every video's subjects.json. Re-running skips videos whose video, masks, caption and
@@ -702,14 +705,8 @@ def prepare_folder(
         raise UserError(
             f"{src}: input folder not found; point to a folder of videos with masks/ beside them."
         )
-    st = _check_settings(num_frames, height, width, fps, start, resize)
-    if (
-        isinstance(pipe_or_model_path, (str, os.PathLike))
-        and not (Path(pipe_or_model_path) / "model_index.json").is_file()
-    ):
-        raise UserError(
-            f"{pipe_or_model_path}: not a diffusers Mochi directory (no model_index.json); check the model path."
-        )
+    backbone = _model_backbone(pipe_or_model_path)
+    st = _check_settings(num_frames, height, width, fps, start, resize, backbone.temporal_compression)
     defaults = _normalise_subjects(subjects)
     report = PrepareReport(out=out)
     problems = report.problems
@@ -811,13 +808,34 @@ def prepare_folder(
     return report  # the caller prints report.summary() (the CLI does, once)
 
 
+def _model_backbone(pipe_or_model_path: Any) -> Backbone:
+    """The backbone of a loaded pipeline or of a diffusers-format directory (a one-line error otherwise)."""
+    if not isinstance(pipe_or_model_path, (str, os.PathLike)):
+        return get_backbone(pipe_or_model_path)
+    path = Path(pipe_or_model_path)
+    if not (path / "model_index.json").is_file():
+        raise UserError(
+            f"{path}: not a diffusers pipeline directory (no model_index.json); check the model path."
+        )
+    try:
+        return backbone_of_model_dir(path)
+    except ValueError as exc:
+        raise UserError(f"{exc}; use a Mochi 1 or Wan 2.1 diffusers directory.") from None
+
+
 def _check_settings(
-    num_frames: int, height: int, width: int, fps: float, start: float, resize: str
+    num_frames: int,
+    height: int,
+    width: int,
+    fps: float,
+    start: float,
+    resize: str,
+    temporal: int = MOCHI.temporal_compression,
 ) -> _Settings:
     if resize not in ("crop", "pad"):
         raise UserError(f"resize={resize!r}: choose 'crop' or 'pad'.")
     try:
-        latent_frame_count(num_frames)
+        latent_frame_count(num_frames, temporal)
     except ValueError as exc:
         raise UserError(f"num_frames={num_frames}: {exc}.") from None
     if height % 16 or width % 16 or height <= 0 or width <= 0:
@@ -838,13 +856,16 @@ def read_example(
     start: float = 0.0,
     resize: Resize = "crop",
     subjects: Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    backbone: str = "mochi",
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """One video of ``src`` as :func:`prepare_folder` sees it, before encoding.
+    """One video of ``src`` as :func:`prepare_folder` sees it, before encoding (``num_frames`` checked
+    against ``backbone``'s VAE).
 
     Returns frames uint8 ``(T, H, W, 3)``, masks bool ``(2, T, H, W)`` (same frames, same resize) and the
     chosen source frame indices.
     """
-    st = _check_settings(num_frames, height, width, fps, start, resize)
+    temporal = get_backbone(backbone).temporal_compression
+    st = _check_settings(num_frames, height, width, fps, start, resize, temporal)
     src = Path(src)
     item = next((i for i in _discover(src, []) if i.name == name), None)
     if item is None:
@@ -861,32 +882,28 @@ class _ModelLoadError(UserError):
 
 
 def _load(model: Any, device: str | None) -> Any:
-    """VAE, T5 and tokenizer of a diffusers Mochi directory (the transformer is not needed to prepare data)."""
-    from diffusers import MochiPipeline
-
+    """VAE, text encoder and tokenizer of a diffusers-format directory (the transformer is not needed to
+    prepare data); ``pipe.prompt_length`` is the text length the transformer reads."""
     path = Path(model)
+    backbone = backbone_of_model_dir(path)
+    pipeline_cls = backbone.classes()[1]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     try:
-        config = json.loads((path / "transformer" / "config.json").read_text())
-        pipe = MochiPipeline.from_pretrained(path, transformer=None, torch_dtype=dtype).to(device)
+        pipe = pipeline_cls.from_pretrained(path, transformer=None, torch_dtype=dtype).to(device)
     except (OSError, ValueError, RuntimeError) as exc:
-        raise _ModelLoadError(f"{path}: cannot load the Mochi VAE/text encoder ({_one_line(exc)}).") from None
+        raise _ModelLoadError(
+            f"{path}: cannot load the {backbone.name} VAE/text encoder ({_one_line(exc)})."
+        ) from None
     pipe.set_progress_bar_config(disable=True)
-    pipe.prompt_length = int(config.get("max_sequence_length", 256))
+    pipe.prompt_length = text_length_of_model_dir(path, backbone)
     return pipe
 
 
 def _prompt(pipe: Any, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """T5 embedding ``(L, D)`` and mask ``(L,)`` at the transformer's sequence length."""
-    if getattr(pipe, "transformer", None) is not None:
-        embeds, mask = encode_prompts(pipe, [caption])
-        return embeds[0], mask[0]
-    with torch.no_grad():
-        embeds, mask, _, _ = pipe.encode_prompt(
-            prompt=[caption], do_classifier_free_guidance=False, max_sequence_length=pipe.prompt_length
-        )
-    return embeds[0].float().cpu(), mask[0].cpu()
+    """Text-encoder embedding ``(L, D)`` and mask ``(L,)`` at the transformer's sequence length."""
+    embeds, mask = encode_prompts(pipe, [caption])
+    return embeds[0], mask[0]
 
 
 def _encode(
@@ -908,7 +925,7 @@ def _encode(
         latent_logvar=logvar,
         prompt_embeds=embeds,
         prompt_mask=prompt_mask,
-        masks=latent_masks(torch.from_numpy(masks)),
+        masks=latent_masks(torch.from_numpy(masks), backbone=pipe),
         name=name,
     )
 

@@ -56,6 +56,8 @@ class Backbone:
     prompt_encoder: PromptEncoder
     vae_channels_key: str = "latent_channels"
     default_geometry: tuple[int, int, int] = (61, 480, 848)  # (frames, height, width) of the paper setup
+    sampling_defaults: tuple[int, float, float] = (64, 6.0, 30.0)  # (steps, CFG scale, fps) of its release
+    default_text_length: int = 256  # the pipeline's max_sequence_length when the transformer names none
     aliases: tuple[str, ...] = field(default_factory=tuple)
 
     # --------------------------------------------------------------------------------------- adapters
@@ -111,6 +113,11 @@ class Backbone:
     ) -> torch.Tensor:
         """The transformer's prediction for noisy latents ``(B, C, F, h, w)`` at ``timestep`` ``(B,)``."""
         return self.call(transformer, hidden_states, timestep, prompt_embeds, prompt_mask)
+
+    def text_length(self, pipe: Any) -> int:
+        """Text tokens the transformer reads: its config's ``max_sequence_length``, else the pipeline's
+        ``prompt_length`` (set from a toy bundle's ``toy_info.json``), else the backbone's default."""
+        return _text_length(pipe, self.default_text_length)
 
     @torch.no_grad()
     def encode_prompts(self, pipe: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,7 +182,7 @@ def _text_length(pipe: Any, default: int | None = None) -> int:
 
 
 def _mochi_prompts(pipe: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    length = _text_length(pipe)
+    length = MOCHI.text_length(pipe)
     embeds, mask, _, _ = pipe.encode_prompt(
         prompt=list(prompts), do_classifier_free_guidance=False, max_sequence_length=length
     )
@@ -186,7 +193,7 @@ WAN_TEXT_LENGTH = 512  # WanPipeline's default max_sequence_length
 
 
 def _wan_prompts(pipe: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    length = _text_length(pipe, WAN_TEXT_LENGTH)
+    length = WAN.text_length(pipe)
     embeds, _ = pipe.encode_prompt(
         prompt=list(prompts), do_classifier_free_guidance=False, max_sequence_length=length
     )
@@ -219,6 +226,8 @@ MOCHI = Backbone(
     call=_mochi_call,
     prompt_encoder=_mochi_prompts,
     default_geometry=(61, 480, 848),
+    sampling_defaults=(64, 6.0, 30.0),  # the paper's 64 Euler steps, CFG 6.0; Mochi renders 30 fps
+    default_text_length=256,
     aliases=("mochi1", "mochi-1"),
 )
 
@@ -241,6 +250,8 @@ WAN = Backbone(
     prompt_encoder=_wan_prompts,
     vae_channels_key="z_dim",
     default_geometry=(81, 480, 832),
+    sampling_defaults=(50, 5.0, 16.0),  # WanPipeline's 50 UniPC steps, CFG 5.0; Wan 2.1 renders 16 fps
+    default_text_length=WAN_TEXT_LENGTH,
     aliases=("wan", "wan21", "wan-2.1"),
 )
 

@@ -6,6 +6,7 @@ Training from a prepared cache needs neither the text encoder (T5-XXL, ~9.5 GB i
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -26,6 +27,20 @@ def model_backbone_dir(model_dir: str | os.PathLike | None) -> tuple[Path, Backb
         return path, backbone_of_model_dir(path)
     except ValueError as exc:
         raise UserError(f"{path}: {exc}") from None
+
+
+def text_length_of_model_dir(path: str | os.PathLike, backbone: Backbone) -> int:
+    """Text tokens the model reads, from its files alone: the transformer config's ``max_sequence_length``
+    (Mochi), a toy bundle's ``toy_info.json``, else the backbone's default (Wan: 512)."""
+    path = Path(path)
+    for file in (path / "transformer" / "config.json", path / "toy_info.json"):
+        try:
+            length = json.loads(file.read_text()).get("max_sequence_length")
+        except (OSError, ValueError):
+            continue
+        if length:
+            return int(length)
+    return backbone.default_text_length
 
 
 def load_transformer(

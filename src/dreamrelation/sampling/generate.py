@@ -1,6 +1,7 @@
-"""Sampling: load a Mochi-architecture pipeline (toy bundle or real Mochi), pick adapters, generate.
+"""Sampling: load a pipeline (a toy bundle, Mochi 1 or Wan 2.1), pick adapters, generate.
 
-Mochi sampling as in the paper and genmo's code: ``FlowMatchEulerDiscreteScheduler(invert_sigmas=True)``
+Each backbone samples as its release does (:func:`prepare_sampling`). Wan 2.1: ``WanPipeline`` with its own
+flow-prediction UniPC scheduler and an encoded empty negative prompt, 50 steps, CFG 5.0. Mochi sampling as in the paper and genmo's code: ``FlowMatchEulerDiscreteScheduler(invert_sigmas=True)``
 (timestep = (1 - sigma) * 1000), the pipeline's linear-quadratic sigma schedule (threshold 0.025), an empty
 negative prompt whose embedding is zeroed (``force_zeros_for_empty_prompt``), classifier-free guidance
 (optionally a per-step schedule, applied through ``callback_on_step_end``).
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import re
 import time
@@ -26,7 +28,10 @@ import torch
 
 from dreamrelation.errors import UserError
 
-TOY_BUNDLE = Path(__file__).resolve().parent.parent / "assets" / "toy-mochi"
+_ASSETS = Path(__file__).resolve().parent.parent / "assets"
+#: The toy bundles per architecture (``dreamrelation toy pretrain --architecture``); Mochi is shipped.
+TOY_BUNDLES = {"mochi": _ASSETS / "toy-mochi", "wan": _ASSETS / "toy-wan"}
+TOY_BUNDLE = TOY_BUNDLES["mochi"]
 PAPER_ROLES = ("relation", "output")
 OFFLOAD_MODES = ("none", "model", "sequential")
 DTYPES = {
@@ -37,8 +42,7 @@ DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
-#: Defaults per model kind: (steps, guidance, fps). Mochi: the paper's 64 Euler steps, CFG 6.0, 30 fps.
-MOCHI_DEFAULTS = (64, 6.0, 30.0)
+#: Defaults (steps, guidance, fps) of the toy bundles; real backbones: ``Backbone.sampling_defaults``.
 TOY_DEFAULTS = (32, 4.0, 8.0)
 #: A CFG value of exactly 1 inside a schedule that uses CFG elsewhere is run as this (see `guidance_values`).
 CFG_ONE = 1.0 + 1e-6
@@ -47,40 +51,66 @@ CFG_ONE = 1.0 + 1e-6
 def load_pipeline(
     path: str | Path | None = None, dtype: torch.dtype = torch.float32, device: str | None = "cpu"
 ):
-    """A ``MochiPipeline`` from a diffusers-format directory (default: the shipped toy bundle).
+    """The pipeline of a diffusers-format directory of a registered backbone (``MochiPipeline``,
+    ``WanPipeline``; default: the shipped toy bundle).
 
-    ``device=None`` leaves it on the CPU without moving (for CPU offloading).
+    A toy bundle's ``toy_info.json`` is attached as ``pipe.toy_info`` and its text length as
+    ``pipe.prompt_length``. ``device=None`` leaves it on the CPU without moving (for CPU offloading).
     """
-    from diffusers import MochiPipeline
+    from dreamrelation.models.backbones import backbone_of_model_dir
 
     path = Path(path) if path else TOY_BUNDLE
     if not (path / "model_index.json").is_file():
-        hint = " (run `dreamrelation toy pretrain` to rebuild the toy bundle)" if path == TOY_BUNDLE else ""
-        raise UserError(f"{path}: not a diffusers MochiPipeline directory (no model_index.json){hint}")
-    pipe = MochiPipeline.from_pretrained(path, torch_dtype=dtype)
+        hint = (
+            " (run `dreamrelation toy pretrain` to rebuild the toy bundle)"
+            if path in TOY_BUNDLES.values()
+            else ""
+        )
+        raise UserError(f"{path}: not a diffusers pipeline directory (no model_index.json){hint}")
+    try:
+        backbone = backbone_of_model_dir(path)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    pipeline_cls = backbone.classes()[1]
+    pipe = pipeline_cls.from_pretrained(path, torch_dtype=dtype)
+    info_file = path / "toy_info.json"
+    if info_file.is_file():
+        pipe.toy_info = json.loads(info_file.read_text())
+        if "max_sequence_length" in pipe.toy_info:
+            pipe.prompt_length = int(pipe.toy_info["max_sequence_length"])
     if device is not None:
         pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
+def pipeline_backbone(pipe):
+    """The registered :class:`~dreamrelation.models.backbones.Backbone` of a loaded pipeline."""
+    from dreamrelation.models.backbones import get_backbone
+
+    return get_backbone(pipe)
+
+
 def is_toy(pipe) -> bool:
-    """Whether ``pipe`` is a toy-sized model (short text context) rather than Mochi 1."""
-    return getattr(pipe, "toy_info", None) is not None or pipe.transformer.config.max_sequence_length <= 64
+    """Whether ``pipe`` is a toy-sized model (a toy bundle, or a short text context) rather than a release."""
+    if getattr(pipe, "toy_info", None) is not None:
+        return True
+    return (pipe.transformer.config.get("max_sequence_length") or 512) <= 64
 
 
 def video_geometry(pipe) -> tuple[int, int, int]:
-    """Default ``(num_frames, height, width)``: the toy bundle's, else Mochi's 61 x 480 x 848."""
+    """Default ``(num_frames, height, width)``: the toy world's, else the backbone's (Mochi 61 x 480 x 848,
+    Wan 81 x 480 x 832)."""
     if is_toy(pipe):
         from dreamrelation.toy import world
 
         return world.NUM_FRAMES, world.HEIGHT, world.WIDTH
-    return 61, 480, 848
+    return pipeline_backbone(pipe).default_geometry
 
 
 def sampling_defaults(pipe) -> tuple[int, float, float]:
-    """``(steps, guidance, fps)`` defaults: Mochi's 64 / 6.0 / 30, or the toy's 32 / 4.0 / 8."""
-    return TOY_DEFAULTS if is_toy(pipe) else MOCHI_DEFAULTS
+    """``(steps, guidance, fps)`` defaults: the toy's 32 / 4.0 / 8, Mochi's 64 / 6.0 / 30, Wan's 50 / 5.0 / 16."""
+    return TOY_DEFAULTS if is_toy(pipe) else pipeline_backbone(pipe).sampling_defaults
 
 
 def prepare_mochi_sampling(pipe) -> None:
@@ -92,6 +122,30 @@ def prepare_mochi_sampling(pipe) -> None:
         pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(sched.config, invert_sigmas=True)
     if not pipe.config.get("force_zeros_for_empty_prompt", False):
         pipe.register_to_config(force_zeros_for_empty_prompt=True)
+
+
+def prepare_sampling(pipe) -> dict:
+    """Set ``pipe`` up to sample as its backbone's release does; returns the sampler settings to record.
+
+    Mochi: :func:`prepare_mochi_sampling`. Wan: the pipeline's own scheduler (flow-prediction UniPC) and
+    its encoded empty negative prompt, unchanged.
+    """
+    backbone = pipeline_backbone(pipe)
+    if backbone.name == "mochi":
+        prepare_mochi_sampling(pipe)
+        return {
+            "scheduler": type(pipe.scheduler).__name__,
+            "invert_sigmas": bool(pipe.scheduler.config.get("invert_sigmas", False)),
+            "sigma_schedule": "linear_quadratic(threshold_noise=0.025)",
+            "negative_prompt_zeroed": bool(pipe.config.get("force_zeros_for_empty_prompt", False)),
+        }
+    config = pipe.scheduler.config
+    return {
+        "scheduler": type(pipe.scheduler).__name__,
+        "prediction_type": config.get("prediction_type"),
+        "flow_shift": config.get("flow_shift"),
+        "negative_prompt_zeroed": False,
+    }
 
 
 def guidance_values(schedule: str | Sequence[float] | None, steps: int, guidance: float) -> list[float]:
@@ -166,6 +220,7 @@ def generate_videos(
         raise ValueError("prompts and seeds must have equal length")
     values = guidance_values(guidance_schedule, num_inference_steps, guidance_scale)
     default_frames, default_height, default_width = video_geometry(pipe)
+    text_length = pipeline_backbone(pipe).text_length(pipe)
     videos = []
     for prompt, seed in zip(prompts, seeds, strict=True):
         out = pipe(
@@ -177,7 +232,7 @@ def generate_videos(
             num_inference_steps=num_inference_steps,
             guidance_scale=values[0],
             generator=torch.Generator().manual_seed(int(seed)),
-            max_sequence_length=int(pipe.transformer.config.max_sequence_length),
+            max_sequence_length=text_length,
             output_type="np",
             callback_on_step_end=GuidanceSchedule(values) if len(set(values)) > 1 else None,
         )
@@ -425,7 +480,7 @@ def generate_to_folder(
     frames_d, height_d, width_d = video_geometry(pipe)
     geometry = {"num_frames": num_frames or frames_d, "height": height or height_d, "width": width or width_d}
 
-    prepare_mochi_sampling(pipe)
+    sampler = prepare_sampling(pipe)
     load_adapter_choices(pipe, choices)
     try:
         if owned and offload == "model":
@@ -455,10 +510,8 @@ def generate_to_folder(
             "offload": offload,
             "vae_tiling": bool(vae_tiling),
             "negative_prompt": "",
-            "negative_prompt_zeroed": bool(pipe.config.get("force_zeros_for_empty_prompt", False)),
-            "scheduler": type(pipe.scheduler).__name__,
-            "invert_sigmas": bool(pipe.scheduler.config.get("invert_sigmas", False)),
-            "sigma_schedule": "linear_quadratic(threshold_noise=0.025)",
+            "backbone": pipeline_backbone(pipe).name,
+            **sampler,
             "noise_generator": "torch CPU generator seeded with seed",
         }
         model_name = (

@@ -1,12 +1,16 @@
-"""The toy backbone: a genuine diffusers Mochi stack (VAE, transformer, T5, tokenizer) at CPU size.
+"""The toy backbones: a genuine diffusers Mochi (or Wan 2.1) stack - VAE, transformer, T5, tokenizer - at
+CPU size.
 
-The bundle is saved as a diffusers-format directory that ``diffusers.MochiPipeline.from_pretrained``
-loads, so the toy model and the real Mochi 1 go through the same code everywhere else.
+A bundle is saved as a diffusers-format directory that ``MochiPipeline.from_pretrained`` (or
+``WanPipeline.from_pretrained``) loads, so the toy model and the real backbone go through the same code
+everywhere else. ``ToyBackboneConfig.architecture`` picks the stack: ``mochi`` (the shipped bundle:
+``AutoencoderKLMochi``, ``MochiTransformer3DModel``, ``T5EncoderModel``) or ``wan``
+(``AutoencoderKLWan``, ``WanTransformer3DModel``, ``UMT5EncoderModel``, flow-prediction UniPC).
 
 The toy VAE is trained to reproduce a fixed, *analytic* latent space (see :func:`analytic_latents`):
-the colour of each 4x4-pixel sub-cell at every 6th frame (the keyframes the causal VAE keeps), packed
-into Mochi's 12 latent channels per 8x8 cell. That makes the VAE trainable in minutes on a CPU and lets
-the transformer pretrain on latents computed without the VAE.
+the colour of each 4x4-pixel sub-cell at every keyframe (every 6th frame for Mochi, every 4th for Wan: the
+frames the causal VAE keeps), packed into 12 latent channels per 8x8 cell. That makes the VAE trainable in
+minutes on a CPU and lets the transformer pretrain on latents computed without the VAE.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-SPATIAL_FACTOR = 8  # Mochi VAE: 8x8 pixels per latent cell (hard-coded in diffusers' MochiPipeline)
-TEMPORAL_FACTOR = 6  # 6 frames per latent frame, the first frame alone
+SPATIAL_FACTOR = 8  # Mochi and Wan VAEs: 8x8 pixels per latent cell (hard-coded in diffusers' MochiPipeline)
+TEMPORAL_FACTOR = 6  # Mochi: 6 frames per latent frame, the first frame alone
+TEMPORAL_FACTORS = {"mochi": 6, "wan": 4}
+ARCHITECTURES = tuple(TEMPORAL_FACTORS)
 LATENT_CHANNELS = 12
 SUBCELL = 4  # analytic latent: colour of 4x4 sub-cells, 2x2 of them per latent cell
 MAX_SEQUENCE_LENGTH = 32
@@ -31,8 +37,13 @@ _CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,'-!?"
 
 @dataclass
 class ToyBackboneConfig:
-    """Sizes of the toy Mochi stack. Defaults: a customization step well under a second on 2 CPU cores."""
+    """Sizes of the toy stack. Defaults: a customization step well under a second on 2 CPU cores.
 
+    ``architecture``: ``mochi`` or ``wan``. The ``vae_*_channels`` / ``vae_layers_per_block`` sizes are the
+    Mochi VAE's; ``wan_vae_base_dim`` and ``wan_ffn_dim`` size the Wan VAE and feed-forward layers.
+    """
+
+    architecture: str = "mochi"
     vae_encoder_channels: list[int] = field(default_factory=lambda: [32, 32, 64, 128])
     vae_decoder_channels: list[int] = field(default_factory=lambda: [32, 64, 64, 128])
     vae_layers_per_block: list[int] = field(default_factory=lambda: [1, 1, 1, 1, 1])
@@ -44,6 +55,19 @@ class ToyBackboneConfig:
     text_layers: int = 2
     text_heads: int = 4
     time_embed_dim: int = 64
+    wan_vae_base_dim: int = 16
+    wan_ffn_dim: int = 256
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"toy architecture {self.architecture!r}: choose one of {', '.join(ARCHITECTURES)}"
+            )
+
+    @property
+    def temporal_factor(self) -> int:
+        """Frames per latent frame of this architecture's VAE (the first frame alone)."""
+        return TEMPORAL_FACTORS[self.architecture]
 
 
 def toy_words() -> list[str]:
@@ -75,11 +99,15 @@ def build_tokenizer(words: list[str]):
 
 
 def build_text_encoder(vocab_size: int, cfg: ToyBackboneConfig, seed: int = 0):
-    """A small randomly initialised ``T5EncoderModel`` (frozen: the transformer learns to read it)."""
-    from transformers import T5Config, T5EncoderModel
+    """A small randomly initialised ``T5EncoderModel`` (Wan: ``UMT5EncoderModel``), frozen: the
+    transformer learns to read it."""
+    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(seed)
-    config = T5Config(
+    config_cls, model_cls = (
+        (T5Config, T5EncoderModel) if cfg.architecture == "mochi" else (UMT5Config, UMT5EncoderModel)
+    )
+    config = config_cls(
         vocab_size=vocab_size,
         d_model=cfg.text_dim,
         d_kv=cfg.text_dim // cfg.text_heads,
@@ -94,28 +122,55 @@ def build_text_encoder(vocab_size: int, cfg: ToyBackboneConfig, seed: int = 0):
         eos_token_id=1,
         decoder_start_token_id=0,
     )
-    return T5EncoderModel(config).eval()
+    return model_cls(config).eval()
 
 
 def build_vae(cfg: ToyBackboneConfig, latents_mean=None, latents_std=None):
-    """A small ``AutoencoderKLMochi`` (8x8 spatial, 6x temporal compression to 12 channels, like Mochi's)."""
-    from diffusers import AutoencoderKLMochi
+    """A small ``AutoencoderKLMochi`` (8x8 spatial, 6x temporal compression to 12 channels, like Mochi's),
+    or for ``architecture="wan"`` a small ``AutoencoderKLWan`` (8x8 spatial, 4x temporal, 12 channels)."""
+    from diffusers import AutoencoderKLMochi, AutoencoderKLWan
 
+    mean = list(latents_mean if latents_mean is not None else [0.0] * LATENT_CHANNELS)
+    std = list(latents_std if latents_std is not None else [1.0] * LATENT_CHANNELS)
+    if cfg.architecture == "wan":
+        return AutoencoderKLWan(
+            base_dim=cfg.wan_vae_base_dim,
+            z_dim=LATENT_CHANNELS,
+            dim_mult=[1, 2, 4, 4],
+            num_res_blocks=1,
+            temperal_downsample=[False, True, True],
+            latents_mean=mean,
+            latents_std=std,
+        )
     return AutoencoderKLMochi(
         encoder_block_out_channels=tuple(cfg.vae_encoder_channels),
         decoder_block_out_channels=tuple(cfg.vae_decoder_channels),
         layers_per_block=tuple(cfg.vae_layers_per_block),
         add_attention_block=(False,) * len(cfg.vae_layers_per_block),
-        latents_mean=tuple(latents_mean if latents_mean is not None else [0.0] * LATENT_CHANNELS),
-        latents_std=tuple(latents_std if latents_std is not None else [1.0] * LATENT_CHANNELS),
+        latents_mean=tuple(mean),
+        latents_std=tuple(std),
     )
 
 
 def build_transformer(cfg: ToyBackboneConfig, seed: int = 0):
-    """A small ``MochiTransformer3DModel`` (same class and attention layout as Mochi 1's 10B DiT)."""
-    from diffusers import MochiTransformer3DModel
+    """A small ``MochiTransformer3DModel`` (same class and attention layout as Mochi 1's 10B DiT), or a
+    small ``WanTransformer3DModel`` (Wan 2.1's class) for ``architecture="wan"``."""
+    from diffusers import MochiTransformer3DModel, WanTransformer3DModel
 
     torch.manual_seed(seed)
+    if cfg.architecture == "wan":
+        return WanTransformer3DModel(
+            patch_size=(1, cfg.patch_size, cfg.patch_size),
+            num_attention_heads=cfg.num_attention_heads,
+            attention_head_dim=cfg.attention_head_dim,
+            in_channels=LATENT_CHANNELS,
+            out_channels=LATENT_CHANNELS,
+            text_dim=cfg.text_dim,
+            freq_dim=cfg.time_embed_dim,
+            ffn_dim=cfg.wan_ffn_dim,
+            num_layers=cfg.num_layers,
+            rope_max_seq_len=64,
+        )
     return MochiTransformer3DModel(
         patch_size=cfg.patch_size,
         num_attention_heads=cfg.num_attention_heads,
@@ -129,31 +184,40 @@ def build_transformer(cfg: ToyBackboneConfig, seed: int = 0):
     )
 
 
-def build_scheduler():
-    """Mochi's sampler: flow-matching Euler with inverted sigmas (timestep = (1 - sigma) * 1000)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
+def build_scheduler(architecture: str = "mochi"):
+    """Mochi's sampler: flow-matching Euler with inverted sigmas (timestep = (1 - sigma) * 1000); Wan's:
+    flow-prediction UniPC (timestep = sigma * 1000), no shift at the toy's 64x64 (Wan 2.1 uses 3 at 480p)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
+    if architecture == "wan":
+        return UniPCMultistepScheduler(
+            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=1.0
+        )
     return FlowMatchEulerDiscreteScheduler(invert_sigmas=True)
 
 
-def analytic_latents(video: torch.Tensor) -> torch.Tensor:
+def analytic_latents(video: torch.Tensor, temporal: int = TEMPORAL_FACTOR) -> torch.Tensor:
     """The toy latent of videos ``(B, 3, T, H, W)`` in [-1, 1] -> ``(B, 12, F, H/8, W/8)``.
 
-    Latent frame ``i`` is the keyframe ``6 i`` (frame 0 alone, then the last frame of each group of 6);
-    each 8x8 cell holds the mean colour of its 2x2 sub-cells of 4x4 pixels, channel ``c*4 + 2*dy + dx``.
+    Latent frame ``i`` is the keyframe ``temporal * i`` (frame 0 alone, then the last frame of each group of
+    ``temporal``: 6 for Mochi, 4 for Wan); each 8x8 cell holds the mean colour of its 2x2 sub-cells of 4x4
+    pixels, channel ``c*4 + 2*dy + dx``.
     """
     b, c, t, h, w = video.shape
-    if (t - 1) % TEMPORAL_FACTOR or h % SPATIAL_FACTOR or w % SPATIAL_FACTOR:
-        raise ValueError(f"video of {t} frames {h}x{w}: frames must be 6k+1 and sizes multiples of 8")
-    keyframes = video[:, :, ::TEMPORAL_FACTOR]  # (B, 3, F, H, W)
+    if (t - 1) % temporal or h % SPATIAL_FACTOR or w % SPATIAL_FACTOR:
+        raise ValueError(
+            f"video of {t} frames {h}x{w}: frames must be {temporal}k+1 and sizes multiples of 8"
+        )
+    keyframes = video[:, :, ::temporal]  # (B, 3, F, H, W)
     f = keyframes.shape[2]
     pooled = F.avg_pool2d(keyframes.transpose(1, 2).reshape(b * f, c, h, w), SUBCELL)  # (BF, 3, H/4, W/4)
     packed = F.pixel_unshuffle(pooled, 2)  # (BF, 12, H/8, W/8), channel = c*4 + 2*dy + dx
     return packed.reshape(b, f, LATENT_CHANNELS, h // SPATIAL_FACTOR, w // SPATIAL_FACTOR).transpose(1, 2)
 
 
-def analytic_decode(latents: torch.Tensor) -> torch.Tensor:
-    """The reference inverse of :func:`analytic_latents`: ``(B, 12, F, h, w)`` -> ``(B, 3, 6(F-1)+1, 8h, 8w)``.
+def analytic_decode(latents: torch.Tensor, temporal: int = TEMPORAL_FACTOR) -> torch.Tensor:
+    """The reference inverse of :func:`analytic_latents`: ``(B, 12, F, h, w)`` ->
+    ``(B, 3, temporal (F-1) + 1, 8h, 8w)``.
 
     Sub-cell colours are upsampled (nearest) and the frames between keyframes linearly interpolated; the
     trained VAE decoder should do at least this well (it can also sharpen edges).
@@ -163,7 +227,7 @@ def analytic_decode(latents: torch.Tensor) -> torch.Tensor:
     keyframes = F.interpolate(cells, scale_factor=SUBCELL, mode="nearest")
     keyframes = keyframes.reshape(b, f, 3, h * SPATIAL_FACTOR, w * SPATIAL_FACTOR).transpose(1, 2)
     frames = [keyframes[:, :, :1]]
-    weights = torch.arange(1, TEMPORAL_FACTOR + 1, dtype=latents.dtype).view(1, 1, -1, 1, 1) / TEMPORAL_FACTOR
+    weights = torch.arange(1, temporal + 1, dtype=latents.dtype).view(1, 1, -1, 1, 1) / temporal
     for i in range(1, f):
         prev, nxt = keyframes[:, :, i - 1 : i], keyframes[:, :, i : i + 1]
         frames.append(prev + (nxt - prev) * weights)
@@ -187,21 +251,20 @@ def tensor_to_frames(video: torch.Tensor) -> np.ndarray:
 def save_bundle(
     out_dir: Path, *, vae, transformer, text_encoder, tokenizer, info: dict | None = None
 ) -> None:
-    """Write a diffusers-format MochiPipeline directory (``model_index.json`` + one folder per part)."""
-    from diffusers import MochiPipeline
+    """Write a diffusers-format MochiPipeline (or, for a Wan transformer, WanPipeline) directory:
+    ``model_index.json`` + one folder per part, and ``toy_info.json`` (the text length the toy trains with
+    and ``info``)."""
+    from diffusers import MochiPipeline, WanPipeline, WanTransformer3DModel
 
-    pipe = MochiPipeline(
-        scheduler=build_scheduler(),
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        transformer=transformer,
-        force_zeros_for_empty_prompt=True,
-    )
+    parts = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer)
+    if isinstance(transformer, WanTransformer3DModel):
+        pipe = WanPipeline(scheduler=build_scheduler("wan"), **parts)
+    else:
+        pipe = MochiPipeline(scheduler=build_scheduler(), force_zeros_for_empty_prompt=True, **parts)
     out_dir = Path(out_dir)
     pipe.save_pretrained(out_dir, safe_serialization=True)
-    if info is not None:
-        (out_dir / "toy_info.json").write_text(json.dumps(info, indent=2))
+    info = {"max_sequence_length": MAX_SEQUENCE_LENGTH, **(info or {})}
+    (out_dir / "toy_info.json").write_text(json.dumps(info, indent=2))
 
 
 def config_dict(cfg: ToyBackboneConfig) -> dict:

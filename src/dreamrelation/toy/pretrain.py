@@ -1,7 +1,8 @@
 """Pretraining of the toy backbone: the VAE on random moving shapes, the transformer on base relations.
 
 ``dreamrelation toy pretrain`` runs both stages (seeded, reproducible) and writes a diffusers-format
-MochiPipeline directory. Held-out relations never appear in the transformer's data.
+MochiPipeline directory, or a WanPipeline one with ``--architecture wan``. Held-out relations never appear
+in the transformer's data.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from dreamrelation.errors import UserError
 from dreamrelation.toy.backbone import (
     LATENT_CHANNELS,
     MAX_SEQUENCE_LENGTH,
@@ -86,27 +88,47 @@ def random_shape_clips(batch: int, frames: int, size: int, gen: torch.Generator)
     return video.clamp(-1.0, 1.0)
 
 
+def vae_moments(vae, clips: torch.Tensor) -> torch.Tensor:
+    """The encoder's ``(B, 2 * 12, F, h, w)`` posterior moments (mean, then log-variance) of ``clips``."""
+    from diffusers import AutoencoderKLWan
+
+    if isinstance(vae, AutoencoderKLWan):
+        return vae._encode(clips)  # the causal chunked encoder; its temporal downsampling needs the cache
+    return vae.encoder(clips)[0]
+
+
+def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Decoded frames ``(B, 3, t (F - 1) + 1, H, W)`` of un-normalised latents (Mochi's leading extra frames
+    dropped, as its pipeline does)."""
+    from diffusers import AutoencoderKLWan
+
+    if isinstance(vae, AutoencoderKLWan):
+        return vae._decode(latents).sample
+    return vae.decoder(latents)[0][:, :, vae.temporal_compression_ratio - 1 :]
+
+
 def train_vae(cfg: PretrainConfig, out_dir: Path, progress: bool = True):
-    """Train the toy ``AutoencoderKLMochi``: encoder -> analytic latent, decoder -> pixels from it."""
+    """Train the toy VAE (``AutoencoderKLMochi`` or ``AutoencoderKLWan``): encoder -> analytic latent,
+    decoder -> pixels from it."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     vae = build_vae(cfg.backbone)
     opt = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
-    frames = 7  # two latent frames: the VAE is causal and convolutional, so short crops generalise
+    temporal = cfg.backbone.temporal_factor
+    frames = temporal + 1  # two latent frames: the VAE is causal and convolutional, so short crops generalise
     log, start = [], time.time()
     bar = tqdm(range(cfg.vae_steps), desc="toy VAE", disable=not progress)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, cfg.vae_steps, cfg.vae_lr)
         clips = random_shape_clips(cfg.vae_batch, frames, cfg.vae_crop, gen)
-        target = analytic_latents(clips)
-        moments = vae.encoder(clips)[0]
+        target = analytic_latents(clips, temporal)
+        moments = vae_moments(vae, clips)
         encoder_loss = F.mse_loss(moments[:, :LATENT_CHANNELS], target) + 0.01 * F.mse_loss(
             moments[:, LATENT_CHANNELS:], torch.full_like(target, VAE_LOGVAR_TARGET)
         )
         noisy = target + cfg.vae_latent_noise * torch.randn(target.shape, generator=gen)
-        decoded = vae.decoder(noisy)[0][:, :, vae.temporal_compression_ratio - 1 :]
-        decoder_loss = F.mse_loss(decoded, clips)
+        decoder_loss = F.mse_loss(vae_decode(vae, noisy), clips)
         (encoder_loss + decoder_loss).backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
@@ -123,11 +145,13 @@ def train_vae(cfg: PretrainConfig, out_dir: Path, progress: bool = True):
 @torch.no_grad()
 def vae_quality(vae, clips: torch.Tensor) -> dict:
     """L1 errors (pixels in [-1, 1]) of decode(analytic), decode(encode) and a per-clip mean-colour guess."""
-    target = analytic_latents(clips)
-    moments = vae.encoder(clips)[0][:, :LATENT_CHANNELS]
-    drop = vae.temporal_compression_ratio - 1
-    from_analytic = vae.decoder(target)[0][:, :, drop:]
-    round_trip = vae.decoder(moments)[0][:, :, drop:]
+    from diffusers import AutoencoderKLWan
+
+    temporal = 4 if isinstance(vae, AutoencoderKLWan) else vae.temporal_compression_ratio
+    target = analytic_latents(clips, temporal)
+    moments = vae_moments(vae, clips)[:, :LATENT_CHANNELS]
+    from_analytic = vae_decode(vae, target)
+    round_trip = vae_decode(vae, moments)
     return {
         "encoder_mse": F.mse_loss(moments, target).item(),
         "decode_analytic_l1": (from_analytic - clips).abs().mean().item(),
@@ -137,9 +161,10 @@ def vae_quality(vae, clips: torch.Tensor) -> dict:
 
 
 def render_pretraining_set(
-    num_videos: int, seed: int, progress: bool = True
+    num_videos: int, seed: int, progress: bool = True, temporal: int = 6
 ) -> tuple[torch.Tensor, list[str]]:
-    """Render base-relation videos (never held-out ones) -> analytic latents ``(N, 12, F, h, w)``, captions."""
+    """Render base-relation videos (never held-out ones) -> analytic latents ``(N, 12, F, h, w)`` with
+    ``temporal`` frames per latent frame, and captions."""
     from dreamrelation.toy import world
     from dreamrelation.toy.render import render_video
 
@@ -149,7 +174,7 @@ def render_pretraining_set(
     for _ in tqdm(range(num_videos), desc="render base relations", disable=not progress):
         spec = world.sample_video_spec(rng, relations=base)
         video = render_video(spec)
-        latents.append(analytic_latents(frames_to_tensor(video.frames))[0])
+        latents.append(analytic_latents(frames_to_tensor(video.frames), temporal)[0])
         captions.append(video.caption)
     return torch.stack(latents), captions
 
@@ -177,10 +202,15 @@ def train_transformer(
     embeds: torch.Tensor,
     masks: torch.Tensor,
     progress: bool = True,
+    null_caption: tuple[torch.Tensor, torch.Tensor] | None = None,
 ):
-    """Full-weight rectified-flow pretraining of the toy ``MochiTransformer3DModel`` on normalised latents."""
+    """Full-weight rectified-flow pretraining of the toy transformer on normalised latents, with the flow
+    convention of its backbone's sampler. A dropped caption becomes ``null_caption`` (embedding ``(L, D)``,
+    mask ``(L,)``: Wan's encoded empty prompt), else all zeros (Mochi's zeroed empty prompt)."""
+    from dreamrelation.models.backbones import get_backbone
     from dreamrelation.training.losses import flow_matching_inputs
 
+    backbone = get_backbone(cfg.backbone.architecture)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     transformer = build_transformer(cfg.backbone, seed=cfg.seed)
@@ -193,10 +223,10 @@ def train_transformer(
         idx = torch.randint(0, latents.shape[0], (cfg.transformer_batch,), generator=gen)
         z, emb, mask = latents[idx], embeds[idx].clone(), masks[idx].clone()
         drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
-        emb[drop] = 0.0
-        mask[drop] = 0
-        noisy, timestep, target, _ = flow_matching_inputs(z, gen)
-        pred = transformer(noisy, emb, timestep, mask, return_dict=False)[0]
+        emb[drop] = 0.0 if null_caption is None else null_caption[0].to(emb.dtype)
+        mask[drop] = 0 if null_caption is None else null_caption[1].to(mask.dtype)
+        noisy, timestep, target, _ = flow_matching_inputs(z, gen, backbone.flow)
+        pred = backbone.forward(transformer, noisy, timestep, emb, mask)
         loss = F.mse_loss(pred, target)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
@@ -218,9 +248,8 @@ def pretrain(
 ) -> Path | None:
     """Run the requested stages and write the bundle to ``out_dir``; stage results are kept in ``work_dir``
     so a stage not requested is read from an earlier run."""
-    from diffusers import AutoencoderKLMochi
-
     cfg = cfg or PretrainConfig()
+    arch = cfg.backbone.architecture
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(toy_words())
@@ -229,16 +258,24 @@ def pretrain(
         vae, seconds = train_vae(cfg, work, progress)
         vae.save_pretrained(work / "vae")
         quality = vae_quality(vae, random_shape_clips(16, 13, 64, torch.Generator().manual_seed(10_000)))
-        (work / "vae_quality.json").write_text(json.dumps({"seconds": seconds, **quality}, indent=2))
+        record = {"architecture": arch, "seconds": seconds, **quality}
+        (work / "vae_quality.json").write_text(json.dumps(record, indent=2))
     if "transformer" in stages:
-        latents, captions = render_pretraining_set(cfg.num_videos, cfg.seed, progress)
+        latents, captions = render_pretraining_set(
+            cfg.num_videos, cfg.seed, progress, cfg.backbone.temporal_factor
+        )
         mean = latents.mean(dim=(0, 2, 3, 4))
         std = latents.std(dim=(0, 2, 3, 4))
         normalised = (latents - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
         embeds, masks = encode_captions(tokenizer, text_encoder, captions)
-        transformer, seconds, log = train_transformer(cfg, normalised, embeds, masks, progress)
+        null = None
+        if arch == "wan":  # WanPipeline encodes the empty negative prompt (Mochi's pipeline zeroes it)
+            null_embeds, null_masks = encode_captions(tokenizer, text_encoder, [""])
+            null = (null_embeds[0], null_masks[0])
+        transformer, seconds, log = train_transformer(cfg, normalised, embeds, masks, progress, null)
         transformer.save_pretrained(work / "transformer")
         stats = {
+            "architecture": arch,
             "latents_mean": mean.tolist(),
             "latents_std": std.tolist(),
             "seconds": seconds,
@@ -248,15 +285,23 @@ def pretrain(
     if not ((work / "vae").is_dir() and (work / "transformer").is_dir()):
         return None  # a stage is still missing: the bundle is assembled once both exist
 
-    from diffusers import MochiTransformer3DModel
+    from dreamrelation.models.backbones import get_backbone
 
+    transformer_cls, _, vae_cls = get_backbone(arch).classes()
     stats = json.loads((work / "transformer_stats.json").read_text())
-    vae = AutoencoderKLMochi.from_pretrained(work / "vae")
-    vae.register_to_config(latents_mean=tuple(stats["latents_mean"]), latents_std=tuple(stats["latents_std"]))
-    transformer = MochiTransformer3DModel.from_pretrained(work / "transformer")
+    vae_record = json.loads((work / "vae_quality.json").read_text())
+    found = {vae_record.get("architecture", "mochi"), stats.get("architecture", "mochi")}
+    if found != {arch}:
+        raise UserError(
+            f"{work}: its stages were trained for {', '.join(sorted(found))}, not {arch}; "
+            "use another --work-dir or run both stages"
+        )
+    vae = vae_cls.from_pretrained(work / "vae")
+    vae.register_to_config(latents_mean=list(stats["latents_mean"]), latents_std=list(stats["latents_std"]))
+    transformer = transformer_cls.from_pretrained(work / "transformer")
     info = {
         "config": asdict(cfg),
-        "vae": json.loads((work / "vae_quality.json").read_text()),
+        "vae": vae_record,
         "transformer": {k: stats[k] for k in ("seconds", "final_loss")},
     }
     # fp16 storage keeps the shipped bundle small; load with torch_dtype=torch.float32 to compute in fp32

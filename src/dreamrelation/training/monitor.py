@@ -67,7 +67,7 @@ class TrainingMonitor:
     def validate(self, step: int) -> Path:
         """Generate the validation prompts with the inference adapters into ``validation/step_N``."""
         from dreamrelation.models.adapters import set_active_roles
-        from dreamrelation.sampling.generate import generate_videos, video_geometry
+        from dreamrelation.sampling.generate import generate_videos, sampling_defaults
         from dreamrelation.utils.media import contact_sheet, save_png, write_video
 
         mon = self.cfg.monitor
@@ -77,7 +77,7 @@ class TrainingMonitor:
             self.pipe, [j[0] for j in jobs], [j[1] for j in jobs], mon.num_inference_steps, mon.guidance_scale
         )
         folder = self.out / "validation" / f"step_{step:06d}"
-        fps = 8 if video_geometry(self.pipe)[1] <= 128 else 30
+        fps = sampling_defaults(self.pipe)[2]
         for i, video in enumerate(videos):
             write_video(folder / f"{i:02d}_seed{jobs[i][1]}.mp4", video, fps=fps)
         save_png(folder / "contact_sheet.png", contact_sheet([videos], col_labels=[j[0] for j in jobs]))

@@ -1,0 +1,241 @@
+"""The toy world on the Wan 2.1 classes: pretraining, sampling through WanPipeline, preparation, training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import WanPipeline
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import load_file
+from tiny import TINY_WAN_TOY
+
+from dreamrelation.data.prepare_folder import load_prepared, prepare_folder, read_example
+from dreamrelation.errors import UserError
+from dreamrelation.evaluation.toy_study import write_exemplar_videos
+from dreamrelation.models.backbones import WAN
+from dreamrelation.sampling.generate import (
+    TOY_DEFAULTS,
+    generate_to_folder,
+    generate_videos,
+    is_toy,
+    load_pipeline,
+    sampling_defaults,
+    video_geometry,
+)
+from dreamrelation.toy.backbone import MAX_SEQUENCE_LENGTH, analytic_decode, analytic_latents, build_vae
+from dreamrelation.toy.pretrain import (
+    PretrainConfig,
+    pretrain,
+    random_shape_clips,
+    render_pretraining_set,
+    train_vae,
+    vae_decode,
+    vae_moments,
+)
+from dreamrelation.ui import model_defaults
+
+PROMPT = "A red circle is high-fiving with a blue square."
+
+
+@pytest.mark.parametrize("temporal", [4, 6])
+def test_analytic_latents_take_every_temporal_th_frame(temporal: int) -> None:
+    gen = torch.Generator().manual_seed(temporal)
+    video = torch.rand(1, 3, 2 * temporal + 1, 16, 16, generator=gen) * 2 - 1
+    latents = analytic_latents(video, temporal)
+    assert latents.shape == (1, 12, 3, 2, 2)
+    for f in range(3):
+        for c, dy, dx, y, x in ((0, 0, 0, 0, 0), (1, 1, 0, 1, 1), (2, 1, 1, 0, 1)):
+            y0, x0 = 8 * y + 4 * dy, 8 * x + 4 * dx
+            expected = video[0, c, f * temporal, y0 : y0 + 4, x0 : x0 + 4].mean()
+            assert torch.isclose(latents[0, c * 4 + 2 * dy + dx, f, y, x], expected, atol=1e-6)
+    decoded = analytic_decode(latents, temporal)
+    assert decoded.shape == (1, 3, 2 * temporal + 1, 16, 16)
+    halfway = decoded[:, :, temporal // 2]  # linear interpolation between keyframes 0 and 1
+    assert torch.allclose(halfway, (decoded[:, :, 0] + decoded[:, :, temporal]) / 2, atol=1e-6)
+    with pytest.raises(ValueError, match=f"{temporal}k\\+1"):
+        analytic_latents(video[:, :, :-1], temporal)
+
+
+def test_wan_vae_pretraining_learns_the_analytic_latent(tmp_path: Path) -> None:
+    # the chunked, cached causal path (needed for Wan's temporal downsampling) passes gradients everywhere
+    vae = build_vae(TINY_WAN_TOY)
+    clips = random_shape_clips(2, 5, 16, torch.Generator().manual_seed(0))
+    loss = (
+        vae_moments(vae, clips).square().mean() + vae_decode(vae, analytic_latents(clips, 4)).square().mean()
+    )
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in vae.parameters())
+    assert vae_decode(vae, analytic_latents(clips, 4)).shape == clips.shape
+
+    cfg = PretrainConfig(vae_steps=60, vae_batch=2, vae_crop=16, vae_lr=3e-3, backbone=TINY_WAN_TOY)
+    vae, _ = train_vae(cfg, tmp_path, progress=False)
+    log = json.loads((tmp_path / "vae_log.json").read_text())["log"]
+    first = np.mean([r["encoder_mse"] for r in log[:10]])
+    last = np.mean([r["encoder_mse"] for r in log[-10:]])
+    assert type(vae).__name__ == "AutoencoderKLWan" and last < 0.8 * first, (first, last)
+
+
+def test_toy_pretraining_on_wan_writes_a_wan_pipeline(tmp_path: Path) -> None:
+    cfg = PretrainConfig(
+        vae_steps=2,
+        vae_batch=2,
+        vae_crop=16,
+        num_videos=6,
+        transformer_steps=2,
+        transformer_batch=2,
+        backbone=TINY_WAN_TOY,
+    )
+    bundle = pretrain(tmp_path / "bundle", cfg, work_dir=tmp_path / "work", progress=False)
+    assert json.loads((bundle / "model_index.json").read_text())["_class_name"] == "WanPipeline"
+    info = json.loads((bundle / "toy_info.json").read_text())
+    assert info["config"]["backbone"]["architecture"] == "wan"
+    assert info["max_sequence_length"] == MAX_SEQUENCE_LENGTH
+    pipe = load_pipeline(bundle)
+    assert isinstance(pipe, WanPipeline) and pipe.prompt_length == MAX_SEQUENCE_LENGTH
+    # the VAE's normalisation is the statistics of the analytic latents at Wan's 4x temporal stride
+    latents, _ = render_pretraining_set(6, cfg.seed, progress=False, temporal=4)
+    assert latents.shape[2] == 7  # 25 frames -> 1 + 24 / 4 latent frames
+    mean = latents.mean(dim=(0, 2, 3, 4))
+    assert np.allclose(pipe.vae.config.latents_mean, mean.numpy(), atol=1e-3)  # fp16 storage
+    # a Mochi stage mixed into the Wan work directory is refused, not assembled
+    mochi = PretrainConfig(vae_steps=1, vae_batch=1, vae_crop=16)
+    mochi.backbone.vae_encoder_channels = [32, 32, 32, 32]
+    mochi.backbone.vae_decoder_channels = [32, 32, 32, 32]
+    with pytest.raises(UserError, match="trained for mochi, wan"):
+        pretrain(tmp_path / "mixed", mochi, ("vae",), work_dir=tmp_path / "work", progress=False)
+
+
+def test_wan_bundle_samples_as_wanpipeline_at_the_toy_text_length(
+    tiny_wan_bundle: Path, tmp_path: Path
+) -> None:
+    pipe = load_pipeline(tiny_wan_bundle)
+    assert is_toy(pipe) and sampling_defaults(pipe) == TOY_DEFAULTS and video_geometry(pipe) == (25, 64, 64)
+    ours = generate_videos(pipe, [PROMPT], [3], num_inference_steps=2, guidance_scale=4.0)[0]
+    direct = pipe(
+        prompt=PROMPT,
+        negative_prompt="",
+        num_frames=25,
+        height=64,
+        width=64,
+        num_inference_steps=2,
+        guidance_scale=4.0,
+        generator=torch.Generator().manual_seed(3),
+        max_sequence_length=MAX_SEQUENCE_LENGTH,
+        output_type="np",
+    ).frames[0]
+    assert ours.shape == (25, 64, 64, 3)
+    assert np.array_equal(ours, (np.clip(direct, 0, 1) * 255).round().astype(np.uint8))
+    # at Wan's default 512 tokens the zero padding enters the (unmasked) cross-attention: another video
+    longer = pipe(
+        prompt=PROMPT,
+        negative_prompt="",
+        num_frames=25,
+        height=64,
+        width=64,
+        num_inference_steps=2,
+        guidance_scale=4.0,
+        generator=torch.Generator().manual_seed(3),
+        output_type="np",
+    ).frames[0]
+    assert not np.allclose(direct, longer)
+
+    result = generate_to_folder(
+        tiny_wan_bundle, None, None, [PROMPT], seeds=[3], out_dir=tmp_path / "out", steps=2, pipe=pipe
+    )
+    assert np.array_equal(result.frames[0], ours)
+    settings = json.loads(result.sidecars[0].read_text())["settings"]
+    assert settings["backbone"] == "wan2.1" and settings["scheduler"] == "UniPCMultistepScheduler"
+    assert settings["prediction_type"] == "flow_prediction" and settings["fps"] == TOY_DEFAULTS[2]
+
+
+def test_a_wan_release_directory_gets_wan_defaults(tiny_wan_bundle: Path, tmp_path: Path) -> None:
+    release = tmp_path / "wan"
+    shutil.copytree(tiny_wan_bundle, release)
+    (release / "toy_info.json").unlink()  # no toy marker: treated as a Wan 2.1 release
+    pipe = load_pipeline(release)
+    assert not is_toy(pipe)
+    assert sampling_defaults(pipe) == (50, 5.0, 16.0) and video_geometry(pipe) == (81, 480, 832)
+    assert WAN.text_length(pipe) == 512
+    assert (
+        model_defaults(str(release)) == (50, 5.0) and model_defaults(str(tiny_wan_bundle)) == TOY_DEFAULTS[:2]
+    )
+
+
+def test_prepare_encodes_with_the_wan_vae_masks_and_prompt_encoding(
+    tiny_wan_bundle: Path, tmp_path: Path
+) -> None:
+    src = tmp_path / "exemplars"
+    write_exemplar_videos("high_fiving", 2, 0, src)
+    report = prepare_folder(
+        src, tmp_path / "cache", tiny_wan_bundle, num_frames=25, height=64, width=64, progress=False
+    )
+    assert report.ok and len(report.prepared) == 2
+    pipe = load_pipeline(tiny_wan_bundle)
+    for sample in load_prepared(tmp_path / "cache"):
+        frames, masks, _ = read_example(src, sample.name, num_frames=25, height=64, width=64, backbone="wan")
+        assert sample.latents.shape == (12, 7, 8, 8) and sample.masks.shape == (2, 7, 8, 8)
+        video = torch.from_numpy(frames).float().div(127.5).sub(1).permute(3, 0, 1, 2)[None]
+        with torch.no_grad():
+            mu = pipe.vae.encode(video).latent_dist.mean[0]
+        assert torch.allclose(sample.latents, (mu - 0.1) / 0.5, atol=1e-4)  # the pipeline's z * std + mean
+        # latent masks by hand: any foreground pixel per 8x8 cell, frame 0 alone, then groups of 4 averaged
+        cells = masks.reshape(2, 25, 8, 8, 8, 8).any(axis=(3, 5)).astype(np.float32)
+        expected = np.concatenate([cells[:, :1], cells[:, 1:].reshape(2, 6, 4, 8, 8).mean(axis=2)], axis=1)
+        assert np.allclose(sample.masks.numpy(), expected)
+        # the training text states are what WanPipeline feeds the transformer when sampling
+        caption = (src / "videos" / f"{sample.name}.txt").read_text().strip()
+        with torch.no_grad():
+            sampled, _ = pipe.encode_prompt(
+                caption, do_classifier_free_guidance=False, max_sequence_length=MAX_SEQUENCE_LENGTH
+            )
+        trained = sample.prompt_embeds * sample.prompt_mask[:, None]
+        assert torch.allclose(trained, sampled[0], atol=1e-5)
+    with pytest.raises(UserError, match="4k\\+1"):
+        prepare_folder(
+            src, tmp_path / "bad", tiny_wan_bundle, num_frames=23, height=64, width=64, progress=False
+        )
+
+
+@pytest.mark.slow
+def test_train_and_generate_commands_on_a_wan_bundle(tiny_wan_bundle: Path, tmp_path: Path) -> None:
+    src = tmp_path / "exemplars"
+    write_exemplar_videos("high_fiving", 2, 1, src)
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "dreamrelation.cli", *args], capture_output=True, text=True, check=False
+        )
+
+    run = tmp_path / "run"
+    done = cli(
+        "train", str(src), "-m", str(tiny_wan_bundle), "optim.steps=3", "optim.lr=0.01", "--out", str(run)
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    adapters = run / "adapters"
+    assert {p.stem for p in adapters.glob("*.safetensors")} >= {"relation", "subject1", "subject2", "output"}
+
+    # the files load through WanPipeline's own LoRA loader with the trained values
+    pipe = WanPipeline.from_pretrained(tiny_wan_bundle)
+    pipe.load_lora_weights(str(adapters), weight_name="relation.safetensors", adapter_name="relation")
+    loaded = get_peft_model_state_dict(pipe.transformer, adapter_name="relation")
+    saved = {
+        k.removeprefix("transformer."): v
+        for k, v in load_file(str(adapters / "relation.safetensors")).items()
+    }
+    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved)
+    assert any(k.startswith("blocks.0.attn1.to_q") for k in saved) and any("attn2.to_k" in k for k in saved)
+
+    plain, tuned = tmp_path / "plain", tmp_path / "tuned"
+    for out, extra in ((plain, []), (tuned, ["--adapters", str(adapters)])):
+        done = cli("generate", PROMPT, "-m", str(tiny_wan_bundle), "--steps", "2", "--out", str(out), *extra)
+        assert done.returncode == 0, done.stderr[-2000:]
+    sidecar = json.loads(next(tuned.glob("000_*.json")).read_text())
+    assert [a["role"] for a in sidecar["adapters"]] == ["relation", "output"]
+    assert sidecar["settings"]["backbone"] == "wan2.1"
