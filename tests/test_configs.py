@@ -21,6 +21,8 @@ def test_configs_are_shipped() -> None:
         "mochi/shaking_hands.yaml",
         "toy/dreamrelation.yaml",
         "toy/direct_lora.yaml",
+        "wan/high_five.yaml",
+        "wan/shaking_hands.yaml",
     } <= names
 
 
@@ -60,3 +62,31 @@ def test_toy_configs() -> None:
     assert dr.hmt.enabled and dr.contrastive.enabled
     assert direct.adapter.placement == {"direct": ["q", "k", "v", "out"]}
     assert not direct.hmt.enabled and not direct.contrastive.enabled
+
+
+def test_wan_configs_follow_the_paper_and_place_adapters_on_wan_attention() -> None:
+    from diffusers import WanTransformer3DModel
+    from tiny import TINY_WAN
+
+    from dreamrelation.models.adapters import add_relation_adapters
+
+    for name in ("high_five", "shaking_hands"):
+        path = CONFIGS / "wan" / f"{name}.yaml"
+        cfg = load_config(preset("dreamrelation"), path)
+        mochi = load_config(preset("dreamrelation"), CONFIGS / "mochi" / f"{name}.yaml")
+        assert cfg == mochi  # the same recipe; only the backbone's module names differ
+        model = WanTransformer3DModel(**TINY_WAN)
+        add_relation_adapters(model, cfg.adapter)
+        roles = {
+            n.removesuffix(".lora_A"): set(m.keys())
+            for n, m in model.named_modules()
+            if n.endswith(".lora_A") and n.startswith("blocks.0.")
+        }
+        assert roles == {
+            "blocks.0.attn1.to_q": {"relation"},
+            "blocks.0.attn1.to_k": {"relation"},
+            "blocks.0.attn1.to_v": {"subject1", "subject2"},
+            "blocks.0.attn1.to_out.0": {"output"},
+            "blocks.0.attn2.to_k": {"relation"},
+            "blocks.0.attn2.to_v": {"subject1", "subject2"},
+        }
