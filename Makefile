@@ -28,6 +28,7 @@ lint: $(STAMP)
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/step_time.py
 	$(BIN)/python benchmarks/prepare_throughput.py
+	$(BIN)/python benchmarks/generation_time.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -8,9 +8,10 @@ from dreamrelation.utils.media import read_video
 
 
 @pytest.mark.slow
-def test_short_demo_end_to_end(tiny_bundle, tmp_path):
+@pytest.mark.parametrize("bundle", ["tiny_bundle", "tiny_wan_bundle"])
+def test_short_demo_end_to_end(bundle, request, tmp_path):
     cfg = DemoConfig(
-        bundle=str(tiny_bundle),
+        bundle=str(request.getfixturevalue(bundle)),
         num_exemplars=3,
         subjects=[["star", "red", "circle", "blue"]],
         seeds=[0],

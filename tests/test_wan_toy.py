@@ -21,12 +21,15 @@ from dreamrelation.errors import UserError
 from dreamrelation.evaluation.toy_study import write_exemplar_videos
 from dreamrelation.models.backbones import WAN
 from dreamrelation.sampling.generate import (
+    TOY_BUNDLE,
+    TOY_BUNDLES,
     TOY_DEFAULTS,
     generate_to_folder,
     generate_videos,
     is_toy,
     load_pipeline,
     sampling_defaults,
+    toy_bundle_path,
     video_geometry,
 )
 from dreamrelation.toy.backbone import MAX_SEQUENCE_LENGTH, analytic_decode, analytic_latents, build_vae
@@ -153,6 +156,15 @@ def test_wan_bundle_samples_as_wanpipeline_at_the_toy_text_length(
     settings = json.loads(result.sidecars[0].read_text())["settings"]
     assert settings["backbone"] == "wan2.1" and settings["scheduler"] == "UniPCMultistepScheduler"
     assert settings["prediction_type"] == "flow_prediction" and settings["fps"] == TOY_DEFAULTS[2]
+
+
+def test_toy_bundles_by_name_or_path(tmp_path: Path) -> None:
+    assert toy_bundle_path("") == toy_bundle_path("mochi") == TOY_BUNDLE
+    assert toy_bundle_path("Wan") == TOY_BUNDLES["wan"] != TOY_BUNDLE
+    assert toy_bundle_path(str(tmp_path)) == tmp_path
+    if not (TOY_BUNDLES["wan"] / "model_index.json").is_file():
+        with pytest.raises(UserError, match="toy pretrain --architecture wan"):
+            load_pipeline(TOY_BUNDLES["wan"])
 
 
 def test_a_wan_release_directory_gets_wan_defaults(tiny_wan_bundle: Path, tmp_path: Path) -> None:

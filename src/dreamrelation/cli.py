@@ -167,7 +167,9 @@ def prepare(
 
     model_path, backbone = model_backbone_dir(model)
     toy = (model_path / "toy_info.json").is_file()
-    d_frames, d_height, d_width = (world.NUM_FRAMES, world.HEIGHT, world.WIDTH) if toy else backbone.default_geometry
+    d_frames, d_height, d_width = (
+        (world.NUM_FRAMES, world.HEIGHT, world.WIDTH) if toy else backbone.default_geometry
+    )
     report = prepare_folder(
         src,
         out,

@@ -26,7 +26,7 @@ from dreamrelation.evaluation.toy_study import (
     toy_recipe,
     train_and_generate,
 )
-from dreamrelation.sampling.generate import load_pipeline
+from dreamrelation.sampling.generate import load_pipeline, toy_bundle_path
 from dreamrelation.toy import world
 from dreamrelation.utils.media import contact_sheet, save_png, write_gif, write_video
 
@@ -52,7 +52,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict:
     torch.manual_seed(0)
 
     console.rule(f"[bold]DreamRelation toy demo: learning '{relation.phrase}'")
-    pipe = load_pipeline(cfg.bundle or None)
+    pipe = load_pipeline(toy_bundle_path(cfg.bundle))
     console.print(f"1/3 rendering and encoding {cfg.num_exemplars} person exemplars -> {out / 'exemplars'}")
     t = time.time()
     exemplars = render_exemplars(pipe, cfg.relation, cfg.num_exemplars, cfg.exemplar_seed, out / "exemplars")

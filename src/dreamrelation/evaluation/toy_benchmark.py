@@ -27,7 +27,7 @@ from dreamrelation.evaluation.toy_study import (
     toy_recipe,
     train_and_generate,
 )
-from dreamrelation.sampling.generate import load_pipeline
+from dreamrelation.sampling.generate import load_pipeline, toy_bundle_path
 from dreamrelation.utils.media import contact_sheet, save_png
 
 console = Console()
@@ -106,7 +106,7 @@ def run_toy_benchmark(cfg: ToyBenchmarkConfig, progress: bool = True) -> dict:
     """Run every method on every relation; write ``report.md``/``report.json``, charts and contact sheets."""
     out = Path(cfg.out_dir)
     start = time.time()
-    pipe = load_pipeline(cfg.bundle or None)
+    pipe = load_pipeline(toy_bundle_path(cfg.bundle))
     scores: dict[str, list[dict]] = {m: [] for m in cfg.methods}
     per_relation: list[dict] = []
     for relation in cfg.relations:

@@ -115,7 +115,7 @@ class ToyExperimentConfig:
     The recipe is the same for every method: a trainer preset with these steps, batch, lr and rank.
     """
 
-    bundle: str = ""  # empty: the shipped toy bundle
+    bundle: str = ""  # empty or "mochi": the shipped toy bundle; "wan": the toy Wan 2.1 bundle; or a path
     num_exemplars: int = 16
     exemplar_seed: int = 1234
     subjects: list[list[str]] = field(default_factory=lambda: [list(s) for s in DEFAULT_SUBJECTS])

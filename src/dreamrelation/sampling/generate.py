@@ -48,6 +48,12 @@ TOY_DEFAULTS = (32, 4.0, 8.0)
 CFG_ONE = 1.0 + 1e-6
 
 
+def toy_bundle_path(bundle: str | os.PathLike | None) -> Path:
+    """A toy bundle by name (empty or ``mochi``: the shipped one; ``wan``: the Wan toy bundle) or a path."""
+    name = str(bundle or "mochi")
+    return TOY_BUNDLES.get(name.lower()) or Path(name)
+
+
 def load_pipeline(
     path: str | Path | None = None, dtype: torch.dtype = torch.float32, device: str | None = "cpu"
 ):
@@ -61,11 +67,8 @@ def load_pipeline(
 
     path = Path(path) if path else TOY_BUNDLE
     if not (path / "model_index.json").is_file():
-        hint = (
-            " (run `dreamrelation toy pretrain` to rebuild the toy bundle)"
-            if path in TOY_BUNDLES.values()
-            else ""
-        )
+        arch = next((a for a, p in TOY_BUNDLES.items() if p == path), None)
+        hint = f" (run `dreamrelation toy pretrain --architecture {arch}` to build it)" if arch else ""
         raise UserError(f"{path}: not a diffusers pipeline directory (no model_index.json){hint}")
     try:
         backbone = backbone_of_model_dir(path)
