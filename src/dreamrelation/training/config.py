@@ -81,7 +81,7 @@ class MemoryConfig:
 
     Estimates for Mochi 1 (10 B parameters, 48 blocks, width 3072) at 61 x 480 x 848 (latent 12 x 11 x 60 x
     106 -> 17,490 visual + 256 text tokens), batch 1, the paper's adapters (~41 M LoRA parameters), measured
-    ones in ``benchmarks/results/gpu_mochi.json`` (``benchmarks/gpu_mochi.py``):
+    ones in ``benchmarks/results/gpu_mochi.json`` (``benchmarks/gpu_scale.py``):
 
     * ``checkpoint_blocks``: gradient checkpointing of the first N transformer blocks (None: all blocks when
       ``TrainConfig.gradient_checkpointing`` is on, else none; 0: none). A checkpointed block keeps only its

@@ -1,27 +1,33 @@
-"""Peak GPU memory and speed of DreamRelation training and sampling at full Mochi 1 size (random weights).
+"""Peak GPU memory and speed of DreamRelation training and sampling at full backbone size (random weights).
 
-Builds diffusers' ``MochiTransformer3DModel`` with its default config (Mochi 1: 48 blocks, width 3072,
-~10 B parameters) directly on the GPU in bf16 with random weights (no download), adds the paper's adapters
-(relation / subject1 / subject2 / output on both streams, rank 16, fp32) and measures, at 61 frames of
-480 x 848 (latent 12 x 11 x 60 x 106), batch 1, 256 text tokens:
+Per backbone (``--backbone mochi``, ``wan`` or ``all``, the default) builds the release architecture with
+random weights directly on the GPU in bf16 (no download), adds the paper's adapters (relation / subject1 /
+subject2 / output on both streams, rank 16, fp32) and measures at the release clip, batch 1:
+
+* **Mochi 1** (``MochiTransformer3DModel`` default config: 48 blocks, width 3072, ~10 B parameters):
+  61 frames of 480 x 848 (latent 12 x 11 x 60 x 106), 256 text tokens; 64 Euler steps, CFG 6.
+* **Wan 2.1 T2V 1.3B** (``WanTransformer3DModel``: 30 blocks, width 1536, ~1.4 B parameters): 81 frames of
+  480 x 832 (latent 16 x 21 x 60 x 104), 512 text tokens; 50 UniPC steps, CFG 5.
+
+Measured:
 
 * training, per memory mode (``MemoryConfig``): peak ``torch.cuda.max_memory_allocated`` and seconds per
   step (forward with the HMT "relation" choice - every adapter active, the heaviest step - hybrid mask loss +
   relational contrastive loss, backward, clipping, AdamW), after warm-up steps. Modes: ``bf16_ckpt_all``
   (bf16 base, every block checkpointed), ``fp8_ckpt_all`` (fp8 storage / bf16 compute, every block
-  checkpointed), ``bf16_ckpt_partial`` (bf16, the first ``--partial-blocks`` blocks checkpointed). A mode
-  that runs out of memory is recorded as ``oom``;
-* inference: seconds per video for ``--inference-steps`` (64) Euler steps with classifier-free guidance
+  checkpointed), ``bf16_ckpt_partial`` (bf16, the first ``--partial-blocks`` blocks checkpointed; default
+  Mochi 40 of 48, Wan 24 of 30). A mode that runs out of memory is recorded as ``oom``;
+* inference: seconds per video for the backbone's sampler and step count with classifier-free guidance
   (one batch-2 forward per step; relation + output adapters active), transformer only;
-* optionally (``--vae-decode``) one tiled decode of the latent video by ``AutoencoderKLMochi`` (default
-  config, random weights, bf16).
+* optionally (``--vae-decode``) one tiled decode of the latent video by the backbone's VAE (default config,
+  random weights, bf16).
 
-Prints a table and writes ``benchmarks/results/gpu_mochi.json``. Without CUDA it prints a message and
-exits 0 (safe in scripts). ``--tiny`` runs the same code path with a tiny model and clip (on the CPU when
-there is no GPU; written to ``gpu_mochi_tiny.json``). Usage::
+Prints a table per backbone and writes ``benchmarks/results/gpu_{backbone}.json``. Without CUDA it prints a
+message and exits 0 (safe in scripts). ``--tiny`` runs the same code path with tiny models and clips (on the
+CPU when there is no GPU; written to ``gpu_{backbone}_tiny.json``). Usage::
 
-    python benchmarks/gpu_mochi.py [--steps 3] [--warmup 1] [--partial-blocks 40] [--vae-decode]
-    OMP_NUM_THREADS=1 python benchmarks/gpu_mochi.py --tiny
+    python benchmarks/gpu_scale.py [--backbone all] [--steps 3] [--warmup 1] [--vae-decode]
+    OMP_NUM_THREADS=1 python benchmarks/gpu_scale.py --tiny
 """
 
 from __future__ import annotations
@@ -42,17 +48,6 @@ import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ("bf16_ckpt_all", "fp8_ckpt_all", "bf16_ckpt_partial")
-TINY_MODEL = dict(
-    num_layers=3,
-    num_attention_heads=2,
-    attention_head_dim=16,
-    pooled_projection_dim=16,
-    in_channels=12,
-    text_embed_dim=32,
-    time_embed_dim=16,
-    patch_size=2,
-    max_sequence_length=16,
-)
 
 
 @dataclass
@@ -65,17 +60,97 @@ class Geometry:
     text_tokens: int
     text_dim: int
     channels: int = 12
+    backbone: str = "mochi"
 
     @property
     def latent(self) -> tuple[int, int, int, int]:
-        """Latent ``(C, F, h, w)`` (Mochi's VAE: 8x spatial, 6x temporal)."""
-        from dreamrelation.models.backbones import MOCHI
+        """Latent ``(C, F, h, w)`` of the backbone's VAE (Mochi 8x / 6x, Wan 8x / 4x)."""
+        from dreamrelation.models.backbones import get_backbone
 
-        return MOCHI.latent_shape(self.channels, self.frames, self.height, self.width)
+        return get_backbone(self.backbone).latent_shape(self.channels, self.frames, self.height, self.width)
 
 
-FULL = Geometry(frames=61, height=480, width=848, text_tokens=256, text_dim=4096)
-TINY = Geometry(frames=13, height=32, width=32, text_tokens=8, text_dim=32)
+@dataclass
+class Spec:
+    """One backbone as benchmarked: model configs, clips, sampler and the partial-checkpointing default."""
+
+    name: str
+    model: dict[str, Any]
+    tiny_model: dict[str, Any]
+    full: Geometry
+    tiny: Geometry
+    tiny_vae: dict[str, Any]
+    inference_steps: int
+    guidance: float
+    partial_blocks: int
+
+
+SPECS = {
+    "mochi": Spec(
+        name="Mochi 1",
+        model={},  # diffusers' default MochiTransformer3DModel config is Mochi 1's
+        tiny_model=dict(
+            num_layers=3,
+            num_attention_heads=2,
+            attention_head_dim=16,
+            pooled_projection_dim=16,
+            in_channels=12,
+            text_embed_dim=32,
+            time_embed_dim=16,
+            patch_size=2,
+            max_sequence_length=16,
+        ),
+        full=Geometry(frames=61, height=480, width=848, text_tokens=256, text_dim=4096),
+        tiny=Geometry(frames=13, height=32, width=32, text_tokens=8, text_dim=32),
+        tiny_vae=dict(
+            encoder_block_out_channels=(32, 32, 32, 32),
+            decoder_block_out_channels=(32, 32, 32, 32),
+            layers_per_block=(1, 1, 1, 1, 1),
+        ),
+        inference_steps=64,
+        guidance=6.0,
+        partial_blocks=40,
+    ),
+    "wan": Spec(
+        name="Wan 2.1 T2V 1.3B",
+        model=dict(  # Wan-AI/Wan2.1-T2V-1.3B-Diffusers transformer/config.json (diffusers' default is 14B)
+            patch_size=(1, 2, 2),
+            num_attention_heads=12,
+            attention_head_dim=128,
+            in_channels=16,
+            out_channels=16,
+            text_dim=4096,
+            freq_dim=256,
+            ffn_dim=8960,
+            num_layers=30,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            eps=1e-6,
+        ),
+        tiny_model=dict(
+            patch_size=(1, 2, 2),
+            num_attention_heads=2,
+            attention_head_dim=16,
+            in_channels=12,
+            out_channels=12,
+            text_dim=32,
+            freq_dim=32,
+            ffn_dim=64,
+            num_layers=3,
+            rope_max_seq_len=64,
+        ),
+        full=Geometry(
+            frames=81, height=480, width=832, text_tokens=512, text_dim=4096, channels=16, backbone="wan"
+        ),
+        tiny=Geometry(frames=13, height=32, width=32, text_tokens=8, text_dim=32, backbone="wan"),
+        tiny_vae=dict(base_dim=8, z_dim=12),
+        inference_steps=50,
+        guidance=5.0,
+        partial_blocks=24,
+    ),
+}
+#: Compatibility names: the Mochi clips
+FULL, TINY = SPECS["mochi"].full, SPECS["mochi"].tiny
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -119,32 +194,45 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def build_transformer(tiny: bool, device: torch.device, seed: int = 0) -> torch.nn.Module:
-    """Mochi's transformer (default config, or the tiny one) with random weights, built on ``device`` in bf16."""
-    from diffusers import MochiTransformer3DModel
+def build_transformer(spec: Spec, tiny: bool, device: torch.device, seed: int = 0) -> torch.nn.Module:
+    """The backbone's transformer (release or tiny config) with random weights, built on ``device`` in bf16."""
+    from dreamrelation.models.backbones import get_backbone
 
+    transformer_cls = get_backbone(spec.full.backbone).classes()[0]
     torch.manual_seed(seed)
     with torch.device(device), _default_dtype(torch.bfloat16):
-        model = MochiTransformer3DModel(**(TINY_MODEL if tiny else {}))
+        model = transformer_cls(**(spec.tiny_model if tiny else spec.model))
     return model.requires_grad_(False)
 
 
-def build_vae(tiny: bool, device: torch.device) -> torch.nn.Module:
-    """``AutoencoderKLMochi`` (default config, or a tiny one) with random weights, bf16, tiling on."""
-    from diffusers import AutoencoderKLMochi
+def build_vae(spec: Spec, tiny: bool, device: torch.device) -> torch.nn.Module:
+    """The backbone's VAE (default config, or a tiny one) with random weights, bf16, tiling on."""
+    from dreamrelation.models.backbones import get_backbone
 
-    kwargs: dict[str, Any] = {}
-    if tiny:
-        kwargs = dict(
-            encoder_block_out_channels=(32, 32, 32, 32),
-            decoder_block_out_channels=(32, 32, 32, 32),
-            layers_per_block=(1, 1, 1, 1, 1),
-        )
+    vae_cls = get_backbone(spec.full.backbone).classes()[2]
     torch.manual_seed(0)
     with torch.device(device), _default_dtype(torch.bfloat16):
-        vae = AutoencoderKLMochi(**kwargs)
+        vae = vae_cls(**(spec.tiny_vae if tiny else {}))
     vae.enable_tiling()
     return vae.eval().requires_grad_(False)
+
+
+def build_scheduler(spec: Spec, steps: int, device: torch.device):
+    """The backbone's sampler with its timesteps set: Mochi's inverted-sigma Euler on the linear-quadratic
+    schedule, Wan's flow-prediction UniPC with shift 3 (480p)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+    from diffusers.pipelines.mochi.pipeline_mochi import linear_quadratic_schedule
+
+    if spec.full.backbone == "wan":
+        sched = UniPCMultistepScheduler(
+            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
+        )
+        sched.set_timesteps(steps, device=device)
+        return sched
+    sched = FlowMatchEulerDiscreteScheduler(invert_sigmas=True)
+    sched.set_timesteps(sigmas=linear_quadratic_schedule(steps, 0.025), device=device)
+    sched.set_begin_index(0)
+    return sched
 
 
 def make_batch(geo: Geometry, device: torch.device) -> dict[str, torch.Tensor]:
@@ -192,15 +280,17 @@ def _timed(fn: Callable[[], None], device: torch.device, warmup: int, steps: int
 
 
 def train_mode(
-    mode: str, tiny: bool, geo: Geometry, device: torch.device, steps: int, warmup: int, partial_blocks: int
+    spec: Spec, mode: str, tiny: bool, device: torch.device, steps: int, warmup: int, partial_blocks: int
 ) -> dict[str, Any]:
     """Peak memory and seconds per step of DreamRelation training in one memory mode."""
     from dreamrelation.models.adapters import adapter_parameters, add_relation_adapters, set_active_roles
+    from dreamrelation.models.backbones import get_backbone
     from dreamrelation.training.config import TrainConfig
     from dreamrelation.training.losses import RelationalContrastiveLoss
     from dreamrelation.training.memory import apply_memory_modes, attention_kernel, make_optimizer
     from dreamrelation.training.trainer import compute_losses, roles_for_choice
 
+    geo = spec.tiny if tiny else spec.full
     cfg = TrainConfig()
     cfg.memory = memory_config(mode, partial_blocks)
     out: dict[str, Any] = {"memory": asdict(cfg.memory)}
@@ -208,7 +298,7 @@ def train_mode(
     _free(device)  # the previous measurement's model is gone once its function returned
     try:
         _reset_peak(device)
-        transformer = build_transformer(tiny, device)
+        transformer = build_transformer(spec, tiny, device)
         add_relation_adapters(transformer, cfg.adapter)
         apply_memory_modes(transformer, cfg.memory, cfg.gradient_checkpointing)
         transformer.train()
@@ -221,7 +311,7 @@ def train_mode(
         batch = make_batch(geo, device)
         gen = torch.Generator().manual_seed(0)
         out["checkpointed_blocks"] = min(
-            cfg.memory.checkpoint_blocks or 0, len(transformer.transformer_blocks)
+            cfg.memory.checkpoint_blocks or 0, len(get_backbone(transformer).block_list(transformer))
         )
         out["resident_gb"] = _allocated_gb(device)
         _reset_peak(device)
@@ -258,29 +348,27 @@ def train_mode(
 
 
 @torch.inference_mode()
-def inference(
-    tiny: bool, geo: Geometry, device: torch.device, steps: int, timed_steps: int, guidance: float = 6.0
-) -> dict[str, Any]:
-    """Seconds per video for ``steps`` Euler steps with CFG (batch-2 forward), transformer only, bf16."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-    from diffusers.pipelines.mochi.pipeline_mochi import linear_quadratic_schedule
-
+def inference(spec: Spec, tiny: bool, device: torch.device, steps: int, timed_steps: int) -> dict[str, Any]:
+    """Seconds per video for ``steps`` sampler steps with CFG (batch-2 forward), transformer only, bf16."""
     from dreamrelation.models.adapters import add_relation_adapters, set_active_roles
-    from dreamrelation.models.backbones import MOCHI
+    from dreamrelation.models.backbones import get_backbone
     from dreamrelation.training.config import AdapterConfig
 
+    geo, guidance, backbone = (
+        spec.tiny if tiny else spec.full,
+        spec.guidance,
+        get_backbone(spec.full.backbone),
+    )
     out: dict[str, Any] = {"steps": steps, "guidance": guidance}
     transformer = None
     _free(device)
     try:
-        transformer = build_transformer(tiny, device)
+        transformer = build_transformer(spec, tiny, device)
         cfg = AdapterConfig()
         add_relation_adapters(transformer, cfg)
         set_active_roles(transformer, cfg.inference_roles, trainable=False)
         transformer.eval()
-        sched = FlowMatchEulerDiscreteScheduler(invert_sigmas=True)
-        sched.set_timesteps(sigmas=linear_quadratic_schedule(steps, 0.025), device=device)
-        sched.set_begin_index(0)
+        sched = build_scheduler(spec, steps, device)
         g = torch.Generator().manual_seed(0)
         x = torch.randn(1, *geo.latent, generator=g).to(device)
         cond = torch.randn(1, geo.text_tokens, geo.text_dim, generator=g)
@@ -294,7 +382,7 @@ def inference(
             t = timesteps[state["i"] % len(timesteps)]
             inp = torch.cat([state["x"], state["x"]]).to(torch.bfloat16)
             with torch.autocast(device.type, dtype=torch.bfloat16):
-                v = MOCHI.forward(transformer, inp, t.expand(2), emb, mask).float()
+                v = backbone.forward(transformer, inp, t.expand(2), emb, mask).float()
             uncond, cond_v = v.chunk(2)
             v = uncond + guidance * (cond_v - uncond)
             if state["i"] < len(timesteps):
@@ -321,13 +409,14 @@ def inference(
 
 
 @torch.inference_mode()
-def vae_decode(tiny: bool, geo: Geometry, device: torch.device) -> dict[str, Any]:
+def vae_decode(spec: Spec, tiny: bool, device: torch.device) -> dict[str, Any]:
     """Seconds and peak memory of one tiled decode of the latent video."""
+    geo = spec.tiny if tiny else spec.full
     out: dict[str, Any] = {}
     vae = None
     _free(device)
     try:
-        vae = build_vae(tiny, device)
+        vae = build_vae(spec, tiny, device)
         z = torch.randn(1, *geo.latent, generator=torch.Generator().manual_seed(0)).to(device, torch.bfloat16)
         _reset_peak(device)
         shapes: list[tuple[int, ...]] = []
@@ -390,7 +479,8 @@ def table(result: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tiny", action="store_true", help="tiny model and clip (CPU dry run of the code path)")
+    p.add_argument("--backbone", default="all", choices=[*SPECS, "all"], help="which backbone(s) to measure")
+    p.add_argument("--tiny", action="store_true", help="tiny models and clips (CPU dry run of the code path)")
     p.add_argument("--device", default=None, help="default: cuda (cpu allowed only with --tiny)")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {', '.join(MODES)}")
     p.add_argument("--steps", type=int, default=3, help="timed training steps per mode")
@@ -399,45 +489,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--partial-blocks",
         type=int,
         default=None,
-        help="blocks checkpointed in bf16_ckpt_partial (40; tiny: 2)",
+        help="blocks checkpointed in bf16_ckpt_partial (Mochi 40, Wan 24; tiny: 2)",
     )
-    p.add_argument("--inference-steps", type=int, default=64)
+    p.add_argument("--inference-steps", type=int, default=None, help="default: Mochi 64, Wan 50")
     p.add_argument("--inference-timed-steps", type=int, default=None, help="time this many, extrapolate")
     p.add_argument("--skip-inference", action="store_true")
     p.add_argument("--vae-decode", action="store_true", help="also time a tiled VAE decode")
-    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--out-dir", type=Path, default=RESULTS, help="where gpu_{backbone}[_tiny].json go")
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; returns the exit status (0 also when there is no GPU)."""
-    args = parse_args(argv)
-    cuda = torch.cuda.is_available()
-    if not cuda and not args.tiny:
-        print(
-            "gpu_mochi: no CUDA device here; nothing measured (use --tiny for a CPU dry run of the code path)"
-        )
-        return 0
-    device = torch.device(args.device or ("cuda" if cuda else "cpu"))
-    if device.type != "cuda" and not args.tiny:
-        print(f"gpu_mochi: the full-size benchmark needs a CUDA device, not {device}")
-        return 0
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    bad = [m for m in modes if m not in MODES]
-    if bad:
-        print(f"gpu_mochi: unknown modes {bad}; choose from {', '.join(MODES)}", file=sys.stderr)
-        return 2
-    geo = TINY if args.tiny else FULL
-    partial = args.partial_blocks if args.partial_blocks is not None else (2 if args.tiny else 40)
-    out_path = args.out or RESULTS / ("gpu_mochi_tiny.json" if args.tiny else "gpu_mochi.json")
+def run_backbone(
+    spec: Spec, args: argparse.Namespace, modes: list[str], device: torch.device
+) -> dict[str, Any]:
+    """Every measurement of one backbone; returns the result record."""
     import diffusers
 
-    with torch.device("meta"):
-        from diffusers import MochiTransformer3DModel
+    from dreamrelation.models.backbones import get_backbone
 
-        meta = MochiTransformer3DModel(**(TINY_MODEL if args.tiny else {}))
+    geo = spec.tiny if args.tiny else spec.full
+    partial = (
+        args.partial_blocks if args.partial_blocks is not None else (2 if args.tiny else spec.partial_blocks)
+    )
+    with torch.device("meta"):
+        transformer_cls = get_backbone(geo.backbone).classes()[0]
+        meta = transformer_cls(**(spec.tiny_model if args.tiny else spec.model))
     result: dict[str, Any] = {
-        "model": "tiny Mochi (random)" if args.tiny else "Mochi 1 architecture, random weights",
+        "model": f"tiny {spec.name} (random)" if args.tiny else f"{spec.name} architecture, random weights",
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else platform.processor() or "cpu",
@@ -452,22 +530,47 @@ def main(argv: list[str] | None = None) -> int:
     }
     del meta
     for mode in modes:
-        r = train_mode(mode, args.tiny, geo, device, args.steps, args.warmup, partial)
+        r = train_mode(spec, mode, args.tiny, device, args.steps, args.warmup, partial)
         result["train"][mode] = r
         print(
-            f"{mode}: {r.get('status')} peak {_fmt(r.get('peak_gb'))} GB, "
+            f"{spec.name} {mode}: {r.get('status')} peak {_fmt(r.get('peak_gb'))} GB, "
             f"{_fmt(r.get('seconds_per_step'), '.3f')} s/step",
             flush=True,
         )
     if not args.skip_inference:
-        timed = args.inference_timed_steps or args.inference_steps
-        result["inference"] = inference(args.tiny, geo, device, args.inference_steps, timed)
+        steps = args.inference_steps or spec.inference_steps
+        result["inference"] = inference(spec, args.tiny, device, steps, args.inference_timed_steps or steps)
     if args.vae_decode:
-        result["vae_decode"] = vae_decode(args.tiny, geo, device)
-    print(table(result))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out_path}")
+        result["vae_decode"] = vae_decode(spec, args.tiny, device)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns the exit status (0 also when there is no GPU)."""
+    args = parse_args(argv)
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.tiny:
+        print(
+            "gpu_scale: no CUDA device here; nothing measured (use --tiny for a CPU dry run of the code path)"
+        )
+        return 0
+    device = torch.device(args.device or ("cuda" if cuda else "cpu"))
+    if device.type != "cuda" and not args.tiny:
+        print(f"gpu_scale: the full-size benchmark needs a CUDA device, not {device}")
+        return 0
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        print(f"gpu_scale: unknown modes {bad}; choose from {', '.join(MODES)}", file=sys.stderr)
+        return 2
+    names = list(SPECS) if args.backbone == "all" else [args.backbone]
+    for name in names:
+        result = run_backbone(SPECS[name], args, modes, device)
+        print(table(result))
+        out_path = args.out_dir / f"gpu_{name}{'_tiny' if args.tiny else ''}.json"
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out_path}")
     return 0
 
 

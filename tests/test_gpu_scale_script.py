@@ -1,0 +1,78 @@
+"""benchmarks/gpu_scale.py: release configs, its whole code path with tiny models on the CPU for every
+backbone, and its clean refusal without CUDA."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_scale.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gpu_scale", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_scale"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_full_configs_are_the_releases(bench: ModuleType) -> None:
+    from diffusers import MochiTransformer3DModel, WanTransformer3DModel
+
+    mochi, wan = bench.SPECS["mochi"], bench.SPECS["wan"]
+    assert mochi.full.latent == (12, 11, 60, 106) and (mochi.full.text_tokens, mochi.full.text_dim) == (
+        256,
+        4096,
+    )
+    assert wan.full.latent == (16, 21, 60, 104) and (wan.full.text_tokens, wan.full.text_dim) == (512, 4096)
+    with torch.device("meta"):
+        sizes = {
+            "mochi": sum(p.numel() for p in MochiTransformer3DModel(**mochi.model).parameters()),
+            "wan": sum(p.numel() for p in WanTransformer3DModel(**wan.model).parameters()),
+        }
+    assert 9.9e9 < sizes["mochi"] < 10.1e9  # Mochi 1: 10 B
+    assert 1.35e9 < sizes["wan"] < 1.5e9  # Wan 2.1 "1.3B": 1.42 B with embeddings
+
+
+@pytest.mark.parametrize("backbone", ["mochi", "wan"])
+def test_tiny_run_covers_every_mode_inference_and_decode(
+    bench: ModuleType, backbone: str, tmp_path, capsys
+) -> None:
+    argv = ["--tiny", "--device", "cpu", "--steps", "2", "--warmup", "1", "--inference-steps", "3"]
+    assert bench.main([*argv, "--backbone", backbone, "--vae-decode", "--out-dir", str(tmp_path)]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == [f"gpu_{backbone}_tiny.json"]
+    result = json.loads((tmp_path / f"gpu_{backbone}_tiny.json").read_text())
+    assert set(result["train"]) == set(bench.MODES)
+    blocks = {m: r["checkpointed_blocks"] for m, r in result["train"].items()}
+    assert blocks == {"bf16_ckpt_all": 3, "fp8_ckpt_all": 3, "bf16_ckpt_partial": 2}
+    for mode, r in result["train"].items():
+        assert r["status"] == "ok", (mode, r)
+        assert len(r["step_seconds"]) == 2 and r["seconds_per_step"] > 0
+        assert len(r["losses"]) == 3 and all(math.isfinite(x) for x in r["losses"])
+        assert r["adapter_dtypes"] == ["torch.float32"]
+    assert result["train"]["fp8_ckpt_all"]["memory"]["fp8_base"] is True
+    inf = result["inference"]
+    assert inf["status"] == "ok" and inf["finite"] and inf["timed_steps"] == 3
+    assert inf["seconds_per_video"] == pytest.approx(inf["seconds_per_step"] * 3)
+    assert inf["guidance"] == bench.SPECS[backbone].guidance
+    assert result["vae_decode"]["video_shape"] == [1, 3, 13, 32, 32]
+    text = capsys.readouterr().out
+    assert "bf16_ckpt_partial" in text and "s/video" in text
+
+
+def test_refuses_cleanly_without_cuda(bench: ModuleType, monkeypatch, tmp_path, capsys) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bench.main(["--out-dir", str(tmp_path)]) == 0
+    assert "no CUDA device" in capsys.readouterr().out
+    assert not list(tmp_path.iterdir())
+    assert bench.main(["--modes", "nope", "--tiny", "--device", "cpu"]) == 2
