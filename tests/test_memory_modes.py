@@ -152,3 +152,25 @@ def test_load_transformer_loads_nothing_else(tiny_bundle, monkeypatch) -> None:
     assert isinstance(transformer, MochiTransformer3DModel) and transformer.dtype == torch.bfloat16
     with pytest.raises(UserError, match="not found"):
         load_transformer(tiny_bundle / "missing")
+
+
+def test_frozen_parts_visit_the_training_device_only_inside_validation(tiny_bundle, monkeypatch) -> None:
+    """The move logic of memory.offload_frozen (the CPU has no second device, so .to is recorded, not run)."""
+    from dreamrelation.sampling.generate import load_pipeline
+    from dreamrelation.training.memory import frozen_parts_on, park_frozen_parts
+
+    pipe = load_pipeline(tiny_bundle)
+    moves: list[tuple[str, str]] = []
+    for name in ("text_encoder", "vae", "transformer"):
+        monkeypatch.setattr(getattr(pipe, name), "to", lambda d, _n=name: moves.append((_n, str(d))))
+    park_frozen_parts(pipe)
+    assert moves == [("text_encoder", "cpu"), ("vae", "cpu")]  # the transformer stays where it trains
+    moves.clear()
+    with pytest.raises(RuntimeError, match="generation failed"), frozen_parts_on(pipe, "cuda:0"):
+        assert moves == [("text_encoder", "cuda:0"), ("vae", "cuda:0")]
+        raise RuntimeError("generation failed")
+    assert moves[2:] == [("text_encoder", "cpu"), ("vae", "cpu")]  # back home even after an error
+    moves.clear()
+    with frozen_parts_on(pipe, "cpu"):  # already there: nothing moves
+        pass
+    assert moves == []

@@ -106,6 +106,10 @@ def train(
         transformer = pipe.transformer
         if not cfg.monitor.validate_every:
             pipe = None  # the text encoder and VAE are only needed for validation samples
+        elif cfg.memory.offload_frozen and device.type != "cpu":
+            from dreamrelation.training.memory import park_frozen_parts
+
+            park_frozen_parts(pipe)  # on the CPU until a validation needs them
     monitor = TrainingMonitor(cfg, out, pipe=pipe, rank=ctx.rank)
     try:
         result = train_adapters(transformer, samples, cfg, out, resume=resume, callback=monitor)

@@ -103,14 +103,20 @@ class MemoryConfig:
       directly). Math attention materialises the 17.7k x 17.7k score matrix per head (~0.6 GB each in bf16)
       - only for debugging.
 
-    Frozen parts not needed for training (T5-XXL ~9.5 GB bf16, the VAE) are never loaded when training from
-    a prepared cache: ``dreamrelation.models.loading.load_transformer`` loads the transformer alone.
+    * ``offload_frozen``: the frozen parts other than the transformer - the text encoder (T5-XXL, ~9.5 GB in
+      bf16) and the VAE (~0.8 GB) - are parked on the CPU while the adapters train and moved to the GPU only
+      to generate validation samples (a few seconds of transfer per validation). It matters when training
+      from raw videos with ``monitor.validate_every``; training from a prepared cache never loads them at
+      all (``dreamrelation.models.loading.load_transformer`` loads the transformer alone). The frozen
+      transformer base itself is not offloaded: its PEFT adapters live inside the blocks and train there;
+      ``fp8_base`` is the way to halve it.
     """
 
     checkpoint_blocks: int | None = None
     fp8_base: bool = False
     optimizer: str = "adamw"
     attention_backend: str = "sdpa"
+    offload_frozen: bool = True
 
 
 @dataclass

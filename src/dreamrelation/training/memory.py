@@ -1,7 +1,8 @@
 """Memory/speed modes of :class:`~dreamrelation.training.config.MemoryConfig`, applied by the trainer.
 
 Partial gradient checkpointing (first N blocks), fp8 storage of the frozen base with bf16 compute, the
-optimizer (AdamW or bitsandbytes' 8-bit AdamW) and the attention kernel/backend.
+optimizer (AdamW or bitsandbytes' 8-bit AdamW), the attention kernel/backend, and parking the frozen text
+encoder and VAE on the CPU between validations.
 """
 
 from __future__ import annotations
@@ -134,6 +135,35 @@ def attention_kernel(backend: str) -> Iterator[None]:
         return
     with sdpa_kernel([kernels[backend]]):
         yield
+
+
+FROZEN_PARTS = ("text_encoder", "vae")
+
+
+def park_frozen_parts(pipe, device: str | torch.device = "cpu") -> None:
+    """Move the pipeline's text encoder and VAE to ``device`` (the CPU) while the transformer trains."""
+    for name in FROZEN_PARTS:
+        part = getattr(pipe, name, None)
+        if part is not None:
+            part.to(device)
+
+
+@contextlib.contextmanager
+def frozen_parts_on(pipe, device: str | torch.device) -> Iterator[None]:
+    """The text encoder and VAE on ``device`` inside the block (validation), back where they were after."""
+    device = torch.device(device)
+    moved = []
+    for name in FROZEN_PARTS:
+        part = getattr(pipe, name, None)
+        home = next(part.parameters()).device if part is not None else None
+        if home is not None and home != device:
+            part.to(device)
+            moved.append((part, home))
+    try:
+        yield
+    finally:
+        for part, home in moved:
+            part.to(home)
 
 
 def apply_memory_modes(transformer: torch.nn.Module, mem: MemoryConfig, gradient_checkpointing: bool) -> None:

@@ -68,14 +68,21 @@ class TrainingMonitor:
         """Generate the validation prompts with the inference adapters into ``validation/step_N``."""
         from dreamrelation.models.adapters import set_active_roles
         from dreamrelation.sampling.generate import generate_videos, sampling_defaults
+        from dreamrelation.training.memory import frozen_parts_on
         from dreamrelation.utils.media import contact_sheet, save_png, write_video
 
         mon = self.cfg.monitor
         jobs = [(p, s) for p in mon.prompts for s in mon.seeds]
         set_active_roles(self.pipe.transformer, self.cfg.adapter.inference_roles, trainable=False)
-        videos = generate_videos(
-            self.pipe, [j[0] for j in jobs], [j[1] for j in jobs], mon.num_inference_steps, mon.guidance_scale
-        )
+        device = next(self.pipe.transformer.parameters()).device
+        with frozen_parts_on(self.pipe, device):  # parked on the CPU by memory.offload_frozen
+            videos = generate_videos(
+                self.pipe,
+                [j[0] for j in jobs],
+                [j[1] for j in jobs],
+                mon.num_inference_steps,
+                mon.guidance_scale,
+            )
         folder = self.out / "validation" / f"step_{step:06d}"
         fps = sampling_defaults(self.pipe)[2]
         for i, video in enumerate(videos):
