@@ -251,3 +251,11 @@ def test_train_and_generate_commands_on_a_wan_bundle(tiny_wan_bundle: Path, tmp_
     sidecar = json.loads(next(tuned.glob("000_*.json")).read_text())
     assert [a["role"] for a in sidecar["adapters"]] == ["relation", "output"]
     assert sidecar["settings"]["backbone"] == "wan2.1"
+
+
+def test_analyze_refuses_a_wan_model_with_one_clear_line(tiny_wan_bundle: Path, tmp_path: Path) -> None:
+    from dreamrelation.evaluation.analysis import run_analysis
+
+    with pytest.raises(UserError, match="Mochi-architecture model, not WanTransformer3DModel"):
+        run_analysis(tiny_wan_bundle, tmp_path / "analysis", [PROMPT], device="cpu")
+    assert not (tmp_path / "analysis").exists()

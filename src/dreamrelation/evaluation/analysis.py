@@ -877,6 +877,11 @@ def run_analysis(
         pipe = load_pipeline(model_dir_or_pipe, dtype=dtype, device=device)
     else:
         pipe = model_dir_or_pipe
+    if type(_transformer(pipe)).__name__ != "MochiTransformer3DModel":
+        raise UserError(
+            f"analyze reproduces Mochi's joint attention and needs a Mochi-architecture model, not "
+            f"{type(_transformer(pipe)).__name__}; train and generate work on Wan, analysis does not yet"
+        )
     load_adapter_choices(pipe, resolve_adapters(adapters, roles))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
