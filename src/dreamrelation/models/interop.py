@@ -559,7 +559,12 @@ def export_adapters(
         for module, f in loaded[role][0].items():
             m = _MODULE_RE.match(module)
             if m is None or m["name"] not in _TO_GENMO:
-                raise UserError(f"role {role!r}: {module} has no counterpart in genmo's Mochi layout")
+                hint = (
+                    "; these are Wan adapters: WanPipeline.load_lora_weights reads the files as they are"
+                    if module.startswith("blocks.")
+                    else ""
+                )
+                raise UserError(f"role {role!r}: {module} has no counterpart in genmo's Mochi layout{hint}")
             fused, chunk = _TO_GENMO[m["name"]]
             targets.setdefault((int(m["block"]), fused), []).append(
                 (chunk, f.a.float(), f.b.float() * (f.scale * strength))
