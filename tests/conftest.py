@@ -42,6 +42,7 @@ def tiny_bundle(tmp_path_factory):
     )
     return out
 
+
 @pytest.fixture(scope="session")
 def tiny_wan_bundle(tmp_path_factory):
     """A tiny toy bundle of the Wan 2.1 classes (random weights) that ``WanPipeline.from_pretrained`` loads."""

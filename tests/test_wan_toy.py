@@ -257,9 +257,38 @@ def test_train_and_generate_commands_on_a_wan_bundle(tiny_wan_bundle: Path, tmp_
     assert sidecar["settings"]["backbone"] == "wan2.1"
 
 
-def test_analyze_refuses_a_wan_model_with_one_clear_line(tiny_wan_bundle: Path, tmp_path: Path) -> None:
-    from dreamrelation.evaluation.analysis import run_analysis
+def test_cross_attention_probs_reproduce_wan_attn2() -> None:
+    from diffusers import WanTransformer3DModel
+    from tiny import TINY_WAN
 
-    with pytest.raises(UserError, match="Mochi-architecture model, not WanTransformer3DModel"):
-        run_analysis(tiny_wan_bundle, tmp_path / "analysis", [PROMPT], device="cpu")
-    assert not (tmp_path / "analysis").exists()
+    from dreamrelation.evaluation.analysis import cross_attention_probs
+
+    torch.manual_seed(0)
+    attn = WanTransformer3DModel(**TINY_WAN).blocks[1].attn2
+    dim = TINY_WAN["num_attention_heads"] * TINY_WAN["attention_head_dim"]
+    hidden, text = torch.randn(1, 24, dim), torch.randn(1, 7, dim)
+    probs = cross_attention_probs(attn, hidden, text)
+    assert probs.shape == (2, 24, 7) and torch.allclose(probs.sum(-1), torch.ones(2, 24), atol=1e-6)
+    values = attn.to_v(text)[0].unflatten(-1, (2, -1))  # (L, heads, d)
+    mixed = torch.einsum("hnl,lhd->nhd", probs, values).flatten(1)
+    with torch.no_grad():
+        assert torch.allclose(attn.to_out[0](mixed)[None], attn(hidden, text), atol=1e-5)
+
+
+def test_analysis_runs_on_a_wan_model(tiny_wan_bundle: Path, tmp_path: Path) -> None:
+    from dreamrelation.evaluation.analysis import run_analysis, text_to_video_attention
+
+    pipe = load_pipeline(tiny_wan_bundle)
+    latents = torch.randn(12, 7, 8, 8, generator=torch.Generator().manual_seed(0))
+    att = text_to_video_attention(pipe, PROMPT, ["circle", "square", "zebra"], latents, 500.0)
+    assert att.missing == ["zebra"] and set(att.maps) == {"circle", "square"}
+    for m in att.maps.values():  # per visual token: the share of its cross-attention on the word
+        assert m.shape == (7, 4, 4) and (m >= 0).all() and (m <= 1 + 1e-6).all() and m.sum() > 0
+    summary = run_analysis(
+        pipe, tmp_path / "analysis", [PROMPT], words=["circle"], rank=8, steps=2, sigma=0.2
+    )
+    assert summary["timestep"] == pytest.approx(200.0)  # Wan's timestep is sigma * 1000 (Mochi's 800)
+    assert summary["inputs"][0]["token_grid"] == [7, 4, 4]
+    assert "visual" in summary["base_qkv_similarity"] and "text" not in summary["base_qkv_similarity"]
+    for name in ("qkv_features", "base_qkv_similarity", "attention_00"):
+        assert (tmp_path / "analysis" / f"{name}.png").is_file()

@@ -1,4 +1,4 @@
-"""Explainability analysis of the relation LoRA triplet (paper sec. 3.3) on any ``MochiTransformer3DModel``.
+"""Explainability analysis of the relation LoRA triplet (paper sec. 3.3) on a Mochi or Wan 2.1 transformer.
 
 Three views, all from forward hooks that are removed again afterwards (the model is never modified):
 
@@ -8,10 +8,15 @@ Three views, all from forward hooks that are removed again afterwards (the model
   (and over videos in :func:`run_analysis`, so colours are comparable across videos).
 * Subspace similarity ``(1/r) ||U_a^T U_b||_F^2`` of the top-``r`` left singular vectors, between the base
   Q/K/V weights of each block and between learned LoRA deltas ``B @ A``.
-* Text-to-video attention: for each chosen prompt word, the joint-attention probabilities from its text
-  queries to the visual keys, computed exactly as Mochi's processor does (RMS-normed q/k, rotary embedding
-  on the visual keys only, softmax over ``[visual; valid text]`` keys, scale ``1/sqrt(head_dim)``), averaged
-  over heads, layers and the word's tokens.
+* Text-to-video attention: for each chosen prompt word, where in the video it is attended. Mochi (joint
+  attention): the probabilities from the word's text queries to the visual keys, computed exactly as Mochi's
+  processor does (RMS-normed q/k, rotary embedding on the visual keys only, softmax over ``[visual; valid
+  text]`` keys, scale ``1/sqrt(head_dim)``), averaged over heads, layers and the word's tokens. Wan
+  (cross-attention ``attn2``, video queries over text keys): the share of each visual token's attention
+  that goes to the word's tokens, computed as Wan's processor does (q/k RMS norms across heads, no rotary,
+  softmax over all text keys), averaged over heads and layers.
+
+Blocks and projections come from the backbone registry (:mod:`dreamrelation.models.backbones`).
 """
 
 from __future__ import annotations
@@ -52,18 +57,11 @@ __all__ = [
 
 KINDS = ("q", "k", "v")
 PAIRS = (("q", "k"), ("q", "v"), ("k", "v"))
-_MODULES = {
-    "visual": {"q": "to_q", "k": "to_k", "v": "to_v", "out": "to_out.0"},
-    "text": {"q": "add_q_proj", "k": "add_k_proj", "v": "add_v_proj", "out": "to_add_out"},
-}
 #: Words skipped when no attention words are given.
 STOP_WORDS = frozenset(
     ["a", "an", "the", "is", "are", "was", "be", "being", "with", "in", "on", "at", "of", "and", "to", "by"]
     + ["for", "from", "each", "other", "its", "their", "his", "her"]
 )
-#: VAE temporal/spatial compression of Mochi (6 frames, 8 pixels per latent cell).
-TEMPORAL_STRIDE = 6
-SPATIAL_STRIDE = 8
 # viridis-like colour map anchors (value, RGB) for heat-maps
 _VIRIDIS = np.array(
     [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64
@@ -83,8 +81,26 @@ Factorised = tuple[Matrix, Matrix]
 
 
 def _transformer(obj: Any) -> torch.nn.Module:
-    """The ``MochiTransformer3DModel`` of a pipeline, or ``obj`` itself."""
+    """The transformer of a pipeline, or ``obj`` itself."""
     return getattr(obj, "transformer", obj)
+
+
+def _backbone(obj: Any):
+    from dreamrelation.models.backbones import get_backbone
+
+    return get_backbone(_transformer(obj))
+
+
+def _patch(transformer: torch.nn.Module) -> tuple[int, int, int]:
+    """``(frames, height, width)`` patch size (Mochi's int patch covers one latent frame)."""
+    p = transformer.config.patch_size
+    return (1, int(p), int(p)) if isinstance(p, int) else tuple(int(x) for x in p)
+
+
+def _projection(block: torch.nn.Module, backbone: Any, stream: str, kind: str) -> torch.nn.Module | None:
+    """The ``kind`` projection of ``stream`` in one block, or None where the backbone has none."""
+    path = backbone.projections.get(stream, {}).get(kind)
+    return None if path is None else _submodule(block, path)
 
 
 def _submodule(module: torch.nn.Module, dotted: str) -> torch.nn.Module | None:
@@ -118,15 +134,13 @@ class _QKVCollector(_Collector):
         self.counts: dict[str, int] = dict.fromkeys(self.kinds, 0)
 
     def attach(self, transformer: torch.nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+        backbone = _backbone(transformer)
         handles = []
-        for block in transformer.transformer_blocks:
-            attn = block.attn1
+        for block in backbone.block_list(transformer):
+            heads = int(block.attn1.heads)
             for kind in self.kinds:
-                handles.append(
-                    _submodule(attn, _MODULES["visual"][kind]).register_forward_hook(
-                        self._hook(kind, int(attn.heads))
-                    )
-                )
+                module = _projection(block, backbone, "visual", kind)
+                handles.append(module.register_forward_hook(self._hook(kind, heads)))
         return handles
 
     def _hook(self, kind: str, heads: int) -> Callable[..., None]:
@@ -194,8 +208,24 @@ def text_query_attention(
     return logits.softmax(dim=-1), valid
 
 
+@torch.no_grad()
+def cross_attention_probs(
+    attn: torch.nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor
+) -> torch.Tensor:
+    """Cross-attention probabilities ``(heads, N, L)`` of batch item 0 in one Wan ``attn2``: visual queries
+    over all text keys, as ``WanAttnProcessor`` computes them (q/k RMS norms across heads before the head
+    split, no rotary embedding, no mask, scale ``1/sqrt(head_dim)``)."""
+    heads = int(attn.heads)
+    query = attn.norm_q(attn.to_q(hidden_states[:1]))
+    key = attn.norm_k(attn.to_k(encoder_hidden_states[:1]))
+    q, k = _heads(query, heads)[0].float(), _heads(key, heads)[0].float()  # (N, heads, d), (L, heads, d)
+    logits = torch.einsum("nhd,lhd->hnl", q, k) / math.sqrt(q.shape[-1])
+    return logits.softmax(dim=-1)
+
+
 class _WordAttentionCollector(_Collector):
-    """Running sum over layers of text-query -> visual-key attention for groups of token positions."""
+    """Running sum over layers of word <-> visual attention for groups of token positions (see the module
+    docstring: Mochi's text queries over visual keys, Wan's visual queries over text keys)."""
 
     def __init__(self, groups: Mapping[str, Sequence[int]]) -> None:
         self.groups = {w: list(ix) for w, ix in groups.items() if ix}
@@ -203,10 +233,29 @@ class _WordAttentionCollector(_Collector):
         self.count = 0
 
     def attach(self, transformer: torch.nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+        backbone = _backbone(transformer)
+        if backbone.name == "mochi":
+            return [
+                block.attn1.register_forward_hook(self._hook, with_kwargs=True)
+                for block in backbone.block_list(transformer)
+            ]
         return [
-            block.attn1.register_forward_hook(self._hook, with_kwargs=True)
-            for block in transformer.transformer_blocks
+            block.attn2.register_forward_hook(self._cross_hook, with_kwargs=True)
+            for block in backbone.block_list(transformer)
         ]
+
+    def _add(self, word: str, value: torch.Tensor) -> None:
+        self.sums[word] = self.sums[word] + value if word in self.sums else value.clone()
+
+    def _cross_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if not self.groups:
+            return
+        hs = kwargs.get("hidden_states", args[0] if args else None)
+        enc = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+        probs = cross_attention_probs(module, hs, enc).mean(dim=0)  # (N, L)
+        for word, ix in self.groups.items():
+            self._add(word, probs[:, [t for t in ix if t < probs.shape[1]]].sum(dim=1))
+        self.count += 1
 
     def _hook(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         if not self.groups:
@@ -228,8 +277,7 @@ class _WordAttentionCollector(_Collector):
             sel = [where[position[t]] for t in ix if t in position]
             if not sel:
                 continue
-            value = per_row[sel].mean(dim=0)
-            self.sums[word] = self.sums[word] + value if word in self.sums else value.clone()
+            self._add(word, per_row[sel].mean(dim=0))
         self.count += 1
 
     def means(self) -> dict[str, torch.Tensor]:
@@ -272,19 +320,13 @@ def _forward(
     emb = _batch1(prompt_embeds, 3).to(device, dtype)
     mask = _batch1(prompt_mask, 2).to(device)
     t = torch.as_tensor(timestep, dtype=torch.float32).flatten()[:1].to(device, dtype)
-    p = int(transformer.config.patch_size)
+    pf, ph, pw = _patch(transformer)
     f, h, w = lat.shape[-3:]
-    if h % p or w % p:
-        raise UserError(f"latent size {h}x{w} is not a multiple of the patch size {p}")
+    if f % pf or h % ph or w % pw:
+        raise UserError(f"latent size {f}x{h}x{w} is not a multiple of the patch size {(pf, ph, pw)}")
     with _attached(transformer, collectors):
-        transformer(
-            hidden_states=lat,
-            encoder_hidden_states=emb,
-            timestep=t,
-            encoder_attention_mask=mask,
-            return_dict=False,
-        )
-    return f, h // p, w // p
+        _backbone(transformer).forward(transformer, lat, t.expand(lat.shape[0]), emb, mask)
+    return f // pf, h // ph, w // pw
 
 
 # ----------------------------------------------------------------------------------------------
@@ -437,16 +479,20 @@ def base_qkv_similarity(
     """Per block, subspace similarity of the base q/k/v weights for the pairs q-k, q-v, k-v of each stream.
 
     One block's singular vectors at a time. Returns ``{"r", "pairs", stream: [[s_qk, s_qv, s_kv], ...],
-    "mean": {stream: {pair: value}}}``.
+    "mean": {stream: {pair: value}}}``. Streams without all three projections (Wan's text stream has
+    no query) are skipped.
     """
     transformer = _transformer(pipe_or_transformer)
+    backbone = _backbone(transformer)
     out: dict[str, Any] = {"r": int(r), "pairs": [f"{a}-{b}" for a, b in PAIRS], "mean": {}}
     for stream in streams:
+        if any(backbone.projections.get(stream, {}).get(kind) is None for kind in KINDS):
+            continue
         rows = []
-        for block in transformer.transformer_blocks:
+        for block in backbone.block_list(transformer):
             bases = {}
             for kind in KINDS:
-                w = _base_weight(_submodule(block.attn1, _MODULES[stream][kind]))
+                w = _base_weight(_projection(block, backbone, stream, kind))
                 bases[kind] = top_left_singular_vectors(w, min(r, *w.shape))
             rr = min(b.shape[1] for b in bases.values())
             rows.append([_similarity_from_bases(bases[a], bases[b], rr) for a, b in PAIRS])
@@ -483,13 +529,14 @@ def adapter_similarity(
     roles = list(roles) if roles is not None else adapter_roles(transformer)
     if not roles:
         raise UserError("adapter similarity needs adapters on the model (none loaded)")
+    backbone = _backbone(transformer)
     per_block: list[dict[str, Factorised]] = []
-    for block in transformer.transformer_blocks:
+    for block in backbone.block_list(transformer):
         items: dict[str, Factorised] = {}
         for role in roles:
-            for stream, names in _MODULES.items():
-                for kind, name in names.items():
-                    module = _submodule(block.attn1, name)
+            for stream, names in backbone.projections.items():
+                for kind in names:
+                    module = _projection(block, backbone, stream, kind)
                     factors = None if module is None else _lora_factors(module, role)
                     if factors is not None:
                         items[f"{role}:{stream}.{kind}"] = factors
@@ -726,16 +773,17 @@ def text_to_video_attention(
     latents: torch.Tensor,
     timestep: float | torch.Tensor,
 ) -> WordAttention:
-    """Attention from each word's text queries to the visual tokens, mean over heads, layers and tokens.
+    """Where each word is attended in the video, mean over heads and layers (see the module docstring).
 
-    Exact reproduction of Mochi's joint attention for the text rows (see :func:`text_query_attention`);
-    the maps hold the softmax mass each visual token receives (the rest goes to text keys).
+    Mochi: exact reproduction of its joint attention for the text rows (:func:`text_query_attention`), the
+    softmax mass each visual token receives from the word's queries (the rest goes to text keys). Wan:
+    :func:`cross_attention_probs`, the share of each visual token's cross-attention on the word's tokens.
     """
     from dreamrelation.data.prepare import encode_prompts
 
     words = list(words) if words else default_words(prompt)
     embeds, mask = encode_prompts(pipe, [prompt])
-    length = int(pipe.transformer.config.max_sequence_length)
+    length = _backbone(pipe).text_length(pipe)
     tokens = word_token_indices(pipe.tokenizer, prompt, words, length)
     collector = _WordAttentionCollector(tokens)
     grid = _forward(pipe.transformer, [collector], latents, embeds, mask, timestep)
@@ -772,10 +820,11 @@ def _caption_for(path: Path) -> str:
     )
 
 
-def _fit_geometry(frames: np.ndarray, multiple: int, max_frames: int | None) -> np.ndarray:
-    """Trim to 6k+1 frames (at most ``max_frames``) and centre-crop H, W to multiples of ``multiple``."""
+def _fit_geometry(frames: np.ndarray, multiple: int, max_frames: int | None, temporal: int = 6) -> np.ndarray:
+    """Trim to ``temporal`` k + 1 frames (at most ``max_frames``) and centre-crop H, W to multiples of
+    ``multiple``."""
     t = frames.shape[0] if max_frames is None else min(frames.shape[0], max_frames)
-    t = (t - 1) // TEMPORAL_STRIDE * TEMPORAL_STRIDE + 1
+    t = (t - 1) // temporal * temporal + 1
     h = frames.shape[1] // multiple * multiple
     w = frames.shape[2] // multiple * multiple
     if t < 1 or h < multiple or w < multiple:
@@ -795,7 +844,8 @@ def _resolve_inputs(
     from dreamrelation.sampling.generate import generate_videos, sampling_defaults
     from dreamrelation.utils.media import read_video
 
-    multiple = SPATIAL_STRIDE * int(pipe.transformer.config.patch_size)
+    backbone = _backbone(pipe)
+    multiple = backbone.spatial_compression * _patch(pipe.transformer)[1]
     out = []
     for i, item in enumerate(items):
         caption = None
@@ -815,19 +865,26 @@ def _resolve_inputs(
             name, source = f"prompt{i:02d}", "generated"
         out.append(
             AnalysisInput(
-                f"{i:02d}_{name}"[:60], _fit_geometry(frames, multiple, max_frames), caption, source
+                f"{i:02d}_{name}"[:60],
+                _fit_geometry(frames, multiple, max_frames, backbone.temporal_compression),
+                caption,
+                source,
             )
         )
     return out
 
 
 def _noised_latents(pipe: Any, frames: np.ndarray, sigma: float, seed: int) -> tuple[torch.Tensor, float]:
-    """Normalised VAE latents noised to ``sigma`` (rectified flow) and the matching model timestep."""
+    """Normalised VAE latents noised to ``sigma`` (rectified flow) and the backbone's model timestep."""
     from dreamrelation.data.prepare import encode_video
 
     latent, _ = encode_video(pipe.vae, frames)
     eps = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
-    return (1.0 - sigma) * latent + sigma * eps, (1.0 - sigma) * 1000.0
+    return (1.0 - sigma) * latent + sigma * eps, _timestep(pipe, sigma)
+
+
+def _timestep(pipe: Any, sigma: float) -> float:
+    return float(_backbone(pipe).flow.timestep(torch.tensor(sigma)))
 
 
 def _pixel_frames_for_latents(frames: np.ndarray, latent_frames: int) -> np.ndarray:
@@ -877,21 +934,16 @@ def run_analysis(
         pipe = load_pipeline(model_dir_or_pipe, dtype=dtype, device=device)
     else:
         pipe = model_dir_or_pipe
-    if type(_transformer(pipe)).__name__ != "MochiTransformer3DModel":
-        raise UserError(
-            f"analyze reproduces Mochi's joint attention and needs a Mochi-architecture model, not "
-            f"{type(_transformer(pipe)).__name__}; train and generate work on Wan, analysis does not yet"
-        )
     load_adapter_choices(pipe, resolve_adapters(adapters, roles))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     inputs = _resolve_inputs(pipe, videos_or_prompts, seed, steps, max_frames)
 
-    summary: dict[str, Any] = {"sigma": sigma, "timestep": (1.0 - sigma) * 1000.0, "inputs": [], "files": {}}
+    summary: dict[str, Any] = {"sigma": sigma, "timestep": _timestep(pipe, sigma), "inputs": [], "files": {}}
     summary["adapters"] = adapter_roles(pipe.transformer)
     features: list[dict[str, torch.Tensor]] = []
     attentions: list[WordAttention] = []
-    length = int(pipe.transformer.config.max_sequence_length)
+    length = _backbone(pipe).text_length(pipe)
     for k, item in enumerate(inputs):
         latents, timestep = _noised_latents(pipe, item.frames, sigma, seed + k)
         embeds, mask = encode_prompts(pipe, [item.caption])
@@ -942,8 +994,9 @@ def run_analysis(
     # (b) subspace similarity of base weights and of adapters
     base = base_qkv_similarity(pipe.transformer, r=rank)
     summary["base_qkv_similarity"] = base
-    cols = [f"{s} {p}" for s in ("visual", "text") for p in base["pairs"]]
-    values = np.concatenate([np.asarray(base["visual"]), np.asarray(base["text"])], axis=1)
+    streams = [s for s in ("visual", "text") if s in base]
+    cols = [f"{s} {p}" for s in streams for p in base["pairs"]]
+    values = np.concatenate([np.asarray(base[s]) for s in streams], axis=1)
     img = heatmap_image(
         values,
         [f"block {i}" for i in range(len(values))],
