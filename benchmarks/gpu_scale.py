@@ -185,6 +185,17 @@ def _oom_errors() -> tuple[type[BaseException], ...]:
 
 
 @contextlib.contextmanager
+def _measurement(out: dict[str, Any], device: torch.device) -> Iterator[None]:
+    """One measurement: starts with the previous one's memory freed (its models went with its function);
+    running out of memory is recorded in ``out`` as ``oom`` with the peak reached, not raised."""
+    _free(device)
+    try:
+        yield
+    except _oom_errors() as exc:
+        out.update(status="oom", error=str(exc).splitlines()[0], peak_gb=_peak_gb(device))
+
+
+@contextlib.contextmanager
 def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -294,9 +305,7 @@ def train_mode(
     cfg = TrainConfig()
     cfg.memory = memory_config(mode, partial_blocks)
     out: dict[str, Any] = {"memory": asdict(cfg.memory)}
-    transformer = None
-    _free(device)  # the previous measurement's model is gone once its function returned
-    try:
+    with _measurement(out, device):
         _reset_peak(device)
         transformer = build_transformer(spec, tiny, device)
         add_relation_adapters(transformer, cfg.adapter)
@@ -339,11 +348,6 @@ def train_mode(
             losses=losses,
             adapter_dtypes=sorted({str(p.dtype) for p in params}),
         )
-    except _oom_errors() as exc:
-        out.update(status="oom", error=str(exc).splitlines()[0], peak_gb=_peak_gb(device))
-    finally:
-        transformer = None
-        _free(device)
     return out
 
 
@@ -360,9 +364,7 @@ def inference(spec: Spec, tiny: bool, device: torch.device, steps: int, timed_st
         get_backbone(spec.full.backbone),
     )
     out: dict[str, Any] = {"steps": steps, "guidance": guidance}
-    transformer = None
-    _free(device)
-    try:
+    with _measurement(out, device):
         transformer = build_transformer(spec, tiny, device)
         cfg = AdapterConfig()
         add_relation_adapters(transformer, cfg)
@@ -400,11 +402,6 @@ def inference(spec: Spec, tiny: bool, device: torch.device, steps: int, timed_st
             peak_gb=_peak_gb(device),
             finite=bool(torch.isfinite(state["x"]).all()),
         )
-    except _oom_errors() as exc:
-        out.update(status="oom", error=str(exc).splitlines()[0], peak_gb=_peak_gb(device))
-    finally:
-        transformer = None
-        _free(device)
     return out
 
 
@@ -413,20 +410,13 @@ def vae_decode(spec: Spec, tiny: bool, device: torch.device) -> dict[str, Any]:
     """Seconds and peak memory of one tiled decode of the latent video."""
     geo = spec.tiny if tiny else spec.full
     out: dict[str, Any] = {}
-    vae = None
-    _free(device)
-    try:
+    with _measurement(out, device):
         vae = build_vae(spec, tiny, device)
         z = torch.randn(1, *geo.latent, generator=torch.Generator().manual_seed(0)).to(device, torch.bfloat16)
         _reset_peak(device)
         shapes: list[tuple[int, ...]] = []
         times = _timed(lambda: shapes.append(tuple(vae.decode(z, return_dict=False)[0].shape)), device, 0, 1)
         out.update(status="ok", seconds=times[0], peak_gb=_peak_gb(device), video_shape=list(shapes[-1]))
-    except _oom_errors() as exc:
-        out.update(status="oom", error=str(exc).splitlines()[0], peak_gb=_peak_gb(device))
-    finally:
-        vae = None
-        _free(device)
     return out
 
 

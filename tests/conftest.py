@@ -27,36 +27,30 @@ TINY = ToyBackboneConfig(
 )
 
 
-@pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory):
-    """A tiny toy bundle directory (random weights) that ``MochiPipeline.from_pretrained`` loads."""
+def _write_tiny_bundle(out, cfg: ToyBackboneConfig):
+    """A toy bundle of ``cfg``'s classes with random weights and non-trivial VAE normalisation."""
     torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("bundle")
     tokenizer = build_tokenizer(toy_words())
     save_bundle(
         out,
-        vae=build_vae(TINY, latents_mean=[0.1] * 12, latents_std=[0.5] * 12),
-        transformer=build_transformer(TINY),
-        text_encoder=build_text_encoder(len(tokenizer), TINY),
+        vae=build_vae(cfg, latents_mean=[0.1] * 12, latents_std=[0.5] * 12),
+        transformer=build_transformer(cfg),
+        text_encoder=build_text_encoder(len(tokenizer), cfg),
         tokenizer=tokenizer,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """A tiny toy bundle directory (random weights) that ``MochiPipeline.from_pretrained`` loads."""
+    return _write_tiny_bundle(tmp_path_factory.mktemp("bundle"), TINY)
 
 
 @pytest.fixture(scope="session")
 def tiny_wan_bundle(tmp_path_factory):
     """A tiny toy bundle of the Wan 2.1 classes (random weights) that ``WanPipeline.from_pretrained`` loads."""
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("wan_bundle")
-    tokenizer = build_tokenizer(toy_words())
-    save_bundle(
-        out,
-        vae=build_vae(TINY_WAN_TOY, latents_mean=[0.1] * 12, latents_std=[0.5] * 12),
-        transformer=build_transformer(TINY_WAN_TOY),
-        text_encoder=build_text_encoder(len(tokenizer), TINY_WAN_TOY),
-        tokenizer=tokenizer,
-    )
-    return out
+    return _write_tiny_bundle(tmp_path_factory.mktemp("wan_bundle"), TINY_WAN_TOY)
 
 
 @pytest.fixture(autouse=True)

@@ -76,3 +76,16 @@ def test_refuses_cleanly_without_cuda(bench: ModuleType, monkeypatch, tmp_path, 
     assert "no CUDA device" in capsys.readouterr().out
     assert not list(tmp_path.iterdir())
     assert bench.main(["--modes", "nope", "--tiny", "--device", "cpu"]) == 2
+
+
+def test_running_out_of_memory_is_recorded_not_raised(bench: ModuleType) -> None:
+    out: dict = {}
+    with bench._measurement(out, torch.device("cpu")):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+    assert out == {
+        "status": "oom",
+        "error": "CUDA out of memory. Tried to allocate 2.00 GiB",
+        "peak_gb": None,
+    }
+    with pytest.raises(ValueError), bench._measurement({}, torch.device("cpu")):
+        raise ValueError("a bug is not an out-of-memory")

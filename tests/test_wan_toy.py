@@ -121,33 +121,20 @@ def test_wan_bundle_samples_as_wanpipeline_at_the_toy_text_length(
     pipe = load_pipeline(tiny_wan_bundle)
     assert is_toy(pipe) and sampling_defaults(pipe) == TOY_DEFAULTS and video_geometry(pipe) == (25, 64, 64)
     ours = generate_videos(pipe, [PROMPT], [3], num_inference_steps=2, guidance_scale=4.0)[0]
-    direct = pipe(
-        prompt=PROMPT,
-        negative_prompt="",
-        num_frames=25,
-        height=64,
-        width=64,
-        num_inference_steps=2,
-        guidance_scale=4.0,
-        generator=torch.Generator().manual_seed(3),
-        max_sequence_length=MAX_SEQUENCE_LENGTH,
-        output_type="np",
-    ).frames[0]
+
+    def direct(**kwargs) -> np.ndarray:
+        generator = torch.Generator().manual_seed(3)
+        args = dict(prompt=PROMPT, negative_prompt="", num_frames=25, height=64, width=64, output_type="np")
+        return pipe(**args, num_inference_steps=2, guidance_scale=4.0, generator=generator, **kwargs).frames[
+            0
+        ]
+
+    same = direct(max_sequence_length=MAX_SEQUENCE_LENGTH)
     assert ours.shape == (25, 64, 64, 3)
-    assert np.array_equal(ours, (np.clip(direct, 0, 1) * 255).round().astype(np.uint8))
+    assert np.array_equal(ours, (np.clip(same, 0, 1) * 255).round().astype(np.uint8))
     # at Wan's default 512 tokens the zero padding enters the (unmasked) cross-attention: another video
-    longer = pipe(
-        prompt=PROMPT,
-        negative_prompt="",
-        num_frames=25,
-        height=64,
-        width=64,
-        num_inference_steps=2,
-        guidance_scale=4.0,
-        generator=torch.Generator().manual_seed(3),
-        output_type="np",
-    ).frames[0]
-    assert not np.allclose(direct, longer)
+    longer = direct()
+    assert not np.allclose(same, longer)
 
     result = generate_to_folder(
         tiny_wan_bundle, None, None, [PROMPT], seeds=[3], out_dir=tmp_path / "out", steps=2, pipe=pipe

@@ -45,6 +45,7 @@ class PretrainConfig:
     vae_batch: int = 8
     vae_lr: float = 1e-3
     vae_crop: int = 32
+    vae_frames: int | None = None  # frames per training clip; None: Mochi 7, Wan 9 (see train_vae)
     vae_latent_noise: float = 0.03
     num_videos: int = 6000
     transformer_steps: int = 10000
@@ -115,7 +116,10 @@ def train_vae(cfg: PretrainConfig, out_dir: Path, progress: bool = True):
     vae = build_vae(cfg.backbone)
     opt = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
     temporal = cfg.backbone.temporal_factor
-    frames = temporal + 1  # two latent frames: the VAE is causal and convolutional, so short crops generalise
+    # Mochi's VAE convolves the whole clip: two latent frames generalise to any length. Wan's encodes and
+    # decodes chunk by chunk through a feature cache, and a chunk after a 4-frame chunk sees another cache
+    # than the one after the lone first frame: three latent frames (9 frames) cover both cases.
+    frames = cfg.vae_frames or (temporal + 1 if cfg.backbone.architecture == "mochi" else 2 * temporal + 1)
     log, start = [], time.time()
     bar = tqdm(range(cfg.vae_steps), desc="toy VAE", disable=not progress)
     for step in bar:
