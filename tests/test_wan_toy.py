@@ -16,7 +16,8 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file
 from tiny import TINY_WAN_TOY
 
-from dreamrelation.data.prepare_folder import load_prepared, prepare_folder, read_example
+from dreamrelation.data.prepare import null_prompt_for
+from dreamrelation.data.prepare_folder import load_null_prompt, load_prepared, prepare_folder, read_example
 from dreamrelation.errors import UserError
 from dreamrelation.evaluation.toy_study import write_exemplar_videos
 from dreamrelation.models.backbones import WAN
@@ -42,6 +43,7 @@ from dreamrelation.toy.pretrain import (
     vae_decode,
     vae_moments,
 )
+from dreamrelation.training.trainer import TrainingSample, collate
 from dreamrelation.ui import model_defaults
 
 PROMPT = "A red circle is high-fiving with a blue square."
@@ -200,6 +202,48 @@ def test_prepare_encodes_with_the_wan_vae_masks_and_prompt_encoding(
         prepare_folder(
             src, tmp_path / "bad", tiny_wan_bundle, num_frames=23, height=64, width=64, progress=False
         )
+    # a dropped caption becomes WanPipeline's encoded empty prompt, kept in the cache for training
+    null = load_null_prompt(tmp_path / "cache")
+    assert null is not None and all(
+        torch.equal(a, b) for a, b in zip(null, null_prompt_for(pipe), strict=True)
+    )
+    with torch.no_grad():
+        empty, _ = pipe.encode_prompt(
+            "", do_classifier_free_guidance=False, max_sequence_length=MAX_SEQUENCE_LENGTH
+        )
+    assert torch.allclose(null[0] * null[1][:, None], empty[0], atol=1e-6)
+
+
+def test_dropped_captions_become_the_samplers_unconditional_input(
+    tiny_bundle: Path, tiny_wan_bundle: Path, tmp_path: Path
+) -> None:
+    assert null_prompt_for(load_pipeline(tiny_bundle)) is None  # Mochi's pipeline zeroes the empty prompt
+    null = null_prompt_for(load_pipeline(tiny_wan_bundle))
+    g = torch.Generator().manual_seed(0)
+    samples = [
+        TrainingSample(
+            latents=torch.randn(12, 7, 8, 8, generator=g),
+            prompt_embeds=torch.randn(MAX_SEQUENCE_LENGTH, 32, generator=g),
+            prompt_mask=torch.arange(MAX_SEQUENCE_LENGTH) < 5 + i,
+        )
+        for i in range(3)
+    ]
+    kept = collate(samples, [0, 1, 2], torch.device("cpu"), g, caption_dropout=0.0, null_prompt=null)
+    assert torch.equal(kept["prompt_embeds"][2], samples[2].prompt_embeds)
+    dropped = collate(samples, [0, 1, 2], torch.device("cpu"), g, caption_dropout=1.0, null_prompt=null)
+    for i in range(3):
+        assert torch.equal(dropped["prompt_embeds"][i], null[0]) and torch.equal(
+            dropped["prompt_mask"][i], null[1]
+        )
+    zeroed = collate(samples, [0, 1, 2], torch.device("cpu"), g, caption_dropout=1.0)
+    assert not zeroed["prompt_embeds"].any() and not zeroed["prompt_mask"].any()
+    # a Mochi prepare into a cache that held Wan samples removes the Wan null prompt with them
+    src, cache = tmp_path / "exemplars", tmp_path / "cache"
+    write_exemplar_videos("high_fiving", 1, 0, src)
+    prepare_folder(src, cache, tiny_wan_bundle, num_frames=25, height=64, width=64, progress=False)
+    assert load_null_prompt(cache) is not None
+    prepare_folder(src, cache, tiny_bundle, num_frames=25, height=64, width=64, progress=False)
+    assert load_null_prompt(cache) is None
 
 
 @pytest.mark.slow

@@ -79,7 +79,7 @@ def train(
 
     from dreamrelation.config import load_config
     from dreamrelation.data.folder import load_exemplar_folder
-    from dreamrelation.data.prepare import prepare_samples
+    from dreamrelation.data.prepare import null_prompt_for, prepare_samples
     from dreamrelation.sampling.generate import load_pipeline
     from dreamrelation.training.config import PRESET_NAMES, preset
     from dreamrelation.training.monitor import TrainingMonitor
@@ -93,16 +93,17 @@ def train(
     dtype = torch.bfloat16 if device.type == "cuda" and cfg.mixed_precision != "fp32" else torch.float32
     pipe = None
     if (data / "manifest.json").is_file():  # a `dreamrelation prepare` folder: load the transformer only
-        from dreamrelation.data.prepare_folder import load_prepared
+        from dreamrelation.data.prepare_folder import load_null_prompt, load_prepared
         from dreamrelation.models.loading import load_transformer
 
-        samples = load_prepared(data)
+        samples, null_prompt = load_prepared(data), load_null_prompt(data)
         transformer = load_transformer(model, dtype=dtype, device=device)
     else:
         videos, captions, masks, names = load_exemplar_folder(data)  # check the user's data before the model
         # loaded in the training dtype: from_pretrained keeps the modules a model wants in fp32 (Wan's norms)
         pipe = load_pipeline(model, dtype=dtype, device=str(device))
         samples = prepare_samples(pipe, videos, captions, masks, names)
+        null_prompt = null_prompt_for(pipe)
         transformer = pipe.transformer
         if not cfg.monitor.validate_every:
             pipe = None  # the text encoder and VAE are only needed for validation samples
@@ -112,7 +113,9 @@ def train(
             park_frozen_parts(pipe)  # on the CPU until a validation needs them
     monitor = TrainingMonitor(cfg, out, pipe=pipe, rank=ctx.rank)
     try:
-        result = train_adapters(transformer, samples, cfg, out, resume=resume, callback=monitor)
+        result = train_adapters(
+            transformer, samples, cfg, out, resume=resume, callback=monitor, null_prompt=null_prompt
+        )
     finally:
         monitor.close()
     typer.echo(f"adapters: {result.adapter_dir}")

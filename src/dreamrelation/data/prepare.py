@@ -52,6 +52,16 @@ def encode_prompts(pipe, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Te
     return _backbone(pipe).encode_prompts(pipe, prompts)
 
 
+def null_prompt_for(pipe) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """What a dropped caption becomes in training, matching the unconditional input of the backbone's
+    sampler: None (zeros) where the pipeline zeroes the empty negative prompt (Mochi), else the encoded
+    empty prompt (Wan), as embedding ``(L, D)`` and mask ``(L,)``."""
+    if _backbone(pipe).empty_prompt_zeroed:
+        return None
+    embeds, mask = encode_prompts(pipe, [""])
+    return embeds[0], mask[0]
+
+
 def prepare_samples(
     pipe,
     videos: Sequence[np.ndarray],

@@ -37,6 +37,7 @@ import av
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from dreamrelation.data.latent_masks import latent_frame_count, latent_masks
@@ -57,6 +58,7 @@ from dreamrelation.utils.media import (
 __all__ = ["VIDEO_SUFFIXES", "PrepareReport", "load_prepared", "prepare_folder", "read_example"]
 
 MANIFEST = "manifest.json"
+NULL_PROMPT = "null_prompt.safetensors"
 FORMAT_VERSION = 1
 #: RGB distance within which a mask pixel belongs to black (background) or a subject colour.
 MAX_COLOUR_DISTANCE = 100.0
@@ -640,6 +642,37 @@ def _save_sample(path: Path, sample: TrainingSample, metadata: dict[str, str]) -
         save_file(tensors, str(tmp), metadata=metadata)
 
 
+def _save_null_prompt(out: Path, pipe: Any, model: Any, device: str | None, settings: str) -> None:
+    """Write the encoded empty prompt (what a dropped caption becomes in training, for backbones whose
+    pipeline encodes the empty negative prompt) unless it is there for these settings."""
+    path = out / NULL_PROMPT
+    if path.is_file():
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                if (f.metadata() or {}).get("settings") == settings:
+                    return
+        except (OSError, ValueError, RuntimeError):
+            pass  # unreadable: write it again
+    pipe = pipe if pipe is not None else _load(model, device)
+    embeds, mask = encode_prompts(pipe, [""])
+    tensors = {"prompt_embeds": embeds[0].contiguous(), "prompt_mask": mask[0].contiguous()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"settings": settings})
+
+
+def load_null_prompt(out: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The cache's encoded empty prompt ``(embedding (L, D), mask (L,))`` for ``train_adapters(null_prompt=)``,
+    or None where training zeroes dropped captions (Mochi)."""
+    path = Path(out) / NULL_PROMPT
+    if not path.is_file():
+        return None
+    try:
+        t = load_file(str(path))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise UserError(f"{path}: cannot load ({_one_line(exc)}); re-run `dreamrelation prepare`.") from None
+    return t["prompt_embeds"], t["prompt_mask"]
+
+
 def _write_preview(path: Path, frames: np.ndarray, masks: np.ndarray, caption: str) -> None:
     """Frames above the same frames in dimmed grey with subject1 (red) / subject2 (blue) masks on top."""
     grey = np.repeat(frames.mean(axis=-1, keepdims=True) * 0.6, 3, axis=-1).astype(np.uint8)
@@ -802,6 +835,10 @@ def prepare_folder(
     for name in old:
         if name not in entries:
             (out / "samples" / f"{Path(name).name}.safetensors").unlink(missing_ok=True)
+    if backbone.empty_prompt_zeroed or not entries:
+        (out / NULL_PROMPT).unlink(missing_ok=True)  # training zeroes dropped captions
+    else:
+        _save_null_prompt(out, pipe, pipe_or_model_path, device, settings)
     keep = set()
     save_manifest()
     report.seconds = time.perf_counter() - began

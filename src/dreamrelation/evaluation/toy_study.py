@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from dreamrelation.data.mask_io import write_colour_masks
-from dreamrelation.data.prepare import prepare_samples
+from dreamrelation.data.prepare import null_prompt_for, prepare_samples
 from dreamrelation.evaluation.report import mean_ci95
 from dreamrelation.models.adapters import set_active_roles
 from dreamrelation.sampling.generate import generate_videos
@@ -163,7 +163,10 @@ def train_and_generate(
     timings: dict[str, float] = {}
     if train_cfg is not None:
         start = time.time()
-        result = train_adapters(pipe.transformer, exemplars.samples, train_cfg, out_dir, progress=progress)
+        null = null_prompt_for(pipe)
+        result = train_adapters(
+            pipe.transformer, exemplars.samples, train_cfg, out_dir, progress=progress, null_prompt=null
+        )
         timings["train_s"] = time.time() - start
         timings["train_s_per_step"] = result.seconds_per_step
         set_active_roles(pipe.transformer, train_cfg.adapter.inference_roles, trainable=False)

@@ -57,6 +57,7 @@ class Backbone:
     vae_channels_key: str = "latent_channels"
     default_geometry: tuple[int, int, int] = (61, 480, 848)  # (frames, height, width) of the paper setup
     sampling_defaults: tuple[int, float, float] = (64, 6.0, 30.0)  # (steps, CFG scale, fps) of its release
+    empty_prompt_zeroed: bool = True  # the pipeline zeroes the empty negative prompt (else: encodes "")
     default_text_length: int = 256  # the pipeline's max_sequence_length when the transformer names none
     aliases: tuple[str, ...] = field(default_factory=tuple)
 
@@ -251,6 +252,7 @@ WAN = Backbone(
     vae_channels_key="z_dim",
     default_geometry=(81, 480, 832),
     sampling_defaults=(50, 5.0, 16.0),  # WanPipeline's 50 UniPC steps, CFG 5.0; Wan 2.1 renders 16 fps
+    empty_prompt_zeroed=False,  # WanPipeline encodes the empty negative prompt
     default_text_length=WAN_TEXT_LENGTH,
     aliases=("wan", "wan21", "wan-2.1"),
 )

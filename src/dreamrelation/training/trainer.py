@@ -194,8 +194,12 @@ def collate(
     device: torch.device,
     gen: torch.Generator | Sequence[torch.Generator],
     caption_dropout: float,
+    null_prompt: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Stack a batch on ``device``; sample latents from mean/logvar; zero dropped captions (embedding and mask).
+    """Stack a batch on ``device``; sample latents from mean/logvar; drop captions with probability
+    ``caption_dropout``: a dropped caption becomes ``null_prompt`` (the encoded empty prompt, embedding
+    ``(L, D)`` and mask ``(L,)``: Wan's unconditional input) or, without one, zeros (Mochi's pipeline zeroes
+    the empty prompt).
 
     ``gen``: one generator for the whole batch, or one per sample (see :func:`sample_generator`)."""
     batch = [samples[i] for i in idx]
@@ -215,8 +219,12 @@ def collate(
         latents.append(z)
     emb = torch.stack([s.prompt_embeds.float() for s in batch])
     emask = torch.stack([s.prompt_mask.bool() for s in batch])
-    emb[drop] = 0.0
-    emask[drop] = False
+    if null_prompt is None:
+        emb[drop] = 0.0
+        emask[drop] = False
+    else:
+        emb[drop] = null_prompt[0].float()
+        emask[drop] = null_prompt[1].bool()
     out = {"latents": torch.stack(latents), "prompt_embeds": emb, "prompt_mask": emask}
     if batch[0].masks is not None:
         out["masks"] = torch.stack([s.masks.float() for s in batch])
@@ -463,8 +471,12 @@ def train_adapters(
     progress: bool = True,
     resume: bool = False,
     callback: Callable[[int, float], None] | None = None,
+    null_prompt: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Add the adapters of ``cfg.adapter`` to ``transformer`` (or reuse identical ones) and train them.
+
+    ``null_prompt``: what a dropped caption becomes (see :func:`collate`), from
+    :func:`dreamrelation.data.prepare.null_prompt_for` or a prepared cache's ``load_null_prompt``.
 
     Writes ``out_dir/checkpoints/step_N.safetensors`` every ``checkpoint_every`` steps and at the end,
     ``out_dir/loss.csv``, ``out_dir/config.json`` and the final adapters ``out_dir/adapters/{role}.safetensors``
@@ -563,7 +575,7 @@ def train_adapters(
                 everyone = batch_indices(state.step, per_rank * ctx.world_size, len(samples), oc.seed)
                 idx = [everyone[k] for k in positions]
                 gens = [sample_generator(oc.seed, state.step, k) for k in positions]
-                batch = collate(samples, idx, device, gens, oc.caption_dropout)
+                batch = collate(samples, idx, device, gens, oc.caption_dropout, null_prompt)
                 choice = choice_names[int(torch.multinomial(choice_probs, 1, generator=state.hmt_gen))]
                 set_active_roles(transformer, roles_for_choice(choice, roles))
                 with autocast, attention_kernel(cfg.memory.attention_backend):
