@@ -55,7 +55,14 @@ from dreamrelation.utils.media import (
     save_png,
 )
 
-__all__ = ["VIDEO_SUFFIXES", "PrepareReport", "load_prepared", "prepare_folder", "read_example"]
+__all__ = [
+    "VIDEO_SUFFIXES",
+    "PrepareReport",
+    "load_null_prompt",
+    "load_prepared",
+    "prepare_folder",
+    "read_example",
+]
 
 MANIFEST = "manifest.json"
 NULL_PROMPT = "null_prompt.safetensors"

@@ -1,10 +1,13 @@
 """Sampling: load a pipeline (a toy bundle, Mochi 1 or Wan 2.1), pick adapters, generate.
 
-Each backbone samples as its release does (:func:`prepare_sampling`). Wan 2.1: ``WanPipeline`` with its own
-flow-prediction UniPC scheduler and an encoded empty negative prompt, 50 steps, CFG 5.0. Mochi sampling as in the paper and genmo's code: ``FlowMatchEulerDiscreteScheduler(invert_sigmas=True)``
-(timestep = (1 - sigma) * 1000), the pipeline's linear-quadratic sigma schedule (threshold 0.025), an empty
-negative prompt whose embedding is zeroed (``force_zeros_for_empty_prompt``), classifier-free guidance
-(optionally a per-step schedule, applied through ``callback_on_step_end``).
+Each backbone samples as its release does (:func:`prepare_sampling`), with classifier-free guidance
+(optionally a per-step schedule, applied through ``callback_on_step_end``):
+
+* Mochi, as in the paper and genmo's code: ``FlowMatchEulerDiscreteScheduler(invert_sigmas=True)`` (timestep
+  = (1 - sigma) * 1000), the pipeline's linear-quadratic sigma schedule (threshold 0.025), an empty negative
+  prompt whose embedding is zeroed (``force_zeros_for_empty_prompt``); 64 steps, CFG 6.0.
+* Wan 2.1: ``WanPipeline`` with its own flow-prediction UniPC scheduler (timestep = sigma * 1000) and its
+  encoded empty negative prompt; 50 steps, CFG 5.0.
 
 diffusers zeroes an empty negative prompt's token ids and attention mask (``force_zeros_for_empty_prompt``)
 where genmo zeroes its embedding and mask; with the mask all zero the embedding never enters attention
