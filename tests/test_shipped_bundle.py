@@ -1,17 +1,26 @@
-"""The shipped toy bundle loads through diffusers and its samples show the prompted subjects moving."""
+"""The shipped toy bundles (Mochi and Wan 2.1 classes) load through diffusers and their samples show the
+prompted subjects moving."""
 
 import numpy as np
 import pytest
 
-from dreamrelation.sampling.generate import TOY_BUNDLE, generate_videos, load_pipeline
+from dreamrelation.sampling.generate import TOY_BUNDLES, generate_videos, load_pipeline
 from dreamrelation.toy import world
 from dreamrelation.toy.tracker import track_subjects
 
 
 @pytest.mark.slow
-def test_shipped_bundle_samples_show_prompted_subjects_moving():
-    pipe = load_pipeline(TOY_BUNDLE)
-    assert pipe.transformer.config.in_channels == 12 and pipe.scheduler.config.invert_sigmas
+@pytest.mark.parametrize("architecture", ["mochi", "wan"])
+def test_shipped_bundle_samples_show_prompted_subjects_moving(architecture: str) -> None:
+    pipe = load_pipeline(TOY_BUNDLES[architecture])
+    assert pipe.transformer.config.in_channels == 12
+    if architecture == "mochi":
+        assert type(pipe).__name__ == "MochiPipeline" and pipe.scheduler.config.invert_sigmas
+    else:
+        assert (
+            type(pipe).__name__ == "WanPipeline"
+            and pipe.scheduler.config.prediction_type == "flow_prediction"
+        )
     rng = np.random.default_rng(11)
     specs = [
         world.sample_video_spec(rng, relations=[r], person_prob=0.0) for r in ("approaching", "moving_away")

@@ -36,6 +36,7 @@ from dreamrelation.sampling.generate import (
 from dreamrelation.toy.backbone import MAX_SEQUENCE_LENGTH, analytic_decode, analytic_latents, build_vae
 from dreamrelation.toy.pretrain import (
     PretrainConfig,
+    long_clip_steps,
     pretrain,
     random_shape_clips,
     render_pretraining_set,
@@ -93,11 +94,20 @@ def test_toy_pretraining_on_wan_writes_a_wan_pipeline(tmp_path: Path) -> None:
         vae_batch=2,
         vae_crop=16,
         num_videos=6,
+        vae_long_steps=2,
+        vae_long_batch=1,
         transformer_steps=2,
         transformer_batch=2,
         backbone=TINY_WAN_TOY,
     )
     bundle = pretrain(tmp_path / "bundle", cfg, work_dir=tmp_path / "work", progress=False)
+    # the VAE's second phase ran on toy-length clips; its quality is recorded for them too
+    assert len(json.loads((tmp_path / "work" / "vae_long_log.json").read_text())["log"]) == 2
+    assert (
+        long_clip_steps(PretrainConfig(backbone=TINY_WAN_TOY)) == 300
+        and long_clip_steps(PretrainConfig()) == 0
+    )
+    assert set(json.loads((bundle / "toy_info.json").read_text())["vae"]["toy_length"]) >= {"round_trip_l1"}
     assert json.loads((bundle / "model_index.json").read_text())["_class_name"] == "WanPipeline"
     info = json.loads((bundle / "toy_info.json").read_text())
     assert info["config"]["backbone"]["architecture"] == "wan"
