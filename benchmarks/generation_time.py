@@ -13,7 +13,7 @@ For each toy bundle present (the shipped Mochi one; the Wan one when ``dreamrela
 Reported: mean CPU seconds per video (robust to other jobs on one thread; the headline), median wall
 seconds, and each variant's ratio to ``untuned`` paired by round. Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/generation_time.py [--rounds 3] [--steps 32] [--threads 1]
+    OMP_NUM_THREADS=1 python benchmarks/generation_time.py [--rounds 2] [--steps 32] [--threads 1]
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def time_variant(pipe, variant: str, steps: int, seed: int) -> tuple[float, floa
 def main() -> None:
     """Run the interleaved benchmark per bundle, print a table and write the JSON results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
