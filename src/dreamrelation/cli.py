@@ -169,11 +169,11 @@ def prepare(
 ) -> None:
     """Encode videos, captions and masks into a training cache; one line per bad input, good files kept."""
     from dreamrelation.data.prepare_folder import prepare_folder
-    from dreamrelation.models.loading import model_backbone_dir
+    from dreamrelation.models.loading import is_toy_model_dir, model_backbone_dir
     from dreamrelation.toy import world
 
     model_path, backbone = model_backbone_dir(model)
-    toy = (model_path / "toy_info.json").is_file()
+    toy = is_toy_model_dir(model_path)
     d_frames, d_height, d_width = (
         (world.NUM_FRAMES, world.HEIGHT, world.WIDTH) if toy else backbone.default_geometry
     )

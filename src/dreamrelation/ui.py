@@ -136,17 +136,11 @@ def model_defaults(model: str | os.PathLike | None) -> tuple[int, float]:
     """``(steps, guidance)`` defaults for a model directory without loading it: toy 32 / 4.0, else its
     backbone's (Mochi 64 / 6.0, Wan 50 / 5.0)."""
     from dreamrelation.models.backbones import MOCHI, backbone_of_model_dir
+    from dreamrelation.models.loading import is_toy_model_dir
     from dreamrelation.sampling.generate import TOY_BUNDLE, TOY_DEFAULTS
 
     path = Path(model) if model and str(model).strip() else TOY_BUNDLE
-    toy = (path / "toy_info.json").is_file()
-    config = path / "transformer" / "config.json"
-    if not toy and config.is_file():
-        try:
-            toy = int(json.loads(config.read_text()).get("max_sequence_length", 256)) <= 64
-        except (ValueError, OSError):
-            toy = False
-    if toy:
+    if is_toy_model_dir(path):
         return TOY_DEFAULTS[:2]
     try:
         backbone = backbone_of_model_dir(path)

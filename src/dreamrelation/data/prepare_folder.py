@@ -42,7 +42,7 @@ from safetensors.torch import load_file, save_file
 
 from dreamrelation.data.latent_masks import latent_frame_count, latent_masks
 from dreamrelation.data.mask_io import IMAGE_SUFFIXES, SUBJECTS_FILE, _frame_files
-from dreamrelation.data.prepare import encode_prompts, encode_video
+from dreamrelation.data.prepare import encode_prompts, encode_video, null_prompt_for
 from dreamrelation.errors import UserError
 from dreamrelation.models.backbones import MOCHI, Backbone, backbone_of_model_dir, get_backbone
 from dreamrelation.models.loading import text_length_of_model_dir
@@ -660,9 +660,8 @@ def _save_null_prompt(out: Path, pipe: Any, model: Any, device: str | None, sett
                     return
         except (OSError, ValueError, RuntimeError):
             pass  # unreadable: write it again
-    pipe = pipe if pipe is not None else _load(model, device)
-    embeds, mask = encode_prompts(pipe, [""])
-    tensors = {"prompt_embeds": embeds[0].contiguous(), "prompt_mask": mask[0].contiguous()}
+    embeds, mask = null_prompt_for(pipe if pipe is not None else _load(model, device))
+    tensors = {"prompt_embeds": embeds.contiguous(), "prompt_mask": mask.contiguous()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"settings": settings})
 

@@ -35,6 +35,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from dreamrelation.errors import UserError
+from dreamrelation.models.backbones import get_backbone
 from dreamrelation.utils.media import VIDEO_SUFFIXES
 
 __all__ = [
@@ -85,12 +86,6 @@ def _transformer(obj: Any) -> torch.nn.Module:
     return getattr(obj, "transformer", obj)
 
 
-def _backbone(obj: Any):
-    from dreamrelation.models.backbones import get_backbone
-
-    return get_backbone(_transformer(obj))
-
-
 def _patch(transformer: torch.nn.Module) -> tuple[int, int, int]:
     """``(frames, height, width)`` patch size (Mochi's int patch covers one latent frame)."""
     p = transformer.config.patch_size
@@ -134,7 +129,7 @@ class _QKVCollector(_Collector):
         self.counts: dict[str, int] = dict.fromkeys(self.kinds, 0)
 
     def attach(self, transformer: torch.nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
-        backbone = _backbone(transformer)
+        backbone = get_backbone(transformer)
         handles = []
         for block in backbone.block_list(transformer):
             heads = int(block.attn1.heads)
@@ -233,7 +228,7 @@ class _WordAttentionCollector(_Collector):
         self.count = 0
 
     def attach(self, transformer: torch.nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
-        backbone = _backbone(transformer)
+        backbone = get_backbone(transformer)
         if backbone.name == "mochi":
             return [
                 block.attn1.register_forward_hook(self._hook, with_kwargs=True)
@@ -325,7 +320,7 @@ def _forward(
     if f % pf or h % ph or w % pw:
         raise UserError(f"latent size {f}x{h}x{w} is not a multiple of the patch size {(pf, ph, pw)}")
     with _attached(transformer, collectors):
-        _backbone(transformer).forward(transformer, lat, t.expand(lat.shape[0]), emb, mask)
+        get_backbone(transformer).forward(transformer, lat, t.expand(lat.shape[0]), emb, mask)
     return f // pf, h // ph, w // pw
 
 
@@ -483,7 +478,7 @@ def base_qkv_similarity(
     no query) are skipped.
     """
     transformer = _transformer(pipe_or_transformer)
-    backbone = _backbone(transformer)
+    backbone = get_backbone(transformer)
     out: dict[str, Any] = {"r": int(r), "pairs": [f"{a}-{b}" for a, b in PAIRS], "mean": {}}
     for stream in streams:
         if any(backbone.projections.get(stream, {}).get(kind) is None for kind in KINDS):
@@ -529,7 +524,7 @@ def adapter_similarity(
     roles = list(roles) if roles is not None else adapter_roles(transformer)
     if not roles:
         raise UserError("adapter similarity needs adapters on the model (none loaded)")
-    backbone = _backbone(transformer)
+    backbone = get_backbone(transformer)
     per_block: list[dict[str, Factorised]] = []
     for block in backbone.block_list(transformer):
         items: dict[str, Factorised] = {}
@@ -783,7 +778,7 @@ def text_to_video_attention(
 
     words = list(words) if words else default_words(prompt)
     embeds, mask = encode_prompts(pipe, [prompt])
-    length = _backbone(pipe).text_length(pipe)
+    length = get_backbone(pipe).text_length(pipe)
     tokens = word_token_indices(pipe.tokenizer, prompt, words, length)
     collector = _WordAttentionCollector(tokens)
     grid = _forward(pipe.transformer, [collector], latents, embeds, mask, timestep)
@@ -844,7 +839,7 @@ def _resolve_inputs(
     from dreamrelation.sampling.generate import generate_videos, sampling_defaults
     from dreamrelation.utils.media import read_video
 
-    backbone = _backbone(pipe)
+    backbone = get_backbone(pipe)
     multiple = backbone.spatial_compression * _patch(pipe.transformer)[1]
     out = []
     for i, item in enumerate(items):
@@ -884,7 +879,7 @@ def _noised_latents(pipe: Any, frames: np.ndarray, sigma: float, seed: int) -> t
 
 
 def _timestep(pipe: Any, sigma: float) -> float:
-    return float(_backbone(pipe).flow.timestep(torch.tensor(sigma)))
+    return float(get_backbone(pipe).flow.timestep(torch.tensor(sigma)))
 
 
 def _pixel_frames_for_latents(frames: np.ndarray, latent_frames: int) -> np.ndarray:
@@ -943,7 +938,7 @@ def run_analysis(
     summary["adapters"] = adapter_roles(pipe.transformer)
     features: list[dict[str, torch.Tensor]] = []
     attentions: list[WordAttention] = []
-    length = _backbone(pipe).text_length(pipe)
+    length = get_backbone(pipe).text_length(pipe)
     for k, item in enumerate(inputs):
         latents, timestep = _noised_latents(pipe, item.frames, sigma, seed + k)
         embeds, mask = encode_prompts(pipe, [item.caption])

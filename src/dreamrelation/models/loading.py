@@ -43,6 +43,19 @@ def text_length_of_model_dir(path: str | os.PathLike, backbone: Backbone) -> int
     return backbone.default_text_length
 
 
+def is_toy_model_dir(path: str | os.PathLike) -> bool:
+    """Whether a model directory is toy-sized (a toy bundle's ``toy_info.json``, or a transformer reading at
+    most 64 text tokens), as :func:`dreamrelation.sampling.generate.is_toy` decides for a loaded pipeline."""
+    path = Path(path)
+    if (path / "toy_info.json").is_file():
+        return True
+    try:
+        length = json.loads((path / "transformer" / "config.json").read_text()).get("max_sequence_length")
+    except (OSError, ValueError):
+        return False
+    return length is not None and int(length) <= 64
+
+
 def load_transformer(
     model_dir: str | os.PathLike | None = None,
     dtype: torch.dtype = torch.float32,

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 
 from dreamrelation.errors import UserError
+from dreamrelation.models.backbones import backbone_of_model_dir, get_backbone
+from dreamrelation.models.loading import text_length_of_model_dir
 
 _ASSETS = Path(__file__).resolve().parent.parent / "assets"
 #: The toy bundles per architecture (``dreamrelation toy pretrain --architecture``); Mochi is shipped.
@@ -63,11 +65,9 @@ def load_pipeline(
     """The pipeline of a diffusers-format directory of a registered backbone (``MochiPipeline``,
     ``WanPipeline``; default: the shipped toy bundle).
 
-    A toy bundle's ``toy_info.json`` is attached as ``pipe.toy_info`` and its text length as
-    ``pipe.prompt_length``. ``device=None`` leaves it on the CPU without moving (for CPU offloading).
+    A toy bundle's ``toy_info.json`` is attached as ``pipe.toy_info``; ``pipe.prompt_length`` is the text
+    length the transformer reads (:func:`~dreamrelation.models.loading.text_length_of_model_dir`). ``device=None`` leaves it on the CPU without moving (for CPU offloading).
     """
-    from dreamrelation.models.backbones import backbone_of_model_dir
-
     path = Path(path) if path else TOY_BUNDLE
     if not (path / "model_index.json").is_file():
         arch = next((a for a, p in TOY_BUNDLES.items() if p == path), None)
@@ -82,19 +82,11 @@ def load_pipeline(
     info_file = path / "toy_info.json"
     if info_file.is_file():
         pipe.toy_info = json.loads(info_file.read_text())
-        if "max_sequence_length" in pipe.toy_info:
-            pipe.prompt_length = int(pipe.toy_info["max_sequence_length"])
+    pipe.prompt_length = text_length_of_model_dir(path, backbone)
     if device is not None:
         pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def pipeline_backbone(pipe):
-    """The registered :class:`~dreamrelation.models.backbones.Backbone` of a loaded pipeline."""
-    from dreamrelation.models.backbones import get_backbone
-
-    return get_backbone(pipe)
 
 
 def is_toy(pipe) -> bool:
@@ -111,12 +103,12 @@ def video_geometry(pipe) -> tuple[int, int, int]:
         from dreamrelation.toy import world
 
         return world.NUM_FRAMES, world.HEIGHT, world.WIDTH
-    return pipeline_backbone(pipe).default_geometry
+    return get_backbone(pipe).default_geometry
 
 
 def sampling_defaults(pipe) -> tuple[int, float, float]:
     """``(steps, guidance, fps)`` defaults: the toy's 32 / 4.0 / 8, Mochi's 64 / 6.0 / 30, Wan's 50 / 5.0 / 16."""
-    return TOY_DEFAULTS if is_toy(pipe) else pipeline_backbone(pipe).sampling_defaults
+    return TOY_DEFAULTS if is_toy(pipe) else get_backbone(pipe).sampling_defaults
 
 
 def prepare_mochi_sampling(pipe) -> None:
@@ -136,7 +128,7 @@ def prepare_sampling(pipe) -> dict:
     Mochi: :func:`prepare_mochi_sampling`. Wan: the pipeline's own scheduler (flow-prediction UniPC) and
     its encoded empty negative prompt, unchanged.
     """
-    backbone = pipeline_backbone(pipe)
+    backbone = get_backbone(pipe)
     if backbone.name == "mochi":
         prepare_mochi_sampling(pipe)
         return {
@@ -226,7 +218,7 @@ def generate_videos(
         raise ValueError("prompts and seeds must have equal length")
     values = guidance_values(guidance_schedule, num_inference_steps, guidance_scale)
     default_frames, default_height, default_width = video_geometry(pipe)
-    text_length = pipeline_backbone(pipe).text_length(pipe)
+    text_length = get_backbone(pipe).text_length(pipe)
     videos = []
     for prompt, seed in zip(prompts, seeds, strict=True):
         out = pipe(
@@ -516,7 +508,7 @@ def generate_to_folder(
             "offload": offload,
             "vae_tiling": bool(vae_tiling),
             "negative_prompt": "",
-            "backbone": pipeline_backbone(pipe).name,
+            "backbone": get_backbone(pipe).name,
             **sampler,
             "noise_generator": "torch CPU generator seeded with seed",
         }

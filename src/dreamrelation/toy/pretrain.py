@@ -209,10 +209,9 @@ def vae_report(vae) -> dict:
 @torch.no_grad()
 def vae_quality(vae, clips: torch.Tensor) -> dict:
     """L1 errors (pixels in [-1, 1]) of decode(analytic), decode(encode) and a per-clip mean-colour guess."""
-    from diffusers import AutoencoderKLWan
+    from dreamrelation.models.backbones import get_backbone
 
-    temporal = 4 if isinstance(vae, AutoencoderKLWan) else vae.temporal_compression_ratio
-    target = analytic_latents(clips, temporal)
+    target = analytic_latents(clips, get_backbone(vae).temporal_compression)
     moments = vae_moments(vae, clips)[:, :LATENT_CHANNELS]
     from_analytic = vae_decode(vae, target)
     round_trip = vae_decode(vae, moments)
