@@ -1,16 +1,30 @@
-"""Evaluation reports: mean with 95% t-interval, Markdown tables, and atomic ``report.md``/``report.json``."""
+"""Evaluation reports: means with 95% intervals (t, bootstrap), paired differences, Markdown tables, and
+atomic ``report.md``/``report.json``."""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from dreamrelation.utils.io import atomic_write_json, atomic_write_text
 
-__all__ = ["markdown_table", "mean_ci95", "student_t_cdf", "student_t_ppf", "write_report"]
+__all__ = [
+    "PairedDifference",
+    "bootstrap_ci",
+    "bootstrap_means",
+    "markdown_table",
+    "mean_ci95",
+    "paired_bootstrap",
+    "student_t_cdf",
+    "student_t_ppf",
+    "wilson_interval",
+    "write_report",
+]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,3 +185,137 @@ def write_report(
     md_path = atomic_write_text(out / "report.md", "\n".join(parts))
     json_path = atomic_write_json(out / "report.json", data)
     return md_path, json_path
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval ``(low, high)`` of a proportion ``successes / n`` (95% for ``z = 1.96``).
+
+    Unlike the normal approximation it stays inside [0, 1] and is sensible at 0/n and n/n (low 0, high 1);
+    with ``n = 0`` both bounds are NaN.
+    """
+    if n < 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n; got {successes}/{n}")
+    if n == 0:
+        return math.nan, math.nan
+    p, z2 = successes / n, z * z
+    denom = 1.0 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1.0 - p) / n + z2 / (4 * n * n)) / denom
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
+
+
+# ----------------------------------------------------------------------------------------------
+# Bootstrap: percentile intervals of a mean and of paired differences, resampling clusters
+# ----------------------------------------------------------------------------------------------
+
+
+_BOOT_CHUNK = 1 << 20  # draws per chunk of replicates (bounds memory for many clusters)
+
+
+class PairedDifference(NamedTuple):
+    """``mean(a) - mean(b)`` with its bootstrap 95% percentile interval; ``significant``: 0 is outside it."""
+
+    diff: float
+    low: float
+    high: float
+    significant: bool
+
+
+def _cells(
+    values: np.ndarray, clusters: Sequence[Hashable] | None, strata: Sequence[Hashable] | None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per stratum: sums and counts of ``values`` per (outer, inner) cell, padded to (n_outer, n_inner)."""
+    n = len(values)
+    keys = [(k if isinstance(k, tuple) else (k,)) for k in (clusters or range(n))]
+    if len(keys) != n or (strata is not None and len(strata) != n):
+        raise ValueError("values, clusters and strata must have the same length")
+    if len({len(k) for k in keys}) > 1 or not 1 <= len(keys[0]) <= 2:
+        raise ValueError("clusters: one key per value, all of them scalars or all (outer, inner) pairs")
+    groups: dict[Hashable, dict[Hashable, dict[Hashable, list[float]]]] = {}
+    for value, key, stratum in zip(values, keys, strata or [0] * n, strict=True):
+        outer, inner = key if len(key) == 2 else (key[0], 0)
+        groups.setdefault(stratum, {}).setdefault(outer, {}).setdefault(inner, []).append(float(value))
+    out = []
+    for outers in groups.values():
+        width = max(len(inners) for inners in outers.values())
+        sums, counts = np.zeros((len(outers), width)), np.zeros((len(outers), width))
+        for i, inners in enumerate(outers.values()):
+            for j, cell in enumerate(inners.values()):
+                sums[i, j], counts[i, j] = math.fsum(cell), len(cell)
+        out.append((sums, counts))
+    return out
+
+
+def bootstrap_means(
+    values: Sequence[float],
+    clusters: Sequence[Hashable] | None = None,
+    strata: Sequence[Hashable] | None = None,
+    n_boot: int = 10000,
+    seed: int = 0,
+) -> np.ndarray:
+    """``n_boot`` bootstrap replicates of the mean of ``values`` (see :func:`paired_bootstrap`)."""
+    rng = np.random.default_rng(seed)
+    total_sum, total_count = np.zeros(n_boot), np.zeros(n_boot)
+    for sums, counts in _cells(np.asarray(values, dtype=np.float64), clusters, strata):
+        n_outer, width = sums.shape
+        n_inner = (counts > 0).sum(axis=1)  # inner units of each outer unit (packed at the front)
+        chunk = max(1, _BOOT_CHUNK // (n_outer * width))
+        for start in range(0, n_boot, chunk):
+            rows = slice(start, min(start + chunk, n_boot))
+            k = rows.stop - rows.start
+            outer = rng.integers(0, n_outer, size=(k, n_outer))
+            size = n_inner[outer][..., None]
+            inner = np.floor(rng.random((k, n_outer, width)) * size).astype(int)
+            used = np.arange(width)[None, None, :] < size
+            total_sum[rows] += (sums[outer[..., None], inner] * used).sum(axis=(1, 2))
+            total_count[rows] += (counts[outer[..., None], inner] * used).sum(axis=(1, 2))
+    return total_sum / total_count
+
+
+def bootstrap_ci(
+    values: Sequence[float],
+    clusters: Sequence[Hashable] | None = None,
+    n_boot: int = 10000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Mean and 95% percentile-bootstrap interval ``(mean, low, high)``, inside ``[min, max]`` of ``values``.
+
+    Without ``clusters`` every value is resampled on its own; NaN values are dropped; no values: NaNs.
+    """
+    xs = np.asarray([float(v) for v in values], dtype=np.float64)
+    keep = ~np.isnan(xs)
+    if not keep.any():
+        return math.nan, math.nan, math.nan
+    keys = None if clusters is None else [k for k, ok in zip(clusters, keep, strict=True) if ok]
+    reps = bootstrap_means(xs[keep], keys, None, n_boot, seed)
+    low, high = np.percentile(reps, [2.5, 97.5])
+    return float(xs[keep].mean()), float(low), float(high)
+
+
+def paired_bootstrap(
+    a: Sequence[float],
+    b: Sequence[float],
+    clusters: Sequence[Hashable] | None = None,
+    n_boot: int = 10000,
+    seed: int = 0,
+    strata: Sequence[Hashable] | None = None,
+) -> PairedDifference:
+    """Paired difference ``mean(a) - mean(b)`` of per-video scores with a 95% cluster-bootstrap interval.
+
+    ``a[i]`` and ``b[i]`` are the two methods' scores on the same video job (prompt, noise seed, exemplars,
+    training seed). ``clusters[i]`` is ``(outer, inner)``, e.g. ``(training_seed, prompt)``, or one key (a
+    one-level cluster bootstrap); without clusters each pair is its own cluster. ``strata[i]`` (e.g. the
+    relation) is never resampled. Scheme, per replicate and independently in each stratum: draw as many outer
+    units as the stratum has, with replacement; within each drawn outer unit draw as many of its inner units
+    as it has, with replacement; every video of a drawn (outer, inner) cell enters with its pair difference
+    (repeated draws repeat it). The replicate is the mean difference over all drawn videos of all strata; the
+    interval is the 2.5 and 97.5 percentiles of ``n_boot`` replicates (``seed`` fixes them).
+    """
+    diffs = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if diffs.ndim != 1 or len(diffs) == 0:
+        raise ValueError("a and b must be non-empty sequences of the same length")
+    reps = bootstrap_means(diffs, clusters, strata, n_boot, seed)
+    low, high = (float(v) for v in np.percentile(reps, [2.5, 97.5]))
+    return PairedDifference(float(diffs.mean()), low, high, bool(low > 0.0 or high < 0.0))
