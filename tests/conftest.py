@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import TINY_WAN_TOY
+from tiny import TINY_MOCHI_TOY, TINY_WAN_TOY
 
 from dreamrelation.toy.backbone import (
     ToyBackboneConfig,
@@ -14,16 +14,6 @@ from dreamrelation.toy.backbone import (
     build_vae,
     save_bundle,
     toy_words,
-)
-
-TINY = ToyBackboneConfig(
-    vae_encoder_channels=[32, 32, 32, 32],
-    vae_decoder_channels=[32, 32, 32, 32],
-    num_layers=2,
-    num_attention_heads=2,
-    attention_head_dim=16,
-    text_dim=32,
-    time_embed_dim=16,
 )
 
 
@@ -44,7 +34,7 @@ def _write_tiny_bundle(out, cfg: ToyBackboneConfig):
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
     """A tiny toy bundle directory (random weights) that ``MochiPipeline.from_pretrained`` loads."""
-    return _write_tiny_bundle(tmp_path_factory.mktemp("bundle"), TINY)
+    return _write_tiny_bundle(tmp_path_factory.mktemp("bundle"), TINY_MOCHI_TOY)
 
 
 @pytest.fixture(scope="session")

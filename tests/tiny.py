@@ -27,6 +27,17 @@ TINY_WAN = dict(
     rope_max_seq_len=64,
 )
 
+#: A tiny toy stack of the Mochi classes (the conftest's tiny bundle)
+TINY_MOCHI_TOY = ToyBackboneConfig(
+    vae_encoder_channels=[32, 32, 32, 32],
+    vae_decoder_channels=[32, 32, 32, 32],
+    num_layers=2,
+    num_attention_heads=2,
+    attention_head_dim=16,
+    text_dim=32,
+    time_embed_dim=16,
+)
+
 #: A tiny toy stack of the Wan 2.1 classes (AutoencoderKLWan, WanTransformer3DModel, UMT5EncoderModel)
 TINY_WAN_TOY = ToyBackboneConfig(
     architecture="wan",

@@ -513,14 +513,20 @@ def toy_pretrain(
     ),
     architecture: str = typer.Option("mochi", help="Toy backbone: mochi or wan (Wan 2.1 classes)."),
     work_dir: Path = typer.Option(
-        None, help="Where stage results are kept (default runs/toy-pretrain[-wan])."
+        None,
+        help="Where stage results and resumable checkpoints are kept (default runs/toy-pretrain[-wan]).",
+    ),
+    vae_from: Path = typer.Option(
+        None, help="Reuse the VAE of this toy bundle instead of training one (e.g. the shipped bundle)."
     ),
 ) -> None:
-    """Pretrain a toy backbone (VAE on random shapes, transformer on base relations only); seeded."""
+    """Pretrain a toy backbone (VAE on random shapes, transformer on base relations only); seeded.
+
+    An interrupted transformer stage resumes exactly from its last checkpoint in the work dir."""
     from dreamrelation.config import load_config
     from dreamrelation.sampling.generate import TOY_BUNDLES
     from dreamrelation.toy.backbone import ARCHITECTURES
-    from dreamrelation.toy.pretrain import PretrainConfig, pretrain
+    from dreamrelation.toy.pretrain import PretrainConfig, adopt_vae, pretrain
 
     unknown = sorted(set(stage) - {"vae", "transformer"})
     if unknown:
@@ -529,6 +535,8 @@ def toy_pretrain(
         raise UserError(f"--architecture {architecture!r}: choose one of {', '.join(ARCHITECTURES)}")
     cfg = load_config(PretrainConfig, None, [f"backbone.architecture={architecture}", *(overrides or [])])
     work_dir = work_dir or Path("runs/toy-pretrain" + ("" if architecture == "mochi" else f"-{architecture}"))
+    if vae_from is not None:
+        adopt_vae(vae_from, work_dir)
     bundle = pretrain(out or TOY_BUNDLES[architecture], cfg, tuple(stage), work_dir=work_dir)
     typer.echo(
         f"bundle: {bundle}" if bundle else f"stage results in {work_dir}; run the other stage to finish"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,6 +56,9 @@ class PretrainConfig:
     transformer_batch: int = 16
     transformer_lr: float = 8e-4
     caption_dropout: float = 0.1
+    train_text_encoder: bool = False  # train the toy T5/UMT5 with the transformer, frozen in the bundle
+    text_encoder_lr: float | None = None  # None: transformer_lr
+    checkpoint_every: int = 250  # transformer steps between resumable checkpoints in the work dir
     backbone: ToyBackboneConfig = field(default_factory=ToyBackboneConfig)
 
 
@@ -242,34 +246,127 @@ def render_pretraining_set(
     return torch.stack(latents), captions
 
 
+def cached_pretraining_set(
+    work: Path, num_videos: int, seed: int, progress: bool = True, temporal: int = 6
+) -> tuple[torch.Tensor, list[str]]:
+    """:func:`render_pretraining_set`, kept in ``work`` so a resumed run does not render it again."""
+    path = work / f"pretraining_set_{num_videos}_seed{seed}_t{temporal}.pt"
+    if path.is_file():
+        data = torch.load(path, weights_only=True)
+        return data["latents"], list(data["captions"])
+    latents, captions = render_pretraining_set(num_videos, seed, progress, temporal)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"latents": latents, "captions": captions}, tmp)
+    tmp.replace(path)
+    return latents, captions
+
+
+def tokenize_captions(tokenizer, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention masks ``(N, L)`` at the toy sequence length."""
+    tokens = tokenizer(
+        captions, padding="max_length", max_length=MAX_SEQUENCE_LENGTH, truncation=True, return_tensors="pt"
+    )
+    return tokens.input_ids, tokens.attention_mask
+
+
 @torch.no_grad()
 def encode_captions(tokenizer, text_encoder, captions: list[str], batch: int = 256):
     """T5 embeddings ``(N, L, D)`` and attention masks ``(N, L)`` at the toy sequence length."""
     embeds, masks = [], []
     for i in range(0, len(captions), batch):
-        tokens = tokenizer(
-            captions[i : i + batch],
-            padding="max_length",
-            max_length=MAX_SEQUENCE_LENGTH,
-            truncation=True,
-            return_tensors="pt",
-        )
-        embeds.append(text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0])
-        masks.append(tokens.attention_mask)
+        ids, mask = tokenize_captions(tokenizer, captions[i : i + batch])
+        embeds.append(text_encoder(ids, attention_mask=mask)[0])
+        masks.append(mask)
     return torch.cat(embeds), torch.cat(masks)
+
+
+@dataclass
+class CaptionSet:
+    """Tokenised captions ``ids``/``masks`` ``(N, L)`` and the empty prompt's ``(L,)`` (caption dropout).
+
+    ``zero_dropped``: a dropped caption is an all-zero embedding and mask (Mochi's zeroed empty prompt);
+    otherwise it is the encoded empty prompt (WanPipeline's unconditional input).
+    """
+
+    ids: torch.Tensor
+    masks: torch.Tensor
+    null_ids: torch.Tensor
+    null_mask: torch.Tensor
+    zero_dropped: bool
+
+    def encode(
+        self, text_encoder, idx: torch.Tensor, drop: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings and masks of captions ``idx`` with ``drop`` ones replaced by the unconditional input."""
+        ids, mask = self.ids[idx].clone(), self.masks[idx].clone()
+        if not self.zero_dropped:
+            ids[drop], mask[drop] = self.null_ids, self.null_mask
+        emb = text_encoder(ids, attention_mask=mask)[0]
+        if self.zero_dropped:
+            keep = (~drop).to(emb.dtype).view(-1, 1, 1)
+            emb, mask = emb * keep, mask * (~drop).to(mask.dtype).view(-1, 1)
+        return emb, mask
+
+
+def _checkpoint_path(work: Path) -> Path:
+    return work / "transformer_checkpoint.pt"
+
+
+def _resumable_config(cfg: PretrainConfig) -> dict:
+    """The settings a checkpoint must agree with to resume exactly (all but the checkpoint cadence)."""
+    record = asdict(cfg)
+    record.pop("checkpoint_every")
+    return record
+
+
+def _save_checkpoint(
+    work: Path, cfg: PretrainConfig, step: int, seconds: float, models, opt, gen, log
+) -> None:
+    """Everything needed to continue bit-exactly: weights, optimizer, random streams, loss log."""
+    state = {
+        "config": _resumable_config(cfg),
+        "step": step,
+        "seconds": seconds,
+        "models": [m.state_dict() for m in models],
+        "optimizer": opt.state_dict(),
+        "generator": gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "log": log,
+    }
+    path = _checkpoint_path(work)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _load_checkpoint(work: Path | None, cfg: PretrainConfig) -> dict | None:
+    path = _checkpoint_path(work) if work is not None else None
+    if path is None or not path.is_file():
+        return None
+    state = torch.load(path, weights_only=False)
+    if state["config"] != _resumable_config(cfg):
+        raise UserError(
+            f"{path}: a checkpoint of other pretraining settings; resume with the same settings, "
+            "or use another --work-dir"
+        )
+    return state
 
 
 def train_transformer(
     cfg: PretrainConfig,
     latents: torch.Tensor,
-    embeds: torch.Tensor,
-    masks: torch.Tensor,
+    captions: CaptionSet,
+    text_encoder,
     progress: bool = True,
-    null_caption: tuple[torch.Tensor, torch.Tensor] | None = None,
+    work: Path | None = None,
 ):
     """Full-weight rectified-flow pretraining of the toy transformer on normalised latents, with the flow
-    convention of its backbone's sampler. A dropped caption becomes ``null_caption`` (embedding ``(L, D)``,
-    mask ``(L,)``: Wan's encoded empty prompt), else all zeros (Mochi's zeroed empty prompt)."""
+    convention of its backbone's sampler; with ``cfg.train_text_encoder`` the text encoder learns too.
+
+    With ``work``, a checkpoint is written every ``cfg.checkpoint_every`` steps and a run that finds one
+    continues from it exactly (same weights and losses as an uninterrupted run).
+    Returns ``(transformer, seconds, losses)``; ``text_encoder`` is trained in place.
+    """
     from dreamrelation.models.backbones import get_backbone
     from dreamrelation.training.losses import flow_matching_inputs
 
@@ -277,79 +374,100 @@ def train_transformer(
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     transformer = build_transformer(cfg.backbone, seed=cfg.seed)
-    opt = torch.optim.AdamW(transformer.parameters(), lr=cfg.transformer_lr, weight_decay=0.01)
-    log, start = [], time.time()
-    bar = tqdm(range(cfg.transformer_steps), desc="toy transformer", disable=not progress)
+    groups = [{"params": list(transformer.parameters()), "lr": cfg.transformer_lr}]
+    text_lr = cfg.text_encoder_lr or cfg.transformer_lr
+    if cfg.train_text_encoder:
+        groups.append({"params": list(text_encoder.parameters()), "lr": text_lr})
+    text_encoder.requires_grad_(cfg.train_text_encoder).train(cfg.train_text_encoder)
+    opt = torch.optim.AdamW(groups, lr=cfg.transformer_lr, weight_decay=0.01)
+    log, first, spent = [], 0, 0.0
+    state = _load_checkpoint(work, cfg)
+    if state is not None:
+        for module, weights in zip((transformer, text_encoder), state["models"], strict=True):
+            module.load_state_dict(weights)
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        log, first, spent = state["log"], state["step"], state["seconds"]
+    start = time.time()
+    bar = tqdm(range(first, cfg.transformer_steps), desc="toy transformer", disable=not progress)
     for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, cfg.transformer_steps, cfg.transformer_lr, warmup=200)
+        for group, base in zip(opt.param_groups, (cfg.transformer_lr, text_lr), strict=False):
+            group["lr"] = cosine_lr(step, cfg.transformer_steps, base, warmup=200)
         idx = torch.randint(0, latents.shape[0], (cfg.transformer_batch,), generator=gen)
-        z, emb, mask = latents[idx], embeds[idx].clone(), masks[idx].clone()
         drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
-        emb[drop] = 0.0 if null_caption is None else null_caption[0].to(emb.dtype)
-        mask[drop] = 0 if null_caption is None else null_caption[1].to(mask.dtype)
-        noisy, timestep, target, _ = flow_matching_inputs(z, gen, backbone.flow)
-        pred = backbone.forward(transformer, noisy, timestep, emb, mask)
-        loss = F.mse_loss(pred, target)
+        with torch.set_grad_enabled(cfg.train_text_encoder):
+            emb, mask = captions.encode(text_encoder, idx, drop)
+        noisy, timestep, target, _ = flow_matching_inputs(latents[idx], gen, backbone.flow)
+        loss = F.mse_loss(backbone.forward(transformer, noisy, timestep, emb, mask), target)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         log.append(loss.item())
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(log[-50:]):.4f}")
+        if work is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.transformer_steps:
+            seconds = spent + time.time() - start
+            _save_checkpoint(work, cfg, step + 1, seconds, (transformer, text_encoder), opt, gen, log)
     transformer.eval()
-    return transformer, time.time() - start, log
+    text_encoder.requires_grad_(False).eval()
+    return transformer, spent + time.time() - start, log
 
 
-def pretrain(
-    out_dir: Path,
-    cfg: PretrainConfig | None = None,
-    stages: tuple[str, ...] = ("vae", "transformer"),
-    work_dir: Path = Path("runs/toy-pretrain"),
-    progress: bool = True,
-) -> Path | None:
-    """Run the requested stages and write the bundle to ``out_dir``; stage results are kept in ``work_dir``
-    so a stage not requested is read from an earlier run."""
-    cfg = cfg or PretrainConfig()
-    arch = cfg.backbone.architecture
-    work = Path(work_dir)
+def _vae_stage(cfg: PretrainConfig, work: Path, progress: bool) -> None:
+    vae, seconds = train_vae(cfg, work, progress)
+    vae, long_seconds = extend_vae(vae, cfg, work, progress)
+    vae.save_pretrained(work / "vae")
+    record = {"architecture": cfg.backbone.architecture, "seconds": seconds + long_seconds, **vae_report(vae)}
+    (work / "vae_quality.json").write_text(json.dumps(record, indent=2))
+
+
+def adopt_vae(bundle: Path, work: Path) -> None:
+    """Use the VAE of an existing toy ``bundle`` as this work dir's VAE stage (its quality record too)."""
+    info_file = Path(bundle) / "toy_info.json"
+    if not (Path(bundle) / "vae").is_dir() or not info_file.is_file():
+        raise UserError(f"{bundle}: not a toy bundle (needs vae/ and toy_info.json)")
+    info = json.loads(info_file.read_text())
+    architecture = info.get("config", {}).get("backbone", {}).get("architecture", "mochi")
     work.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(toy_words())
-    text_encoder = build_text_encoder(len(tokenizer), cfg.backbone, seed=cfg.seed)
-    if "vae" in stages:
-        vae, seconds = train_vae(cfg, work, progress)
-        vae, long_seconds = extend_vae(vae, cfg, work, progress)
-        vae.save_pretrained(work / "vae")
-        record = {"architecture": arch, "seconds": seconds + long_seconds, **vae_report(vae)}
-        (work / "vae_quality.json").write_text(json.dumps(record, indent=2))
-    if "transformer" in stages:
-        latents, captions = render_pretraining_set(
-            cfg.num_videos, cfg.seed, progress, cfg.backbone.temporal_factor
-        )
-        mean = latents.mean(dim=(0, 2, 3, 4))
-        std = latents.std(dim=(0, 2, 3, 4))
-        normalised = (latents - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
-        embeds, masks = encode_captions(tokenizer, text_encoder, captions)
-        null = None
-        if arch == "wan":  # WanPipeline encodes the empty negative prompt (Mochi's pipeline zeroes it)
-            null_embeds, null_masks = encode_captions(tokenizer, text_encoder, [""])
-            null = (null_embeds[0], null_masks[0])
-        transformer, seconds, log = train_transformer(cfg, normalised, embeds, masks, progress, null)
-        transformer.save_pretrained(work / "transformer")
-        stats = {
-            "architecture": arch,
-            "latents_mean": mean.tolist(),
-            "latents_std": std.tolist(),
-            "seconds": seconds,
-            "final_loss": float(np.mean(log[-200:])),
-        }
-        (work / "transformer_stats.json").write_text(json.dumps(stats, indent=2))
-    if not ((work / "vae").is_dir() and (work / "transformer").is_dir()):
-        return None  # a stage is still missing: the bundle is assembled once both exist
+    shutil.rmtree(work / "vae", ignore_errors=True)
+    shutil.copytree(Path(bundle) / "vae", work / "vae")
+    record = {"architecture": architecture, "adopted_from": str(bundle), **info.get("vae", {})}
+    (work / "vae_quality.json").write_text(json.dumps(record, indent=2))
 
+
+def _transformer_stage(cfg: PretrainConfig, work: Path, tokenizer, text_encoder, progress: bool) -> None:
+    latents, captions = cached_pretraining_set(
+        work, cfg.num_videos, cfg.seed, progress, cfg.backbone.temporal_factor
+    )
+    mean = latents.mean(dim=(0, 2, 3, 4))
+    std = latents.std(dim=(0, 2, 3, 4))
+    normalised = (latents - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
+    ids, masks = tokenize_captions(tokenizer, captions)
+    null_ids, null_mask = tokenize_captions(tokenizer, [""])
+    # WanPipeline encodes the empty negative prompt; Mochi's pipeline zeroes it
+    wan = cfg.backbone.architecture == "wan"
+    caption_set = CaptionSet(ids, masks, null_ids[0], null_mask[0], zero_dropped=not wan)
+    transformer, seconds, log = train_transformer(cfg, normalised, caption_set, text_encoder, progress, work)
+    text_encoder.save_pretrained(work / "text_encoder")
+    transformer.save_pretrained(work / "transformer")
+    stats = {
+        "architecture": cfg.backbone.architecture,
+        "latents_mean": mean.tolist(),
+        "latents_std": std.tolist(),
+        "seconds": seconds,
+        "final_loss": float(np.mean(log[-200:])),
+        "text_encoder_trained": cfg.train_text_encoder,
+    }
+    (work / "transformer_stats.json").write_text(json.dumps(stats, indent=2))
+
+
+def _assemble(out_dir: Path, cfg: PretrainConfig, work: Path, tokenizer) -> Path:
+    """Write the bundle from the work dir's stage results (VAE, transformer, its text encoder)."""
     from dreamrelation.models.backbones import get_backbone
 
+    arch = cfg.backbone.architecture
     transformer_cls, _, vae_cls = get_backbone(arch).classes()
     stats = json.loads((work / "transformer_stats.json").read_text())
     vae_record = json.loads((work / "vae_quality.json").read_text())
@@ -362,6 +480,9 @@ def pretrain(
     vae = vae_cls.from_pretrained(work / "vae")
     vae.register_to_config(latents_mean=list(stats["latents_mean"]), latents_std=list(stats["latents_std"]))
     transformer = transformer_cls.from_pretrained(work / "transformer")
+    text_encoder = build_text_encoder(len(tokenizer), cfg.backbone, seed=cfg.seed)
+    if (work / "text_encoder").is_dir():  # the one the transformer learned to read (trained or not)
+        text_encoder = type(text_encoder).from_pretrained(work / "text_encoder").eval()
     info = {
         "config": asdict(cfg),
         "vae": vae_record,
@@ -377,3 +498,27 @@ def pretrain(
         info=info,
     )
     return Path(out_dir)
+
+
+def pretrain(
+    out_dir: Path,
+    cfg: PretrainConfig | None = None,
+    stages: tuple[str, ...] = ("vae", "transformer"),
+    work_dir: Path = Path("runs/toy-pretrain"),
+    progress: bool = True,
+) -> Path | None:
+    """Run the requested stages and write the bundle to ``out_dir``; stage results are kept in ``work_dir``
+    so a stage not requested is read from an earlier run, and an interrupted transformer stage resumes
+    from its last checkpoint there."""
+    cfg = cfg or PretrainConfig()
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(toy_words())
+    if "vae" in stages:
+        _vae_stage(cfg, work, progress)
+    if "transformer" in stages:
+        text_encoder = build_text_encoder(len(tokenizer), cfg.backbone, seed=cfg.seed)
+        _transformer_stage(cfg, work, tokenizer, text_encoder, progress)
+    if not ((work / "vae").is_dir() and (work / "transformer").is_dir()):
+        return None  # a stage is still missing: the bundle is assembled once both exist
+    return _assemble(out_dir, cfg, work, tokenizer)

@@ -1,0 +1,108 @@
+"""Toy pretraining: exact resume from checkpoints, the jointly trained text encoder, a reused VAE."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tiny import TINY_MOCHI_TOY
+
+from dreamrelation.errors import UserError
+from dreamrelation.toy.pretrain import (
+    CaptionSet,
+    PretrainConfig,
+    adopt_vae,
+    build_text_encoder,
+    build_tokenizer,
+    pretrain,
+    tokenize_captions,
+    toy_words,
+    train_transformer,
+)
+
+
+def _inputs(arch: str = "mochi"):
+    tokenizer = build_tokenizer(toy_words())
+    captions = ["A red star is chasing a blue circle.", "A green square is passing a white cross."] * 3
+    ids, masks = tokenize_captions(tokenizer, captions)
+    null_ids, null_mask = tokenize_captions(tokenizer, [""])
+    caption_set = CaptionSet(ids, masks, null_ids[0], null_mask[0], zero_dropped=arch != "wan")
+    latents = torch.randn(6, 12, 2, 4, 4, generator=torch.Generator().manual_seed(3))
+    return tokenizer, caption_set, latents
+
+
+def _run(cfg: PretrainConfig, work: Path | None, steps: int):
+    tokenizer, caption_set, latents = _inputs()
+    text_encoder = build_text_encoder(len(tokenizer), cfg.backbone, seed=cfg.seed)
+    cfg.transformer_steps = steps
+    transformer, _, log = train_transformer(cfg, latents, caption_set, text_encoder, False, work)
+    return transformer, text_encoder, log
+
+
+def test_an_interrupted_run_resumes_exactly(tmp_path: Path) -> None:
+    def config() -> PretrainConfig:
+        return PretrainConfig(
+            transformer_batch=2,
+            checkpoint_every=3,
+            caption_dropout=0.5,
+            train_text_encoder=True,
+            backbone=TINY_MOCHI_TOY,
+        )
+
+    whole_tr, whole_te, whole_log = _run(config(), None, 8)
+    # "interrupted" after 6 steps: the last checkpoint (step 6) is what a killed run leaves behind
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg = config()
+    cfg.transformer_steps = 8
+    tokenizer, caption_set, latents = _inputs()
+    text_encoder = build_text_encoder(len(tokenizer), cfg.backbone, seed=cfg.seed)
+    train_transformer(cfg, latents, caption_set, text_encoder, False, work)
+    state = torch.load(work / "transformer_checkpoint.pt", weights_only=False)
+    assert state["step"] == 6 and len(state["log"]) == 6
+    resumed_tr, resumed_te, resumed_log = _run(config(), work, 8)  # starts at step 6
+    assert resumed_log == whole_log
+    for a, b in ((whole_tr, resumed_tr), (whole_te, resumed_te)):
+        for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            assert torch.equal(p, q), name
+    # other settings refuse the checkpoint instead of silently mixing two runs
+    other = config()
+    other.transformer_lr = 1e-3
+    with pytest.raises(UserError, match="other pretraining settings"):
+        _run(other, work, 8)
+
+
+def test_the_text_encoder_trains_only_when_asked() -> None:
+    tokenizer, _, _ = _inputs()
+    initial = build_text_encoder(len(tokenizer), TINY_MOCHI_TOY, seed=0).state_dict()
+    for trained in (False, True):
+        cfg = PretrainConfig(transformer_batch=2, train_text_encoder=trained, backbone=TINY_MOCHI_TOY)
+        _, text_encoder, _ = _run(cfg, None, 3)
+        changed = [not torch.equal(initial[k], v) for k, v in text_encoder.state_dict().items()]
+        assert any(changed) == trained
+        assert not any(p.requires_grad for p in text_encoder.parameters())  # frozen afterwards
+
+
+def test_dropped_captions_are_the_pipelines_unconditional_input() -> None:
+    tokenizer, mochi, _ = _inputs("mochi")
+    _, wan, _ = _inputs("wan")
+    encoder = build_text_encoder(len(tokenizer), TINY_MOCHI_TOY, seed=0)
+    idx, drop = torch.tensor([0, 1]), torch.tensor([True, False])
+    emb, mask = mochi.encode(encoder, idx, drop)
+    assert emb[0].abs().sum() == 0 and mask[0].sum() == 0 and mask[1].sum() > 0
+    emb, mask = wan.encode(encoder, idx, drop)
+    null = encoder(wan.null_ids[None], attention_mask=wan.null_mask[None])[0][0]
+    assert torch.allclose(emb[0], null) and torch.equal(mask[0], wan.null_mask)
+
+
+def test_a_bundle_can_reuse_another_bundles_vae(tmp_path: Path, tiny_bundle: Path) -> None:
+    work = tmp_path / "work"
+    adopt_vae(tiny_bundle, work)
+    cfg = PretrainConfig(num_videos=4, transformer_steps=2, transformer_batch=2, backbone=TINY_MOCHI_TOY)
+    cfg.train_text_encoder = True
+    bundle = pretrain(tmp_path / "bundle", cfg, ("transformer",), work_dir=work, progress=False)
+    assert (bundle / "vae" / "config.json").is_file()
+    trained = json.loads((work / "transformer_stats.json").read_text())["text_encoder_trained"]
+    assert trained is True
+    with pytest.raises(UserError, match="not a toy bundle"):
+        adopt_vae(tmp_path / "nowhere", work)
