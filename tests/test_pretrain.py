@@ -106,3 +106,28 @@ def test_a_bundle_can_reuse_another_bundles_vae(tmp_path: Path, tiny_bundle: Pat
     assert trained is True
     with pytest.raises(UserError, match="not a toy bundle"):
         adopt_vae(tmp_path / "nowhere", work)
+
+
+def test_made_up_relation_words_stay_outside_the_vocabulary() -> None:
+    import numpy as np
+
+    from dreamrelation.toy import world
+    from dreamrelation.toy.pretrain import with_made_up_words
+
+    tokenizer = build_tokenizer(toy_words())
+    word_pieces = {p for p, _ in tokenizer.get_vocab().items() if p.startswith("\u2581") and len(p) > 2}
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        word = world.made_up_word(rng)
+        assert word not in world.caption_words() and "\u2581" + word not in word_pieces
+    captions = ["A red star is moving away from a blue circle.", "A person is chasing a person."] * 50
+    swapped = with_made_up_words(captions, 0.3, seed=0)
+    changed = [a != b for a, b in zip(captions, swapped, strict=True)]
+    assert 15 <= sum(changed) <= 45 and with_made_up_words(captions, 0.3, seed=0) == swapped
+    for before, after, was in zip(captions, swapped, changed, strict=True):
+        if was:  # the subjects stay, the relation phrase is gone
+            assert after.startswith(before.split(" is ")[0] + " is ") and after.split()[-2:] == before.split()[-2:]
+            assert not any(f" {r.phrase} " in after for r in world.RELATIONS.values())
+    assert with_made_up_words(captions, 0.0, seed=0) == captions
+    with pytest.raises(UserError, match="no toy relation phrase"):
+        world.with_relation_word("A red star.", "zorbing")

@@ -74,10 +74,7 @@ def toy_words() -> list[str]:
     """Every word of the toy world's captions (articles, colours, shapes, relation phrases)."""
     from dreamrelation.toy import world
 
-    words = {"a", "an", "is", "person", "with", *world.COLOURS, *world.SHAPES}
-    for relation in world.RELATIONS.values():
-        words.update(relation.phrase.split())
-    return sorted(words)
+    return sorted(world.caption_words())
 
 
 def toy_vocabulary(words: list[str]) -> list[tuple[str, float]]:

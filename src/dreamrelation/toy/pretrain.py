@@ -59,6 +59,9 @@ class PretrainConfig:
     train_text_encoder: bool = False  # train the toy T5/UMT5 with the transformer, frozen in the bundle
     text_encoder_lr: float | None = None  # None: transformer_lr
     checkpoint_every: int = 250  # transformer steps between resumable checkpoints in the work dir
+    # share of pretraining captions whose relation phrase is a made-up word outside the vocabulary: the model
+    # learns to keep both subjects when it cannot read the relation (a user's relation comes with its own word)
+    unknown_word_prob: float = 0.0
     backbone: ToyBackboneConfig = field(default_factory=ToyBackboneConfig)
 
 
@@ -261,6 +264,20 @@ def cached_pretraining_set(
     return latents, captions
 
 
+def with_made_up_words(captions: list[str], probability: float, seed: int) -> list[str]:
+    """``captions`` with the relation phrase of a random ``probability`` share replaced by made-up words."""
+    from dreamrelation.toy import world
+
+    if probability <= 0:
+        return list(captions)
+    rng = np.random.default_rng(seed + 7)
+    replace = rng.random(len(captions)) < probability
+    return [
+        world.with_relation_word(text, world.made_up_word(rng)) if swap else text
+        for text, swap in zip(captions, replace, strict=True)
+    ]
+
+
 def tokenize_captions(tokenizer, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and attention masks ``(N, L)`` at the toy sequence length."""
     tokens = tokenizer(
@@ -444,7 +461,7 @@ def _transformer_stage(cfg: PretrainConfig, work: Path, tokenizer, text_encoder,
     mean = latents.mean(dim=(0, 2, 3, 4))
     std = latents.std(dim=(0, 2, 3, 4))
     normalised = (latents - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
-    ids, masks = tokenize_captions(tokenizer, captions)
+    ids, masks = tokenize_captions(tokenizer, with_made_up_words(captions, cfg.unknown_word_prob, cfg.seed))
     null_ids, null_mask = tokenize_captions(tokenizer, [""])
     # WanPipeline encodes the empty negative prompt; Mochi's pipeline zeroes it
     wan = cfg.backbone.architecture == "wan"

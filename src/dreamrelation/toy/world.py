@@ -327,6 +327,39 @@ def caption_template(relation: str | Relation) -> str:
     return f"A {{subject1}} is {rel.phrase} a {{subject2}}."
 
 
+_ONSETS = ("b", "bl", "d", "dr", "f", "g", "gl", "k", "kr", "m", "n", "p", "pl", "sn", "t", "tr", "v", "z")
+_VOWELS = ("a", "e", "i", "o", "u", "oo", "ee")
+_CODAS = ("", "b", "m", "n", "r", "sh", "x", "z")
+
+
+def caption_words() -> set[str]:
+    """Every word the toy captions use (articles, colours, shapes, relation phrases)."""
+    words = {"a", "an", "is", "person", "with", *COLOURS, *SHAPES}
+    for relation in RELATIONS.values():
+        words.update(relation.phrase.split())
+    return words
+
+
+def made_up_word(rng: np.random.Generator) -> str:
+    """A pronounceable verb outside the toy vocabulary (``zorbing``, ``gleeping``), as a user's own word for
+    a relation would be: two random syllables plus ``ing``."""
+    known = caption_words()
+    while True:
+        syllables = [f"{rng.choice(_ONSETS)}{rng.choice(_VOWELS)}{rng.choice(_CODAS)}" for _ in range(2)]
+        word = "".join(syllables) + "ing"
+        if word not in known:
+            return word
+
+
+def with_relation_word(caption_text: str, word: str) -> str:
+    """``caption_text`` with its relation phrase replaced by ``word`` (``A red star is zorbing a blue circle.``)."""
+    for relation in sorted(RELATIONS.values(), key=lambda r: -len(r.phrase)):
+        marker = f" is {relation.phrase} "
+        if marker in caption_text:
+            return caption_text.replace(marker, f" is {word} ", 1)
+    raise UserError(f"no toy relation phrase in caption {caption_text!r}")
+
+
 def sample_subject(
     rng: np.random.Generator,
     shapes: Sequence[str] = SHAPES,
