@@ -8,6 +8,7 @@ import torch
 from tiny import TINY_MOCHI_TOY
 
 from dreamrelation.errors import UserError
+from dreamrelation.sampling.generate import load_pipeline
 from dreamrelation.toy.pretrain import (
     CaptionSet,
     PretrainConfig,
@@ -15,6 +16,7 @@ from dreamrelation.toy.pretrain import (
     build_text_encoder,
     build_tokenizer,
     pretrain,
+    snapshot_bundle,
     tokenize_captions,
     toy_words,
     train_transformer,
@@ -99,11 +101,18 @@ def test_a_bundle_can_reuse_another_bundles_vae(tmp_path: Path, tiny_bundle: Pat
     work = tmp_path / "work"
     adopt_vae(tiny_bundle, work)
     cfg = PretrainConfig(num_videos=4, transformer_steps=2, transformer_batch=2, backbone=TINY_MOCHI_TOY)
-    cfg.train_text_encoder = True
+    cfg.train_text_encoder, cfg.checkpoint_every = True, 1
     bundle = pretrain(tmp_path / "bundle", cfg, ("transformer",), work_dir=work, progress=False)
     assert (bundle / "vae" / "config.json").is_file()
     trained = json.loads((work / "transformer_stats.json").read_text())["text_encoder_trained"]
     assert trained is True
+    # a snapshot of the checkpoint (step 1 of 2) is a loadable bundle holding the checkpoint's weights
+    snap = snapshot_bundle(tmp_path / "snap", cfg, work)
+    state = torch.load(work / "transformer_checkpoint.pt", weights_only=False)
+    pipe = load_pipeline(snap)
+    for name, value in pipe.transformer.state_dict().items():
+        assert torch.allclose(value, state["models"][0][name].half().float()), name
+    assert json.loads((snap / "toy_info.json").read_text())["transformer"]["steps"] == 1
     with pytest.raises(UserError, match="not a toy bundle"):
         adopt_vae(tmp_path / "nowhere", work)
 

@@ -519,6 +519,9 @@ def toy_pretrain(
     vae_from: Path = typer.Option(
         None, help="Reuse the VAE of this toy bundle instead of training one (e.g. the shipped bundle)."
     ),
+    snapshot: bool = typer.Option(
+        False, help="Only write --out from the running transformer stage's latest checkpoint (same overrides)."
+    ),
 ) -> None:
     """Pretrain a toy backbone (VAE on random shapes, transformer on base relations only); seeded.
 
@@ -526,7 +529,7 @@ def toy_pretrain(
     from dreamrelation.config import load_config
     from dreamrelation.sampling.generate import TOY_BUNDLES
     from dreamrelation.toy.backbone import ARCHITECTURES
-    from dreamrelation.toy.pretrain import PretrainConfig, adopt_vae, pretrain
+    from dreamrelation.toy.pretrain import PretrainConfig, adopt_vae, pretrain, snapshot_bundle
 
     unknown = sorted(set(stage) - {"vae", "transformer"})
     if unknown:
@@ -535,6 +538,11 @@ def toy_pretrain(
         raise UserError(f"--architecture {architecture!r}: choose one of {', '.join(ARCHITECTURES)}")
     cfg = load_config(PretrainConfig, None, [f"backbone.architecture={architecture}", *(overrides or [])])
     work_dir = work_dir or Path("runs/toy-pretrain" + ("" if architecture == "mochi" else f"-{architecture}"))
+    if snapshot:
+        if out is None:
+            raise UserError("--snapshot needs --out (the shipped bundle is never overwritten by a snapshot)")
+        typer.echo(f"bundle: {snapshot_bundle(out, cfg, work_dir)}")
+        return
     if vae_from is not None:
         adopt_vae(vae_from, work_dir)
     bundle = pretrain(out or TOY_BUNDLES[architecture], cfg, tuple(stage), work_dir=work_dir)

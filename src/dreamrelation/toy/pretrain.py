@@ -467,26 +467,53 @@ def _transformer_stage(cfg: PretrainConfig, work: Path, tokenizer, text_encoder,
     wan = cfg.backbone.architecture == "wan"
     caption_set = CaptionSet(ids, masks, null_ids[0], null_mask[0], zero_dropped=not wan)
     transformer, seconds, log = train_transformer(cfg, normalised, caption_set, text_encoder, progress, work)
-    text_encoder.save_pretrained(work / "text_encoder")
-    transformer.save_pretrained(work / "transformer")
-    stats = {
+    _save_transformer_stage(work, cfg, transformer, text_encoder, (mean, std), seconds, log)
+
+
+def _save_transformer_stage(stage: Path, cfg: PretrainConfig, transformer, text_encoder, stats, seconds, log):
+    text_encoder.save_pretrained(stage / "text_encoder")
+    transformer.save_pretrained(stage / "transformer")
+    record = {
         "architecture": cfg.backbone.architecture,
-        "latents_mean": mean.tolist(),
-        "latents_std": std.tolist(),
+        "latents_mean": stats[0].tolist(),
+        "latents_std": stats[1].tolist(),
         "seconds": seconds,
+        "steps": len(log),
         "final_loss": float(np.mean(log[-200:])),
         "text_encoder_trained": cfg.train_text_encoder,
     }
-    (work / "transformer_stats.json").write_text(json.dumps(stats, indent=2))
+    (stage / "transformer_stats.json").write_text(json.dumps(record, indent=2))
 
 
-def _assemble(out_dir: Path, cfg: PretrainConfig, work: Path, tokenizer) -> Path:
-    """Write the bundle from the work dir's stage results (VAE, transformer, its text encoder)."""
+def snapshot_bundle(out_dir: Path, cfg: PretrainConfig, work_dir: Path) -> Path:
+    """Write a bundle from the transformer stage's latest checkpoint, to check a run while it trains."""
+    work = Path(work_dir)
+    state = _load_checkpoint(work, cfg)
+    if state is None:
+        raise UserError(
+            f"{work}: no transformer checkpoint yet (one is written every checkpoint_every steps)"
+        )
+    latents, _ = cached_pretraining_set(work, cfg.num_videos, cfg.seed, False, cfg.backbone.temporal_factor)
+    stats = (latents.mean(dim=(0, 2, 3, 4)), latents.std(dim=(0, 2, 3, 4)))
+    tokenizer = build_tokenizer(toy_words())
+    transformer = build_transformer(cfg.backbone, seed=cfg.seed)
+    text_encoder = build_text_encoder(len(tokenizer), cfg.backbone, seed=cfg.seed)
+    for module, weights in zip((transformer, text_encoder), state["models"], strict=True):
+        module.load_state_dict(weights)
+    stage = work / "snapshot"
+    stage.mkdir(exist_ok=True)
+    _save_transformer_stage(stage, cfg, transformer, text_encoder, stats, state["seconds"], state["log"])
+    return _assemble(out_dir, cfg, work, tokenizer, stage)
+
+
+def _assemble(out_dir: Path, cfg: PretrainConfig, work: Path, tokenizer, stage: Path | None = None) -> Path:
+    """Write the bundle from the work dir's VAE and the transformer stage in ``stage`` (default: ``work``)."""
     from dreamrelation.models.backbones import get_backbone
 
     arch = cfg.backbone.architecture
+    stage = stage or work
     transformer_cls, _, vae_cls = get_backbone(arch).classes()
-    stats = json.loads((work / "transformer_stats.json").read_text())
+    stats = json.loads((stage / "transformer_stats.json").read_text())
     vae_record = json.loads((work / "vae_quality.json").read_text())
     found = {vae_record.get("architecture", "mochi"), stats.get("architecture", "mochi")}
     if found != {arch}:
@@ -496,14 +523,15 @@ def _assemble(out_dir: Path, cfg: PretrainConfig, work: Path, tokenizer) -> Path
         )
     vae = vae_cls.from_pretrained(work / "vae")
     vae.register_to_config(latents_mean=list(stats["latents_mean"]), latents_std=list(stats["latents_std"]))
-    transformer = transformer_cls.from_pretrained(work / "transformer")
+    transformer = transformer_cls.from_pretrained(stage / "transformer")
     text_encoder = build_text_encoder(len(tokenizer), cfg.backbone, seed=cfg.seed)
-    if (work / "text_encoder").is_dir():  # the one the transformer learned to read (trained or not)
-        text_encoder = type(text_encoder).from_pretrained(work / "text_encoder").eval()
+    if (stage / "text_encoder").is_dir():  # the one the transformer learned to read (trained or not)
+        text_encoder = type(text_encoder).from_pretrained(stage / "text_encoder").eval()
     info = {
         "config": asdict(cfg),
         "vae": vae_record,
-        "transformer": {k: stats[k] for k in ("seconds", "final_loss")},
+        "transformer": {k: stats[k] for k in ("seconds", "final_loss") if k in stats}
+        | {"steps": stats.get("steps")},
     }
     # fp16 storage keeps the shipped bundle small; load with torch_dtype=torch.float32 to compute in fp32
     save_bundle(
