@@ -112,6 +112,9 @@ def test_deterministic_and_validated():
         paired_bootstrap(a, b[:3])
     with pytest.raises(ValueError):
         paired_bootstrap(a, b, clusters=[0, 1])
+    # one cluster: a point-mass bootstrap must not be called significant
+    single = paired_bootstrap(a, b, clusters=[("s", "p")] * 4)
+    assert single.diff == pytest.approx(0.25) and np.isnan(single.low) and not single.significant
 
 
 def test_bootstrap_ci_stays_in_the_data_range():
@@ -120,3 +123,30 @@ def test_bootstrap_ci_stays_in_the_data_range():
     assert mean == pytest.approx(0.03)
     assert low == 0.0 and 0.03 < high <= 0.9
     assert bootstrap_ci([np.nan]) == pytest.approx((np.nan,) * 3, nan_ok=True)
+
+
+def test_summarise_wilson_for_binary_and_bootstrap_in_range():
+    from dreamrelation.evaluation.report import wilson_interval
+    from dreamrelation.evaluation.toy_study import summarise
+
+    # 1 hit of 12 and a bounded score with one large value: the old t-interval went below 0 for both
+    scores = [
+        {
+            "relation_correct": i == 0,
+            "appearance": 1.0,
+            "leakage": 0.9 if i == 0 else 0.0,
+            "temporal_consistency": 0.95,
+        }
+        for i in range(12)
+    ]
+    row = summarise(scores)
+    assert row["n"] == 12 and row["relation_correct"] == pytest.approx(1 / 12)
+    # Wilson by hand: centre (p + z^2/2n) / (1 + z^2/n), half z sqrt(p(1-p)/n + z^2/4n^2) / (1 + z^2/n)
+    z, n, p = 1.96, 12, 1 / 12
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert row["relation_correct_ci95"] == pytest.approx([centre - half, centre + half])
+    assert tuple(row["relation_correct_ci95"]) == pytest.approx(wilson_interval(1, 12))
+    low, high = row["leakage_ci95"]
+    assert low == 0.0 and 0.0 < row["leakage"] < high <= 0.9
+    assert row["appearance_ci95"] == [1.0, 1.0]

@@ -1,14 +1,25 @@
 import json
 
+import numpy as np
 import pytest
 
+from dreamrelation.evaluation import toy_benchmark
 from dreamrelation.evaluation.toy_benchmark import (
     PAPER_RELATION_ACCURACY,
+    CostModel,
     ToyBenchmarkConfig,
+    Unit,
     bar_chart,
+    build_sections,
+    estimate_seconds,
     fast_preset,
+    measured_cost,
+    paired_difference,
+    plan_units,
     run_toy_benchmark,
 )
+from dreamrelation.evaluation.toy_study import DEFAULT_SUBJECTS, toy_recipe
+from dreamrelation.toy import world
 
 
 def test_bar_chart_draws_one_row_per_method():
@@ -20,18 +31,170 @@ def test_bar_chart_draws_one_row_per_method():
     assert big.height - small.height == 2 * 26
 
 
+def test_default_subjects_are_new_and_distinct():
+    assert len(DEFAULT_SUBJECTS) == 16 and len({tuple(s) for s in DEFAULT_SUBJECTS}) == 16
+    for shape1, colour1, shape2, colour2 in DEFAULT_SUBJECTS:
+        assert {shape1, shape2} <= set(world.SHAPES) and shape1 != shape2  # never a person
+        assert {colour1, colour2} <= set(world.COLOURS) and colour1 != colour2
+        assert not {colour1, colour2} & set(world.PERSON_COLOURS)  # never the exemplars' colours
+
+
+def test_full_plan_meets_the_power_targets():
+    cfg = ToyBenchmarkConfig()
+    units = plan_units(cfg)
+    assert set(cfg.relations) == {"high_fiving", "jumping_over", "pushing", "orbiting"}
+    assert len(cfg.subjects) * len(cfg.seeds) >= 64
+    for relation in cfg.relations:
+        assert sum(u.relation == relation and u.method == "untuned" for u in units) == 1
+        for method in ("direct_lora", "dreamrelation"):
+            assert sum(u.relation == relation and u.method == method for u in units) >= 3
+    for method in set(cfg.methods) - {"untuned", "direct_lora", "dreamrelation"}:
+        relations = {u.relation for u in units if u.method == method}
+        assert len(relations) >= 2
+        for relation in relations:
+            assert sum(u.relation == relation and u.method == method for u in units) >= 2
+    # 4 untuned + 2 x 3 x 4 Table 1 + 8 x 2 x 2 others; the estimate must fit in 4 hours
+    assert len(units) == 4 + 24 + 32
+    assert estimate_seconds(cfg, units, cfg.cost) < 4 * 3600
+
+
+def test_training_seed_reaches_the_trainer():
+    cfg = ToyBenchmarkConfig()
+    assert toy_recipe("dreamrelation", cfg, 2).optim.seed == 2
+    assert toy_recipe("direct_lora", cfg, 0).optim.seed == 0
+    assert toy_recipe("untuned", cfg, 1) is None
+
+
+def test_cost_model_by_hand():
+    cfg = ToyBenchmarkConfig(subjects=[["star", "red", "circle", "blue"]] * 2, seeds=[0, 1, 2])
+    cfg.train_steps, cfg.num_inference_steps = 100, 10
+    cost = CostModel(
+        train_s_per_step=0.5, generate_s_per_step=0.1, score_s_per_video=0.2, prepare_s_per_relation=7
+    )
+    units = [
+        Unit("pushing", "untuned", None),
+        Unit("pushing", "dreamrelation", 0),
+        Unit("orbiting", "wo_hmt", 1),
+    ]
+    # 2 relations x 7 s + 3 units x 6 videos x (10 x 0.1 + 0.2) s + 2 trained x 100 x 0.5 s
+    assert estimate_seconds(cfg, units, cost) == pytest.approx(14 + 3 * 6 * 1.2 + 100)
+    finished = [{"jobs": [{}] * 6, "timings": {"train_s_per_step": 0.2, "generate_s": 12.0, "score_s": 3.0}}]
+    measured = measured_cost(cfg, finished)
+    assert measured.train_s_per_step == 0.2
+    assert measured.generate_s_per_step == pytest.approx(12.0 / 60)
+    assert measured.score_s_per_video == pytest.approx(0.5)
+    assert measured.prepare_s_per_relation == cfg.cost.prepare_s_per_relation  # not measured
+
+
+def _fake_results(correct: dict[tuple[str, int | None], list[int]], prompts: list[str]) -> dict:
+    """Unit results with the given per-video relation_correct (one video per prompt)."""
+    jobs = [{"prompt": p, "seed": 0} for p in prompts]
+    results = {}
+    for (method, seed), values in correct.items():
+        scores = [
+            {"relation_correct": bool(v), "appearance": 0.5, "leakage": 0.1 * v, "temporal_consistency": 0.9}
+            for v in values
+        ]
+        results[Unit("pushing", method, seed)] = {"jobs": jobs, "scores": scores}
+    return results
+
+
+def test_paired_difference_pairs_seeds_and_prompts():
+    prompts = ["p0", "p1", "p2", "p3"]
+    results = _fake_results(
+        {
+            ("dreamrelation", 0): [1, 1, 0, 1],
+            ("dreamrelation", 1): [1, 0, 1, 1],
+            ("direct_lora", 0): [0, 1, 0, 0],
+            ("direct_lora", 1): [1, 0, 0, 0],
+            ("untuned", None): [0, 0, 0, 1],
+        },
+        prompts,
+    )
+    lora = paired_difference(results, "direct_lora", (["pushing"], [0, 1]), n_boot=2000)
+    assert lora.diff == pytest.approx((3 + 3 - 1 - 1) / 8)  # 0.5, by hand
+    assert 0.0 <= lora.low <= lora.diff <= lora.high <= 1.0
+    # the untuned videos pair with each training seed of DreamRelation
+    untuned = paired_difference(results, "untuned", (["pushing"], [0, 1]), n_boot=2000)
+    assert untuned.diff == pytest.approx((3 + 3 - 2 * 1) / 8)
+    # only seed 0 in scope: 3/4 - 1/4
+    assert paired_difference(results, "direct_lora", (["pushing"], [0]), n_boot=500).diff == 0.5
+
+
+def test_report_tables_show_intervals_and_significance():
+    cfg = ToyBenchmarkConfig(relations=["pushing"], methods=["untuned", "direct_lora", "dreamrelation"])
+    cfg.train_seeds, cfg.n_boot = [0, 1], 2000
+    prompts = [f"p{i}" for i in range(16)]
+    results = _fake_results(
+        {
+            ("dreamrelation", 0): [1] * 16,
+            ("dreamrelation", 1): [1] * 15 + [0],
+            ("direct_lora", 0): [0] * 16,
+            ("direct_lora", 1): [1] * 16,
+            ("untuned", None): [0] * 16,
+        },
+        prompts,
+    )
+    sections, tables, per_relation = build_sections(cfg, results)
+    rows = {r["method"]: r for r in tables["Table 1: comparison"]}
+    assert rows["untuned"]["n"] == 16 and rows["dreamrelation"]["n"] == 32
+    assert rows["untuned"]["relation_correct_ci95"][0] == 0.0  # Wilson at 0/16
+    assert rows["untuned"]["difference_significant"] is True  # 31 of 32 pairs favour DreamRelation
+    # direct LoRA: seed 0 all wrong, seed 1 all right: with two training seeds the difference is unclear
+    assert rows["direct_lora"]["difference"] == pytest.approx(15 / 32)
+    assert rows["direct_lora"]["difference_significant"] is False
+    assert rows["direct_lora"]["paper_difference"] == pytest.approx(0.445 - 0.326)
+    text = dict(sections)["Table 1: comparison"]
+    assert "DreamRelation - method [95% CI]" in text and "| yes |" in text and "| no |" in text
+    assert per_relation[0]["relation"] == "pushing"
+
+
 @pytest.mark.slow
-def test_fast_benchmark_runs(tiny_bundle, tmp_path):
+def test_fast_benchmark_runs_and_resumes(tiny_bundle, tmp_path, monkeypatch):
     cfg = fast_preset(ToyBenchmarkConfig(bundle=str(tiny_bundle), out_dir=str(tmp_path / "bench")))
     cfg.train_steps, cfg.num_inference_steps, cfg.num_exemplars, cfg.rank = 2, 2, 2, 4
+    cfg.n_boot = 200
     run_toy_benchmark(cfg, progress=False)
-    report = json.loads((tmp_path / "bench" / "report.json").read_text())
-    methods = [row["method"] for row in report["results"]]
-    assert methods == ["untuned", "direct_lora", "dreamrelation", "wo_hmt"]
-    for row in report["results"]:
+    out = tmp_path / "bench"
+    report = json.loads((out / "report.json").read_text())
+    table1 = report["tables"]["Table 1: comparison"]
+    assert [row["method"] for row in table1] == ["untuned", "direct_lora", "dreamrelation"]
+    assert [row["method"] for row in report["tables"]["Table 2: ablations"]] == ["dreamrelation", "wo_hmt"]
+    for row in table1:
         assert row["paper_relation_accuracy"] == PAPER_RELATION_ACCURACY[row["method"]]
-        assert 0.0 <= row["relation_correct"] <= 1.0
-    text = (tmp_path / "bench" / "report.md").read_text()
-    assert "Table 1: comparison" in text and "Table 2: ablations" in text
-    assert (tmp_path / "bench" / "table_1.png").is_file()
-    assert (tmp_path / "bench" / "contact_sheet_high_fiving.png").is_file()
+        low, high = row["relation_correct_ci95"]
+        assert 0.0 <= low <= row["relation_correct"] <= high <= 1.0
+    assert table1[0]["n"] == 2 and table1[1]["n"] == 4  # untuned once, direct LoRA with two training seeds
+    text = (out / "report.md").read_text()
+    assert "Table 1: comparison" in text and "Table 2: ablations" in text and "significant" in text
+    assert (out / "table_1.png").is_file() and (out / "contact_sheet_high_fiving.png").is_file()
+    units = sorted(p.name for p in (out / "units" / "high_fiving").glob("*.json"))
+    expected = ["direct_lora_seed0", "direct_lora_seed1", "dreamrelation_seed0", "dreamrelation_seed1"]
+    assert units == sorted([f"{n}.json" for n in [*expected, "untuned", "wo_hmt_seed0"]])
+    # the training seed changes the adapters, the jobs stay the same
+    seed0, seed1 = (
+        json.loads((out / "units" / "high_fiving" / f"dreamrelation_seed{s}.json").read_text())
+        for s in (0, 1)
+    )
+    assert seed0["jobs"] == seed1["jobs"]
+    adapters = [
+        sorted((out / "train" / "high_fiving" / f"dreamrelation_seed{s}" / "adapters").glob("*.safetensors"))
+        for s in (0, 1)
+    ]
+    assert adapters[0] and adapters[0][0].read_bytes() != adapters[1][0].read_bytes()
+
+    # resume: a finished unit is never run again; a missing one (killed run) is
+    calls = []
+    original = toy_benchmark.run_unit
+    monkeypatch.setattr(
+        toy_benchmark,
+        "run_unit",
+        lambda pipe, ex, unit, jobs, c: calls.append(unit) or original(pipe, ex, unit, jobs, c),
+    )
+    (out / "units" / "high_fiving" / "wo_hmt_seed0.json").unlink()
+    again = run_toy_benchmark(cfg, progress=False)
+    assert calls == [Unit("high_fiving", "wo_hmt", 0)]
+    assert again["tables"]["Table 1: comparison"] == json.loads(
+        json.dumps(report["tables"]["Table 1: comparison"])
+    )
+    assert np.isfinite(again["seconds"])

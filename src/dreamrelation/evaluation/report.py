@@ -311,11 +311,15 @@ def paired_bootstrap(
     units as the stratum has, with replacement; within each drawn outer unit draw as many of its inner units
     as it has, with replacement; every video of a drawn (outer, inner) cell enters with its pair difference
     (repeated draws repeat it). The replicate is the mean difference over all drawn videos of all strata; the
-    interval is the 2.5 and 97.5 percentiles of ``n_boot`` replicates (``seed`` fixes them).
+    interval is the 2.5 and 97.5 percentiles of ``n_boot`` replicates (``seed`` fixes them). With a single
+    cluster per stratum there is nothing to resample: the bounds are NaN and the difference not significant.
+    With few clusters (e.g. 2-3 training seeds) the percentile interval is somewhat too narrow.
     """
     diffs = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     if diffs.ndim != 1 or len(diffs) == 0:
         raise ValueError("a and b must be non-empty sequences of the same length")
+    if all((counts > 0).sum() <= 1 for _, counts in _cells(diffs, clusters, strata)):
+        return PairedDifference(float(diffs.mean()), math.nan, math.nan, False)  # nothing to resample
     reps = bootstrap_means(diffs, clusters, strata, n_boot, seed)
     low, high = (float(v) for v in np.percentile(reps, [2.5, 97.5]))
     return PairedDifference(float(diffs.mean()), low, high, bool(low > 0.0 or high < 0.0))

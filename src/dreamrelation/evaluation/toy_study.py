@@ -6,6 +6,7 @@ adapters, generate fixed (prompt, seed) jobs with new subjects, score them with 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import numpy as np
 
 from dreamrelation.data.mask_io import write_colour_masks
 from dreamrelation.data.prepare import null_prompt_for, prepare_samples
-from dreamrelation.evaluation.report import mean_ci95
+from dreamrelation.evaluation.report import bootstrap_ci, wilson_interval
 from dreamrelation.models.adapters import set_active_roles
 from dreamrelation.sampling.generate import generate_videos
 from dreamrelation.toy import world
@@ -29,13 +30,27 @@ from dreamrelation.utils.media import write_video
 UNTUNED = "untuned"
 SUMMARY_KEYS = ("relation_correct", "appearance", "leakage", "temporal_consistency")
 
-# New subjects for generation: never a person, colour pairs unlike the exemplars'.
+# New subjects for generation: never a person, so never the exemplars' (person) colours; two different colours
+# and shapes per prompt; every colour 4 times. The first four are the demo's prompts.
 DEFAULT_SUBJECTS = [
     ["star", "red", "circle", "blue"],
     ["triangle", "yellow", "square", "green"],
     ["diamond", "cyan", "cross", "orange"],
     ["circle", "white", "star", "magenta"],
+    ["square", "orange", "triangle", "red"],
+    ["cross", "blue", "diamond", "yellow"],
+    ["star", "green", "circle", "cyan"],
+    ["triangle", "magenta", "square", "white"],
+    ["diamond", "red", "star", "green"],
+    ["circle", "orange", "cross", "magenta"],
+    ["square", "blue", "triangle", "white"],
+    ["cross", "yellow", "diamond", "cyan"],
+    ["triangle", "red", "cross", "white"],
+    ["star", "cyan", "square", "magenta"],
+    ["diamond", "green", "circle", "orange"],
+    ["square", "yellow", "star", "blue"],
 ]
+BINARY_KEYS = frozenset({"relation_correct", "tracked"})
 
 
 @dataclass
@@ -129,11 +144,16 @@ class ToyExperimentConfig:
     rank: int = 16
 
 
-def toy_recipe(method: str, cfg: ToyExperimentConfig) -> TrainConfig | None:
-    """The trainer preset of ``method`` at toy scale (``None`` for the untuned model)."""
+def toy_recipe(method: str, cfg: ToyExperimentConfig, train_seed: int = 0) -> TrainConfig | None:
+    """The trainer preset of ``method`` at toy scale (``None`` for the untuned model).
+
+    ``train_seed`` is the trainer's seed: it sets the adapters' initialisation, the data order, the HMT
+    choices and the training noise (the exemplars, prompts and sampling seeds do not depend on it).
+    """
     if method == UNTUNED:
         return None
     train = preset(method)
+    train.optim.seed = int(train_seed)
     train.optim.steps = cfg.train_steps
     train.optim.batch_size = cfg.batch_size
     train.optim.lr = cfg.lr
@@ -188,11 +208,21 @@ def score_jobs(
     ]
 
 
-def summarise(scores: Sequence[dict], keys: Sequence[str] = SUMMARY_KEYS) -> dict:
-    """Mean and 95% interval of each score key: ``{key: mean, key_ci95: [low, high]}``."""
-    row: dict = {}
+def summarise(scores: Sequence[dict], keys: Sequence[str] = SUMMARY_KEYS, n_boot: int = 2000) -> dict:
+    """Mean and 95% interval of each score key: ``{key: mean, key_ci95: [low, high]}``; also ``n``.
+
+    Binary keys (:data:`BINARY_KEYS`, or all values bools) get a Wilson interval, the others a percentile
+    bootstrap over videos (seed 0), so intervals of scores in [0, 1] stay in [0, 1].
+    """
+    row: dict = {"n": len(scores)}
     for key in keys:
-        mean, low, high = mean_ci95([float(s[key]) for s in scores])
+        values = [s[key] for s in scores]
+        if key in BINARY_KEYS or (values and all(isinstance(v, bool) for v in values)):
+            hits = sum(bool(v) for v in values)
+            mean = hits / len(values) if values else math.nan
+            low, high = wilson_interval(hits, len(values))
+        else:
+            mean, low, high = bootstrap_ci([float(v) for v in values], n_boot=n_boot)
         row[key] = mean
         row[f"{key}_ci95"] = [low, high]
     return row
