@@ -240,13 +240,18 @@ def render_pretraining_set(
 
     rng = np.random.default_rng(seed)
     base = list(world.BASE_RELATIONS)
-    latents, captions = [], []
-    for _ in tqdm(range(num_videos), desc="render base relations", disable=not progress):
+    latents, captions = None, []
+    for i in tqdm(range(num_videos), desc="render base relations", disable=not progress):
         spec = world.sample_video_spec(rng, relations=base)
         video = render_video(spec)
-        latents.append(analytic_latents(frames_to_tensor(video.frames), temporal)[0])
+        latent = analytic_latents(frames_to_tensor(video.frames), temporal)[0]
+        if latents is None:
+            # one buffer: small tensors kept between the large per-video ones fragment the heap (a list of
+            # 24000 latents grew the process to 17 GB at 14000 videos)
+            latents = torch.empty((num_videos, *latent.shape), dtype=latent.dtype)
+        latents[i] = latent
         captions.append(video.caption)
-    return torch.stack(latents), captions
+    return latents, captions
 
 
 def cached_pretraining_set(
