@@ -1,4 +1,4 @@
-"""Video/image I/O and previews: MP4/GIF writing and reading, contact sheets and mask overlays.
+"""Video/image I/O and previews: MP4/GIF writing and reading, contact sheets, mask overlays, trajectories.
 
 All writers are atomic (temp file in the same directory, then ``os.replace``). Videos are
 ``uint8`` arrays shaped ``(T, H, W, 3)`` in RGB order.
@@ -27,6 +27,9 @@ __all__ = [
     "overlay_masks",
     "read_video",
     "save_png",
+    "trajectory_frames",
+    "trajectory_panel",
+    "trajectory_still",
     "upscale_nearest",
     "write_gif",
     "write_video",
@@ -438,3 +441,72 @@ def contact_sheet(
                 Image.fromarray(strip), (x0 + c * (cell_w + SHEET_PAD), y0 + r * (cell_h + SHEET_PAD))
             )
     return sheet
+
+
+# ----------------------------------------------------------------------------------------------
+# trajectories
+# ----------------------------------------------------------------------------------------------
+
+
+def trajectory_still(
+    background: np.ndarray,
+    trajectories: np.ndarray,
+    colours: Sequence[Colour] | None = None,
+    scale: int = 2,
+    fade: float = 0.0,
+) -> np.ndarray:
+    """Draw centroid ``trajectories`` (S, T, 2) in ``background``'s pixel coordinates (x, y) on it.
+
+    ``background`` is one frame (H, W, 3), or a video (T, H, W, 3) whose mean over time is used (a ghost of
+    the motion). It is nearest-upscaled by ``scale`` and blended ``fade`` of the way to white. Each
+    trajectory is a polyline in ``colours[i]`` with a black outline, an open circle at its start and a filled
+    one at its end; NaN points (lost subject) break the line. Returns ``uint8`` (H*scale, W*scale, 3).
+    """
+    arr = np.asarray(background)
+    frame = _as_video(arr).mean(axis=0) if arr.ndim == 4 else _as_video(arr)[0].astype(np.float64)
+    frame = (1.0 - fade) * frame + fade * 255.0
+    image = Image.fromarray(upscale_nearest(np.clip(np.rint(frame), 0, 255).astype(np.uint8), scale))
+    draw = ImageDraw.Draw(image)
+    palette = list(colours) if colours else list(DEFAULT_MASK_COLOURS)
+    radius = 2 + scale
+    for i, traj in enumerate(np.asarray(trajectories, dtype=np.float64)):
+        colour = tuple(int(c) for c in palette[i % len(palette)])
+        points = [None if np.isnan(p).any() else ((p[0] + 0.5) * scale, (p[1] + 0.5) * scale) for p in traj]
+        for width, fill in ((scale + 3, (0, 0, 0)), (scale + 1, colour)):
+            for p, q in zip(points[:-1], points[1:], strict=True):
+                if p is not None and q is not None:
+                    draw.line([p, q], fill=fill, width=width)
+        valid = [p for p in points if p is not None]
+        if valid:
+            (x0, y0), (x1, y1) = valid[0], valid[-1]
+            draw.ellipse([x0 - radius, y0 - radius, x0 + radius, y0 + radius], outline=(0, 0, 0), width=2)
+            draw.ellipse([x1 - radius, y1 - radius, x1 + radius, y1 + radius], fill=colour, outline=(0, 0, 0))
+    return np.asarray(image)
+
+
+def trajectory_panel(
+    video: np.ndarray,
+    trajectories: np.ndarray,
+    colours: Sequence[Colour] | None = None,
+    frames: int = 4,
+    scale: int = 2,
+) -> np.ndarray:
+    """One image: ``frames`` evenly spaced frames of ``video`` and, last, its :func:`trajectory_still`.
+
+    All tiles are nearest-upscaled by ``scale`` and ``SHEET_GAP`` white pixels apart; the result is a
+    single frame that :func:`contact_sheet` accepts as a cell.
+    """
+    video = _as_video(video)
+    strip = _strip(video, frames, float(scale))
+    still = trajectory_still(video, trajectories, colours, scale, fade=0.25)
+    gap = np.full((strip.shape[0], SHEET_GAP, 3), 255, np.uint8)
+    return np.concatenate([strip, gap, still], axis=1)
+
+
+def trajectory_frames(
+    video: np.ndarray, trajectories: np.ndarray, colours: Sequence[Colour] | None = None, scale: int = 4
+) -> np.ndarray:
+    """The video upscaled by ``scale`` with each subject's trajectory so far drawn on every frame (for GIFs)."""
+    video = _as_video(video)
+    traj = np.asarray(trajectories, dtype=np.float64)
+    return np.stack([trajectory_still(video[t], traj[:, : t + 1], colours, scale) for t in range(len(video))])
