@@ -198,3 +198,16 @@ def test_fast_benchmark_runs_and_resumes(tiny_bundle, tmp_path, monkeypatch):
         json.dumps(report["tables"]["Table 1: comparison"])
     )
     assert np.isfinite(again["seconds"])
+
+
+def test_cli_estimate_prints_the_plan(tmp_path):
+    from typer.testing import CliRunner
+
+    from dreamrelation.cli import app
+
+    result = CliRunner().invoke(
+        app, ["benchmark", "toy", "--preset", "fast", "--estimate", f"out_dir={tmp_path}"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "6 units (0 already done) x 2 videos" in result.output and "estimated" in result.output
+    assert not list(tmp_path.iterdir())  # nothing ran

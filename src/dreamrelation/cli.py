@@ -491,17 +491,34 @@ def benchmark_toy(
     overrides: list[str] = typer.Argument(
         None, help="ToyBenchmarkConfig overrides such as relations=[pushing]."
     ),
-    preset: str = typer.Option("full", help="full (3 relations, every method) or fast (CI-sized)."),
+    preset: str = typer.Option(
+        "full", help="full (4 held-out relations, every method, 2-3 training seeds) or fast (CI-sized)."
+    ),
     config: Path = typer.Option(None, "--config", "-c", help="YAML file with ToyBenchmarkConfig fields."),
+    estimate: bool = typer.Option(
+        False, "--estimate", help="Print the plan and estimated time, run nothing."
+    ),
 ) -> None:
-    """The paper's Tables 1-3 on the toy world: untuned, direct LoRA, DreamRelation, ablations, placements."""
+    """The paper's Tables 1-3 on the toy world: untuned, direct LoRA, DreamRelation, ablations, placements.
+
+    Resumable: finished (relation, method, training seed) units in the output folder are not run again.
+    """
     from dreamrelation.config import load_config
-    from dreamrelation.evaluation.toy_benchmark import ToyBenchmarkConfig, fast_preset, run_toy_benchmark
+    from dreamrelation.evaluation.toy_benchmark import (
+        ToyBenchmarkConfig,
+        describe_plan,
+        fast_preset,
+        run_toy_benchmark,
+    )
 
     if preset not in ("full", "fast"):
         raise UserError(f"--preset {preset!r}: choose full or fast")
     base = fast_preset(ToyBenchmarkConfig()) if preset == "fast" else ToyBenchmarkConfig()
-    run_toy_benchmark(load_config(base, config, overrides))
+    cfg = load_config(base, config, overrides)
+    if estimate:
+        typer.echo(describe_plan(cfg)[1])
+        return
+    run_toy_benchmark(cfg)
 
 
 @toy_app.command("pretrain")
