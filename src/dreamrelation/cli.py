@@ -595,6 +595,40 @@ def toy_relations() -> None:
         )
 
 
+@toy_app.command("check")
+def toy_check(
+    model: str = typer.Option(
+        None, "--model", "-m", help="Toy bundle directory, or mochi / wan (default: the shipped toy Mochi)."
+    ),
+    num_prompts: int = typer.Option(200, help="Base-relation prompts (balanced over the six)."),
+    num_held_out: int = typer.Option(48, help="Held-out relation prompts (the untuned model)."),
+    out: Path = typer.Option(Path("runs/toy-check"), "--out", help="Report folder."),
+    min_ok: float = typer.Option(0.90, help="PASS if at least this share of base videos is ok."),
+    min_accuracy: float = typer.Option(0.85, help="PASS if base relation accuracy is at least this."),
+    max_held_out_accuracy: float = typer.Option(
+        0.25, help="PASS if held-out relation accuracy is at most this (near chance)."
+    ),
+    strict: bool = typer.Option(False, help="Exit 1 when a criterion fails (default: always exit 0)."),
+    threads: int = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+) -> None:
+    """Judge a toy base model by generating from it: both subjects present, one each, relation accuracy."""
+    from dreamrelation.toy.check import CheckConfig, run_check
+
+    cfg = CheckConfig(
+        model=model or "mochi",
+        num_prompts=num_prompts,
+        num_held_out=num_held_out,
+        out_dir=str(out),
+        min_ok=min_ok,
+        min_base_accuracy=min_accuracy,
+        max_held_out_accuracy=max_held_out_accuracy,
+        threads=threads,
+    )
+    data = run_check(cfg)
+    if strict and not data["passed"]:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
     try:

@@ -91,6 +91,18 @@ def _label_components(mask: np.ndarray) -> np.ndarray:
     return np.where(mask, labels, -1)
 
 
+def count_blobs(mask: np.ndarray, min_area: int = MIN_AREA) -> np.ndarray:
+    """Per-frame number (T,) of 4-connected blobs of at least ``min_area`` pixels in a (T,H,W) mask."""
+    mask = np.asarray(mask, dtype=bool)
+    counts = np.zeros(mask.shape[0], dtype=np.int64)
+    if not mask.any():
+        return counts
+    labels, sizes = np.unique(_label_components(mask)[mask], return_counts=True)
+    # a label is the smallest flat index of its blob, so it lies in the blob's own frame
+    np.add.at(counts, labels[sizes >= min_area] // (mask.shape[1] * mask.shape[2]), 1)
+    return counts
+
+
 def clean_mask(mask: np.ndarray, keep_fraction: float = 0.3) -> np.ndarray:
     """Keep, per frame, the largest 4-connected blob and any blob at least ``keep_fraction`` of its size."""
     mask = np.asarray(mask, dtype=bool)

@@ -1,0 +1,360 @@
+"""``dreamrelation toy check``: judge a toy base model (Mochi or Wan toy bundle) by generating from it.
+
+Prompts are sampled colour x shape pairs, balanced over the six base relations, plus untuned held-out
+relation prompts; both come from a prompt seed and generation seeds that pretraining never uses. Each video
+is scored by the toy tracker:
+
+* ``present``: both prompted subjects found in >= 80% of the frames;
+* ``single``: each subject is *one* blob of its colour (at least ``MIN_AREA`` pixels) in >= 80% of the
+  frames, the two are not merged (centroids within 2 px in at most 20% of the frames) and both are present;
+* ``relation_correct``: the tracker's classifier (all 10 relations) names the prompted relation;
+* ``ok`` = present and single.
+
+The report gives each proportion with its Wilson 95% interval and PASS/FAIL against thresholds (a strong base
+draws two distinct subjects, follows base relations and is near chance on held-out ones).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from tqdm.auto import tqdm
+
+from dreamrelation.errors import UserError
+from dreamrelation.evaluation.report import markdown_table, wilson_interval, write_report
+from dreamrelation.sampling.generate import (
+    TOY_DEFAULTS,
+    generate_videos,
+    is_toy,
+    load_pipeline,
+    prepare_sampling,
+    toy_bundle_path,
+)
+from dreamrelation.toy import world
+from dreamrelation.toy.tracker import (
+    TrackResult,
+    colour_mask,
+    count_blobs,
+    evaluate_video,
+    frame_background,
+    track_subjects,
+)
+
+console = Console()
+
+FRAME_SHARE = 0.8  # a subject must be present / one blob in at least this share of the frames
+MERGE_PX = 2.0  # centroids this close count as one merged subject ...
+MAX_MERGED_SHARE = 0.2  # ... in at most this share of the frames
+HELD_OUT_SEED_OFFSET = 500_000  # generation seeds of held-out prompts start this far after the base ones
+HELD_OUT_ROW = "held out (untuned)"
+ALL_BASE_ROW = "all base"
+
+
+@dataclass
+class CheckConfig:
+    """What ``dreamrelation toy check`` generates and the thresholds it judges against.
+
+    ``prompt_seed`` and ``seed_offset`` differ from pretraining's (``np.random.default_rng(0)`` for its data,
+    small torch seeds for its noise), so the check sees prompts and noise the model was not trained on.
+    """
+
+    model: str = "mochi"  # a toy bundle name (mochi, wan) or a bundle directory
+    num_prompts: int = 200  # base-relation prompts, balanced over the six base relations
+    num_held_out: int = 48  # held-out relation prompts (untuned), balanced over the four
+    num_inference_steps: int = TOY_DEFAULTS[0]
+    guidance_scale: float = TOY_DEFAULTS[1]
+    prompt_seed: int = 2026_1202
+    seed_offset: int = 1_000_000
+    out_dir: str = "runs/toy-check"
+    min_ok: float = 0.90  # share of base videos with both subjects present, one each
+    min_base_accuracy: float = 0.85
+    max_held_out_accuracy: float = 0.25  # "near chance" (10 classes)
+    sheet_videos: int = 12
+    threads: int | None = None
+    device: str = "cpu"
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class CheckJob:
+    """One video to generate: its spec (relation, subjects), generation seed and whether it is held out."""
+
+    spec: world.VideoSpec
+    seed: int
+    held_out: bool
+
+    @property
+    def prompt(self) -> str:
+        """The caption the model is prompted with."""
+        return world.caption(self.spec)
+
+
+def check_jobs(cfg: CheckConfig) -> list[CheckJob]:
+    """Base prompts cycling through the base relations, then held-out ones cycling through theirs.
+
+    The two groups draw from separate streams of ``prompt_seed``, so either count changes only its group.
+    """
+    jobs = []
+    for held_out, count, relations in (
+        (False, cfg.num_prompts, world.BASE_RELATIONS),
+        (True, cfg.num_held_out, world.HELD_OUT_RELATIONS),
+    ):
+        rng = np.random.default_rng([cfg.prompt_seed, int(held_out)])
+        first = cfg.seed_offset + (HELD_OUT_SEED_OFFSET if held_out else 0)
+        for i in range(count):
+            relation = relations[i % len(relations)]
+            spec = world.sample_video_spec(rng, relations=[relation], person_prob=0.0)
+            jobs.append(CheckJob(spec, first + i, held_out))
+    return jobs
+
+
+def score_subjects(
+    video: np.ndarray,
+    subjects: tuple[world.SubjectSpec, world.SubjectSpec],
+    track: TrackResult | None = None,
+) -> dict[str, object]:
+    """Presence, one-blob-per-subject and merge scores of one video (see the module docstring).
+
+    Per subject and frame the colour mask (the other subject's colour as competitor) has 0 (missing),
+    1 (one subject) or >= 2 (duplicated) blobs of at least ``MIN_AREA`` pixels. ``duplicate_fraction`` /
+    ``missing_fraction``: frames where either subject is duplicated / missing; ``merged_fraction``: frames
+    where both are found with centroids within ``MERGE_PX``.
+    """
+    vid = np.asarray(video)
+    track = track if track is not None else track_subjects(vid, subjects)
+    background = frame_background(vid)
+    c1, c2 = track.colours
+    blobs = np.stack(
+        [
+            count_blobs(colour_mask(vid, own, [other] if own != other else [], background))
+            for own, other in ((c1, c2), (c2, c1))
+        ]
+    )
+    one = (blobs == 1).mean(axis=1)
+    both_found = track.found.all(axis=0)
+    gap = np.linalg.norm(np.nan_to_num(track.centroids[0] - track.centroids[1], nan=np.inf), axis=-1)
+    merged = float((both_found & (gap <= MERGE_PX)).mean())
+    present = bool((track.tracked_fraction >= FRAME_SHARE).all())
+    single = present and bool((one >= FRAME_SHARE).all()) and merged <= MAX_MERGED_SHARE
+    return {
+        "present": present,
+        "single": single,
+        "ok": present and single,
+        "tracked_fraction": [float(f) for f in track.tracked_fraction],
+        "one_subject_fraction": [float(f) for f in one],
+        "duplicate_fraction": float((blobs >= 2).any(axis=0).mean()),
+        "missing_fraction": float((blobs == 0).any(axis=0).mean()),
+        "merged_fraction": merged,
+    }
+
+
+def score_video(video: np.ndarray, spec: world.VideoSpec) -> dict[str, object]:
+    """:func:`score_subjects` plus the tracker's relation verdict for the prompted relation."""
+    evaluation = evaluate_video(video, spec, spec.relation)
+    result = score_subjects(video, spec.subjects)
+    result["predicted_relation"] = evaluation["predicted_relation"]
+    result["relation_correct"] = bool(evaluation["relation_correct"])
+    return result
+
+
+def proportion(successes: int, n: int) -> dict[str, float | int]:
+    """A proportion with its Wilson 95% interval (NaN when ``n`` is 0)."""
+    low, high = wilson_interval(successes, n)
+    return {"k": successes, "n": n, "p": successes / n if n else math.nan, "low": low, "high": high}
+
+
+SCORES = {"present": "both present", "ok": "one subject each", "relation_correct": "relation accuracy"}
+
+
+def summarize(records: list[dict]) -> list[dict]:
+    """One row per base relation (in order), ``all base`` and ``held out (untuned)``: n and each proportion."""
+    groups: list[tuple[str, list[dict]]] = [
+        (name, [r for r in records if r["relation"] == name and not r["held_out"]])
+        for name in world.BASE_RELATIONS
+    ]
+    groups += [
+        (ALL_BASE_ROW, [r for r in records if not r["held_out"]]),
+        (HELD_OUT_ROW, [r for r in records if r["held_out"]]),
+    ]
+    return [
+        {
+            "group": name,
+            "n": len(rows),
+            **{key: proportion(sum(bool(r[key]) for r in rows), len(rows)) for key in SCORES},
+        }
+        for name, rows in groups
+    ]
+
+
+def judge(rows: list[dict], cfg: CheckConfig) -> list[dict]:
+    """PASS/FAIL of the point estimates against ``cfg``'s thresholds (a criterion with no videos fails)."""
+    by_group = {row["group"]: row for row in rows}
+    base, held = by_group[ALL_BASE_ROW], by_group[HELD_OUT_ROW]
+    criteria = [
+        ("one subject each (all base)", base["ok"]["p"], ">=", cfg.min_ok),
+        ("relation accuracy (all base)", base["relation_correct"]["p"], ">=", cfg.min_base_accuracy),
+        (
+            "relation accuracy (held out, untuned)",
+            held["relation_correct"]["p"],
+            "<=",
+            cfg.max_held_out_accuracy,
+        ),
+    ]
+    out = []
+    for name, value, op, threshold in criteria:
+        passed = not math.isnan(value) and (value >= threshold if op == ">=" else value <= threshold)
+        out.append({"criterion": name, "value": value, "op": op, "threshold": threshold, "passed": passed})
+    return out
+
+
+def _cell(prop: dict, sep: str = " ") -> str:
+    if not prop["n"]:
+        return "-"
+    return f"{prop['p']:.3f}{sep}[{prop['low']:.3f}, {prop['high']:.3f}]"
+
+
+def _table_rows(rows: list[dict], sep: str = " ") -> list[dict]:
+    return [
+        {"group": r["group"], "n": r["n"], **{label: _cell(r[key], sep) for key, label in SCORES.items()}}
+        for r in rows
+    ]
+
+
+def print_results(rows: list[dict], criteria: list[dict]) -> None:
+    """The summary as a rich table (proportions with Wilson 95% intervals) and one PASS/FAIL line each."""
+    table = Table(title="toy check (Wilson 95% intervals)", box=box.SIMPLE_HEAD)
+    table.add_column("group", min_width=len("walking_alongside"))
+    for column in ("n", *SCORES.values()):
+        table.add_column(column, justify="right")
+    for i, row in enumerate(_table_rows(rows, sep="\n")):  # interval below: fits 80 columns
+        table.add_row(*(str(v) for v in row.values()), end_section=i == len(world.BASE_RELATIONS) - 1)
+    console.print(table)
+    for c in criteria:
+        verdict = "[green]PASS[/green]" if c["passed"] else "[red]FAIL[/red]"
+        console.print(f"{verdict} {c['criterion']}: {c['value']:.3f} (needs {c['op']} {c['threshold']:.2f})")
+
+
+def generate_and_score(pipe, jobs: list[CheckJob], cfg: CheckConfig) -> tuple[list[dict], list[np.ndarray]]:
+    """Generate and score one video per job; returns the per-video records and the first videos (sheet)."""
+    records, kept = [], []
+    for index, job in enumerate(tqdm(jobs, desc="toy check", disable=not cfg.progress)):
+        video = generate_videos(pipe, [job.prompt], [job.seed], cfg.num_inference_steps, cfg.guidance_scale)[
+            0
+        ]
+        record = {
+            "index": index,
+            "prompt": job.prompt,
+            "relation": job.spec.relation,
+            "held_out": job.held_out,
+            "seed": job.seed,
+            "subjects": [asdict(s) for s in job.spec.subjects],
+            **score_video(video, job.spec),
+        }
+        records.append(record)
+        if len(kept) < cfg.sheet_videos:
+            kept.append(video)
+    return records, kept
+
+
+def write_outputs(
+    out: Path, cfg: CheckConfig, data: dict, rows: list[dict], records: list[dict], videos: list[np.ndarray]
+) -> None:
+    """``report.md`` + ``report.json`` (with every per-video record) and ``contact_sheet.png``."""
+    from dreamrelation.utils.media import contact_sheet, save_png
+
+    labels = [
+        f"{r['prompt']} ({'ok' if r['ok'] else 'not ok'}; seen as {r['predicted_relation']})"
+        for r in records[: len(videos)]
+    ]
+    if videos:
+        save_png(out / "contact_sheet.png", contact_sheet([[v] for v in videos], row_labels=labels))
+    table = markdown_table(_table_rows(rows), ["group", "n", *SCORES.values()])
+    verdicts = markdown_table(
+        [
+            {**c, "value": f"{c['value']:.3f}", "passed": "PASS" if c["passed"] else "FAIL"}
+            for c in data["criteria"]
+        ],
+        ["criterion", "value", "op", "threshold", "passed"],
+    )
+    failures = [r for r in records if not r["ok"]]
+    setup = (
+        f"Model `{data['model']}`: {cfg.num_prompts} base-relation prompts (balanced over "
+        f"{len(world.BASE_RELATIONS)} relations) and {cfg.num_held_out} held-out prompts (untuned), one video "
+        f"each, {cfg.num_inference_steps} steps, CFG {cfg.guidance_scale}; prompt seed {cfg.prompt_seed}, "
+        f"generation seeds from {cfg.seed_offset}. *Both present*: both subjects tracked in >= "
+        f"{FRAME_SHARE:.0%} of frames; *one subject each*: besides, each subject is one blob of its colour in "
+        f">= {FRAME_SHARE:.0%} of frames and the two are not merged (centroids within {MERGE_PX:g} px in at "
+        f"most {MAX_MERGED_SHARE:.0%} of frames); *relation accuracy*: the tracker's classifier over all 10 "
+        "relations. Proportions with Wilson 95% intervals."
+    )
+    reading = (
+        f"{len(failures)} of {len(records)} videos not ok; mean share of frames with a duplicated subject "
+        f"{np.mean([r['duplicate_fraction'] for r in records]):.3f}, with a missing one "
+        f"{np.mean([r['missing_fraction'] for r in records]):.3f}, merged "
+        f"{np.mean([r['merged_fraction'] for r in records]):.3f} (per video in report.json)."
+    )
+    sections = [
+        ("Setup", setup),
+        ("Results", table),
+        ("Verdict", verdicts),
+        ("Failures", reading),
+        ("Contact sheet", "![contact sheet](contact_sheet.png)" if videos else "no videos"),
+    ]
+    write_report(out, "Toy base model check", sections, data)
+
+
+def _check_config(cfg: CheckConfig) -> None:
+    if cfg.num_prompts < 0 or cfg.num_held_out < 0 or cfg.num_prompts + cfg.num_held_out == 0:
+        raise UserError("toy check needs num_prompts >= 0 and num_held_out >= 0, not both 0")
+    if cfg.num_inference_steps < 1:
+        raise UserError(f"num_inference_steps must be >= 1; got {cfg.num_inference_steps}")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise UserError(f"threads must be >= 1; got {cfg.threads}")
+
+
+def run_check(cfg: CheckConfig) -> dict:
+    """Generate from the toy model, score, print the table and verdicts, write the report; return its data.
+
+    ``data["passed"]`` is True when every criterion passes.
+    """
+    _check_config(cfg)
+    start = time.time()
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        model = toy_bundle_path(cfg.model)
+        pipe = load_pipeline(model, device=cfg.device)
+        if not is_toy(pipe):
+            raise UserError(f"{model}: not a toy bundle; `toy check` judges toy-world models only")
+        sampler = prepare_sampling(pipe)
+        jobs = check_jobs(cfg)
+        console.print(f"toy check: {model} ({len(jobs)} videos, {cfg.num_inference_steps} steps)")
+        records, videos = generate_and_score(pipe, jobs, cfg)
+    finally:
+        torch.set_num_threads(threads)
+    rows = summarize(records)
+    criteria = judge(rows, cfg)
+    out = Path(cfg.out_dir)
+    data = {
+        "model": str(Path(model).resolve()),
+        "config": asdict(cfg),
+        "sampler": sampler,
+        "summary": rows,
+        "criteria": criteria,
+        "passed": all(c["passed"] for c in criteria),
+        "seconds": round(time.time() - start, 1),
+        "videos": records,
+    }
+    write_outputs(out, cfg, data, rows, records, videos)
+    print_results(rows, criteria)
+    console.print(f"report: {out / 'report.md'} ({data['seconds']:.0f} s)")
+    return data

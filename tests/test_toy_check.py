@@ -1,0 +1,216 @@
+"""`dreamrelation toy check`: the subject scorer on rendered ground truth and synthetic duplicates / merges,
+the Wilson interval, and a CI-sized check of the shipped toy Mochi bundle."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from dreamrelation.cli import app
+from dreamrelation.evaluation.report import wilson_interval
+from dreamrelation.sampling.generate import TOY_BUNDLES
+from dreamrelation.toy import check, world
+from dreamrelation.toy.check import CheckConfig, check_jobs, run_check, score_subjects, summarize
+from dreamrelation.toy.render import render_background, render_video
+from dreamrelation.toy.tracker import count_blobs, degrade_video
+
+
+def _rendered(seed: int, relations=world.RELATION_NAMES, per_relation: int = 3):
+    rng = np.random.default_rng(seed)
+    for name in relations:
+        for _ in range(per_relation):
+            spec = world.sample_video_spec(rng, relations=[name], person_prob=0.0)
+            yield spec, render_video(spec)
+
+
+def test_count_blobs_counts_per_frame_above_min_area() -> None:
+    mask = np.zeros((3, 16, 16), dtype=bool)
+    mask[0, 1:4, 1:4] = True  # 9 px
+    mask[0, 10:13, 10:13] = True  # 9 px, separate
+    mask[1, 0:2, 0:2] = True  # 4 px: too small
+    mask[2, 5:8, 0:16] = True  # one long blob
+    assert count_blobs(mask, min_area=8).tolist() == [2, 0, 1]
+
+
+def test_rendered_ground_truth_is_present_and_single() -> None:
+    results = [score_subjects(video.frames, spec.subjects) for spec, video in _rendered(31)]
+    assert all(r["present"] and r["single"] and r["ok"] for r in results)
+    assert max(r["duplicate_fraction"] + r["missing_fraction"] + r["merged_fraction"] for r in results) == 0.0
+    rng = np.random.default_rng(5)  # VAE-like blur, noise and 4x4 pooling keep it so
+    degraded = [
+        score_subjects(degrade_video(video.frames, rng), spec.subjects)
+        for spec, video in _rendered(32, world.BASE_RELATIONS, 2)
+    ]
+    assert np.mean([r["ok"] for r in degraded]) >= 0.9
+
+
+def _duplicate(video) -> np.ndarray:
+    """Subject 1's pixels pasted a second time, shifted so the copy does not touch the original."""
+    frames = video.frames.copy()
+    m = video.masks[0]
+    for t in range(frames.shape[0]):
+        ys, xs = np.nonzero(m[t])
+        dx = 20 if xs.mean() < world.WIDTH / 2 else -20
+        dy = 20 if ys.mean() < world.HEIGHT / 2 else -20
+        frames[t, np.clip(ys + dy, 0, world.HEIGHT - 1), np.clip(xs + dx, 0, world.WIDTH - 1)] = frames[
+            t, ys, xs
+        ]
+    return frames
+
+
+def _same_colour_merge(video) -> np.ndarray:
+    """Subject 2 redrawn in subject 1's colour at its own place (two look-alikes, subject 2 gone)."""
+    frames = video.frames.copy()
+    frames[video.masks[1]] = video.spec.subject1.rgb
+    return frames
+
+
+def _vanish(video) -> np.ndarray:
+    """Subject 2 erased (background where it was): one subject vanished."""
+    frames = video.frames.copy()
+    frames[video.masks[1]] = render_background(video.spec)[video.masks[1]]
+    return frames
+
+
+def _blend_merge(video) -> np.ndarray:
+    """Both subjects fused into one blob of their mixed colour at subject 1's place."""
+    frames = _vanish(video)
+    blend = (np.asarray(video.spec.subject1.rgb, dtype=np.float32) + video.spec.subject2.rgb) / 2
+    frames[video.masks[0]] = blend.round().astype(np.uint8)
+    return frames
+
+
+def _concentric(video) -> np.ndarray:
+    """Subject 2 drawn as a 2-px ring around subject 1 (one fused blob, two colours, one centre)."""
+    frames = _vanish(video)
+    core = video.masks[0]
+    grown = core.copy()
+    for _ in range(2):
+        grown = (
+            grown
+            | np.roll(grown, 1, -1)
+            | np.roll(grown, -1, -1)
+            | np.roll(grown, 1, -2)
+            | np.roll(grown, -1, -2)
+        )
+    frames[grown & ~core] = video.spec.subject2.rgb
+    return frames
+
+
+@pytest.mark.parametrize("corrupt", [_duplicate, _same_colour_merge, _vanish, _blend_merge, _concentric])
+def test_duplicates_and_merges_fail(corrupt) -> None:
+    for spec, video in _rendered(33, world.BASE_RELATIONS, 2):
+        result = score_subjects(corrupt(video), spec.subjects)
+        assert not result["single"] and not result["ok"], (corrupt.__name__, spec, result)
+        if corrupt is _duplicate:
+            assert result["present"] and result["duplicate_fraction"] >= 0.8
+        elif corrupt is _concentric:
+            assert result["present"] and result["merged_fraction"] >= 0.8
+        else:
+            assert result["missing_fraction"] >= 0.8
+
+
+def test_wilson_interval_hand_computation_and_edges() -> None:
+    np.testing.assert_allclose(wilson_interval(3, 10), (0.1078, 0.6032), atol=5e-5)
+    # 12/48: centre (0.25 + 0.0400) / 1.0800 = 0.2685, half 1.96 * 0.06575 / 1.0800 = 0.1193
+    np.testing.assert_allclose(wilson_interval(12, 48), (0.1492, 0.3878), atol=5e-5)
+    low, high = wilson_interval(0, 20)
+    assert low == 0.0 and 0.15 < high < 0.17
+    low, high = wilson_interval(20, 20)
+    assert high == 1.0 and 0.83 < low < 0.85
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
+    with pytest.raises(ValueError):
+        wilson_interval(5, 4)
+
+
+def test_prompts_are_balanced_and_unseen_by_pretraining() -> None:
+    cfg = CheckConfig(num_prompts=24, num_held_out=8)
+    jobs = check_jobs(cfg)
+    base = [j.spec.relation for j in jobs if not j.held_out]
+    held = [j.spec.relation for j in jobs if j.held_out]
+    assert {r: base.count(r) for r in world.BASE_RELATIONS} == dict.fromkeys(world.BASE_RELATIONS, 4)
+    assert {r: held.count(r) for r in world.HELD_OUT_RELATIONS} == dict.fromkeys(world.HELD_OUT_RELATIONS, 2)
+    assert all(not j.spec.subject1.is_person and not j.spec.subject2.is_person for j in jobs)
+    assert min(j.seed for j in jobs) >= 1_000_000 and len({j.seed for j in jobs}) == len(jobs)
+    # more held-out prompts leave the base ones unchanged
+    assert check_jobs(CheckConfig(num_prompts=24, num_held_out=12))[:24] == jobs[:24]
+    rows = summarize(
+        [{"relation": "approaching", "held_out": False, "present": 1, "ok": 0, "relation_correct": 1}]
+    )
+    assert rows[0]["n"] == 1 and rows[0]["ok"]["p"] == 0.0 and math.isnan(rows[-1]["relation_correct"]["p"])
+
+
+@pytest.mark.slow
+def test_shipped_mochi_bundle_clears_the_ci_thresholds(tmp_path) -> None:
+    """The shipped toy Mochi, 12 base + 4 held-out prompts at the default 32 steps, against LOW thresholds.
+
+    Measured on the shipped bundle (fp32 CPU, one thread): with these 12 + 4 prompts one subject each 0.25
+    (3/12), base relation accuracy 0.50 (6/12), held-out accuracy 0.00 (0/4); with 24 + 8
+    (`toy check --num-prompts 24 --num-held-out 8`) both present 0.625, one subject each 0.333, base
+    relation accuracy 0.500, held-out accuracy 0.000. The thresholds below (at least 1/12 ok, 2/12 correct,
+    at most 3/4 held-out correct) only catch a broken bundle or check; whoever ships a stronger bundle
+    raises them to just below what it measures.
+    """
+    cfg = CheckConfig(
+        model=str(TOY_BUNDLES["mochi"]),
+        num_prompts=12,
+        num_held_out=4,
+        out_dir=str(tmp_path),
+        min_ok=0.05,
+        min_base_accuracy=0.15,
+        max_held_out_accuracy=0.75,
+        sheet_videos=4,
+        progress=False,
+    )
+    data = run_check(cfg)
+    assert data["passed"], data["criteria"]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert len(report["videos"]) == 16 and {"ok", "duplicate_fraction", "prompt"} <= set(report["videos"][0])
+    assert (tmp_path / "report.md").read_text().count("PASS") == 3
+    assert (tmp_path / "contact_sheet.png").is_file()
+
+
+def test_cli_bad_model_is_one_line_exit_2(tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "dreamrelation.cli", "toy", "check", "--model", str(tmp_path / "nowhere")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "no model_index.json" in result.stderr
+
+
+@pytest.mark.parametrize(("strict", "passed", "code"), [(False, False, 0), (True, True, 0), (True, False, 1)])
+def test_cli_strict_exits_1_only_on_fail(
+    monkeypatch, tmp_path, strict: bool, passed: bool, code: int
+) -> None:
+    seen = []
+
+    def fake_run_check(cfg: CheckConfig) -> dict:
+        seen.append(cfg)
+        return {"passed": passed}
+
+    monkeypatch.setattr(check, "run_check", fake_run_check)
+    args = [
+        "toy",
+        "check",
+        "--model",
+        "wan",
+        "--num-prompts",
+        "6",
+        "--num-held-out",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
+    result = CliRunner().invoke(app, [*args, "--threads", "1", *(["--strict"] if strict else [])])
+    assert result.exit_code == code, result.output
+    cfg = seen[0]
+    assert (cfg.model, cfg.num_prompts, cfg.num_held_out, cfg.threads) == ("wan", 6, 2, 1)
+    assert cfg.out_dir == str(tmp_path) and cfg.min_ok == 0.90 and cfg.num_inference_steps == 32
