@@ -135,7 +135,10 @@ def test_made_up_relation_words_stay_outside_the_vocabulary() -> None:
     assert 15 <= sum(changed) <= 45 and with_made_up_words(captions, 0.3, seed=0) == swapped
     for before, after, was in zip(captions, swapped, changed, strict=True):
         if was:  # the subjects stay, the relation phrase is gone
-            assert after.startswith(before.split(" is ")[0] + " is ") and after.split()[-2:] == before.split()[-2:]
+            assert (
+                after.startswith(before.split(" is ")[0] + " is ")
+                and after.split()[-2:] == before.split()[-2:]
+            )
             assert not any(f" {r.phrase} " in after for r in world.RELATIONS.values())
     assert with_made_up_words(captions, 0.0, seed=0) == captions
     with pytest.raises(UserError, match="no toy relation phrase"):

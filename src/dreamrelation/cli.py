@@ -537,7 +537,8 @@ def toy_pretrain(
         None, help="Reuse the VAE of this toy bundle instead of training one (e.g. the shipped bundle)."
     ),
     snapshot: bool = typer.Option(
-        False, help="Only write --out from the running transformer stage's latest checkpoint (same overrides)."
+        False,
+        help="Only write --out from the running transformer stage's latest checkpoint (same overrides).",
     ),
 ) -> None:
     """Pretrain a toy backbone (VAE on random shapes, transformer on base relations only); seeded.
