@@ -174,7 +174,14 @@ def load_unit(cfg: ToyBenchmarkConfig, unit: Unit) -> dict | None:
     return data if data.get("fingerprint") == json.loads(json.dumps(fingerprint(cfg))) else None
 
 
-def run_unit(pipe, exemplars: Exemplars, unit: Unit, jobs: Sequence[Job], cfg: ToyBenchmarkConfig) -> dict:
+def run_unit(
+    pipe,
+    exemplars: Exemplars,
+    unit: Unit,
+    jobs: Sequence[Job],
+    cfg: ToyBenchmarkConfig,
+    progress: bool = False,
+) -> dict:
     """Train (unless untuned), generate and score ``jobs``; write the unit's JSON (and sheet videos)."""
     out = Path(cfg.out_dir)
     train_cfg = toy_recipe(unit.method, cfg, unit.train_seed or 0)
@@ -186,7 +193,7 @@ def run_unit(pipe, exemplars: Exemplars, unit: Unit, jobs: Sequence[Job], cfg: T
         out / "train" / unit.relation / unit.name,
         cfg.num_inference_steps,
         cfg.guidance_scale,
-        progress=False,
+        progress=progress,
     )
     start = time.time()
     scores = score_jobs(videos, jobs, unit.relation, exemplars.subjects)
@@ -428,7 +435,9 @@ def build_sections(cfg: ToyBenchmarkConfig, results: dict[Unit, dict]) -> tuple[
     return sections, tables, per_relation
 
 
-def _run_missing(cfg: ToyBenchmarkConfig, todo: Sequence[Unit], results: dict[Unit, dict]) -> None:
+def _run_missing(
+    cfg: ToyBenchmarkConfig, todo: Sequence[Unit], results: dict[Unit, dict], progress: bool = True
+) -> None:
     """Run the ``todo`` units relation by relation (exemplars rendered once per relation)."""
     if not todo:
         return
@@ -440,7 +449,7 @@ def _run_missing(cfg: ToyBenchmarkConfig, todo: Sequence[Unit], results: dict[Un
         jobs = make_jobs(relation, cfg.subjects, cfg.seeds)
         for unit in [u for u in todo if u.relation == relation]:
             start = time.time()
-            results[unit] = run_unit(pipe, exemplars, unit, jobs, cfg)
+            results[unit] = run_unit(pipe, exemplars, unit, jobs, cfg, progress)
             left.remove(unit)
             cost = measured_cost(cfg, [results[u] for u in results])
             remaining = estimate_seconds(cfg, left, cost) if left else 0.0
@@ -474,7 +483,7 @@ def run_toy_benchmark(cfg: ToyBenchmarkConfig, progress: bool = True) -> dict:
     console.print(plan)
     units = plan_units(cfg)
     results = {u: d for u in units if (d := load_unit(cfg, u)) is not None}
-    _run_missing(cfg, todo, results)
+    _run_missing(cfg, todo, results, progress)
     _contact_sheets(cfg, units)
     sections, tables, per_relation = build_sections(cfg, results)
     for title, rows in tables.items():
