@@ -214,3 +214,33 @@ def test_cli_strict_exits_1_only_on_fail(
     cfg = seen[0]
     assert (cfg.model, cfg.num_prompts, cfg.num_held_out, cfg.threads) == ("wan", 6, 2, 1)
     assert cfg.out_dir == str(tmp_path) and cfg.min_ok == 0.90 and cfg.num_inference_steps == 32
+
+
+def test_caption_binding_tells_a_bag_of_words_from_a_contextual_encoder() -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from dreamrelation.toy.backbone import build_tokenizer, toy_words
+
+    tokenizer = build_tokenizer(toy_words())
+    table = torch.nn.Embedding(len(tokenizer), 8)
+
+    def bag_of_words(ids, attention_mask=None):
+        return (table(ids),)
+
+    def running_sum(ids, attention_mask=None):  # each token carries the words before it
+        return (table(ids).cumsum(dim=1),)
+
+    bag = check.caption_binding(SimpleNamespace(tokenizer=tokenizer, text_encoder=bag_of_words))
+    assert bag == pytest.approx(1.0, abs=1e-6)
+    # the first colour word sits after "A": with a running sum it is embed(A) + embed(colour) in both captions
+    assert check.caption_binding(
+        SimpleNamespace(tokenizer=tokenizer, text_encoder=running_sum)
+    ) == pytest.approx(1.0, abs=1e-6)
+
+    def with_next_word(ids, attention_mask=None):  # a colour word carries its shape
+        return (table(ids) + table(ids).roll(-1, dims=1),)
+
+    contextual = check.caption_binding(SimpleNamespace(tokenizer=tokenizer, text_encoder=with_next_word))
+    assert contextual < 0.99
