@@ -74,9 +74,8 @@ def _panel(video: np.ndarray, subjects: Sequence[world.SubjectSpec]) -> np.ndarr
 def _case_gif(path: Path, video: np.ndarray, subjects: Sequence[world.SubjectSpec]) -> Path:
     """An animated GIF of ``video`` with the tracked trajectories drawn as they grow."""
     track = track_subjects(video, subjects)
-    return write_gif(
-        path, trajectory_frames(video, track.trajectories(), track.colours), fps=world.FPS, scale=1
-    )
+    frames = trajectory_frames(video, track.trajectories(), track.colours, scale=3)
+    return write_gif(path, frames, fps=world.FPS, scale=1)
 
 
 def _write_videos(out: Path, method: str, jobs: Sequence[Job], videos, scores, relation: str) -> list[dict]:
@@ -151,7 +150,7 @@ def _tables(rows: list[dict], diffs: list[dict]) -> tuple[str, str]:
             {
                 "comparison": d["comparison"],
                 "relation accuracy difference [95% CI]": _with_ci(
-                    d["relation_correct"], d["relation_correct_ci95"]
+                    d["relation_correct"], d["relation_correct_ci95"], True
                 ),
                 "significant": "yes" if d["relation_correct_significant"] else "no",
                 "leakage difference [95% CI]": _with_ci(d["leakage"], d["leakage_ci95"], True),
