@@ -150,3 +150,12 @@ def test_summarise_wilson_for_binary_and_bootstrap_in_range():
     low, high = row["leakage_ci95"]
     assert low == 0.0 and 0.0 < row["leakage"] < high <= 0.9
     assert row["appearance_ci95"] == [1.0, 1.0]
+
+
+def test_format_interval():
+    from dreamrelation.evaluation.report import format_interval
+
+    assert format_interval(0.41234, [0.351, 0.47]) == "0.412 [0.35, 0.47]"
+    assert format_interval(0.125, [-0.04, 0.29], signed=True) == "+0.125 [-0.04, +0.29]"
+    assert format_interval(0.1, [None, None]) == "0.100"
+    assert format_interval(-0.1, [float("nan"), 0.0], signed=True) == "-0.100"

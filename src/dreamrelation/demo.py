@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from dreamrelation.evaluation.report import markdown_table, paired_bootstrap, write_report
+from dreamrelation.evaluation.report import format_interval, markdown_table, paired_bootstrap, write_report
 from dreamrelation.evaluation.toy_study import (
     DEFAULT_SUBJECTS,
     UNTUNED,
@@ -127,18 +127,10 @@ def paired_rows(scores: dict[str, list[dict]], jobs: Sequence[Job], n_boot: int)
     return rows
 
 
-def _with_ci(value: float, ci: Sequence[float] | None, signed: bool = False) -> str:
-    """``0.333 [0.16, 0.55]`` (signed: ``+0.125 [-0.04, +0.29]``); just the value without an interval."""
-    sign = "+" if signed else ""
-    if ci is None or any(v is None or np.isnan(v) for v in ci):
-        return f"{value:{sign}.3f}"
-    return f"{value:{sign}.3f} [{ci[0]:{sign}.2f}, {ci[1]:{sign}.2f}]"
-
-
 def _tables(rows: list[dict], diffs: list[dict]) -> tuple[str, str]:
     """Markdown: per-method means with 95% intervals; paired differences with significance."""
     shown = [
-        {"method": r["method"], "videos": r["n"], **{k: _with_ci(r[k], r[f"{k}_ci95"]) for k in KEYS}}
+        {"method": r["method"], "videos": r["n"], **{k: format_interval(r[k], r[f"{k}_ci95"]) for k in KEYS}}
         for r in rows
     ]
     headers = {"relation_correct": "relation accuracy", "temporal_consistency": "temporal consistency"}
@@ -149,11 +141,11 @@ def _tables(rows: list[dict], diffs: list[dict]) -> tuple[str, str]:
         shown.append(
             {
                 "comparison": d["comparison"],
-                "relation accuracy difference [95% CI]": _with_ci(
+                "relation accuracy difference [95% CI]": format_interval(
                     d["relation_correct"], d["relation_correct_ci95"], True
                 ),
                 "significant": "yes" if d["relation_correct_significant"] else "no",
-                "leakage difference [95% CI]": _with_ci(d["leakage"], d["leakage_ci95"], True),
+                "leakage difference [95% CI]": format_interval(d["leakage"], d["leakage_ci95"], True),
                 "leakage significant": "yes" if d["leakage_significant"] else "no",
             }
         )

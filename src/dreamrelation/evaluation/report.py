@@ -17,6 +17,7 @@ __all__ = [
     "PairedDifference",
     "bootstrap_ci",
     "bootstrap_means",
+    "format_interval",
     "markdown_table",
     "mean_ci95",
     "paired_bootstrap",
@@ -323,3 +324,11 @@ def paired_bootstrap(
     reps = bootstrap_means(diffs, clusters, strata, n_boot, seed)
     low, high = (float(v) for v in np.percentile(reps, [2.5, 97.5]))
     return PairedDifference(float(diffs.mean()), low, high, bool(low > 0.0 or high < 0.0))
+
+
+def format_interval(value: float, ci: Sequence[float | None] | None, signed: bool = False) -> str:
+    """``0.412 [0.35, 0.47]``; ``signed`` for differences: ``+0.125 [-0.04, +0.29]``; no interval: the value."""
+    sign = "+" if signed else ""
+    if ci is None or any(v is None or math.isnan(v) for v in ci):
+        return f"{value:{sign}.3f}"
+    return f"{value:{sign}.3f} [{ci[0]:{sign}.2f}, {ci[1]:{sign}.2f}]"

@@ -19,10 +19,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 from rich.console import Console
 
-from dreamrelation.evaluation.report import PairedDifference, markdown_table, paired_bootstrap, write_report
+from dreamrelation.evaluation.report import (
+    PairedDifference,
+    format_interval,
+    markdown_table,
+    paired_bootstrap,
+    write_report,
+)
 from dreamrelation.evaluation.toy_study import (
     UNTUNED,
     Exemplars,
@@ -96,6 +103,7 @@ class ToyBenchmarkConfig(ToyExperimentConfig):
     ablation_seeds: list[int] = field(default_factory=lambda: [0, 1])
     ablation_relations: list[str] = field(default_factory=lambda: ["high_fiving", "jumping_over"])
     n_boot: int = 10000
+    threads: int = 0  # torch CPU threads (0: torch's default); 1 is faster when other jobs share the cores
     cost: CostModel = field(default_factory=CostModel)
     out_dir: str = "runs/benchmark-toy"
 
@@ -338,13 +346,6 @@ def paired_difference(
     return paired_bootstrap(a, b, clusters, n_boot=n_boot, strata=strata) if a else None
 
 
-def _interval(value: float, ci: Sequence[float | None] | None) -> str:
-    """``0.412 [0.35, 0.47]``."""
-    if ci is None or None in ci or any(np.isnan(ci)):
-        return f"{value:.3f}"
-    return f"{value:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]"
-
-
 def method_row(results: dict[Unit, dict], method: str, scope, n_boot: int) -> dict | None:
     """One table row: accuracy (Wilson), appearance, leakage, paired differences to DreamRelation."""
     scores = pooled_scores(results, method, *scope)
@@ -372,16 +373,18 @@ def _display(row: dict) -> dict:
     return {
         "method": LABELS.get(row["method"], row["method"]),
         "videos": row["n"],
-        "toy relation acc. [95% CI]": _interval(row["relation_correct"], row["relation_correct_ci95"]),
+        "toy relation acc. [95% CI]": format_interval(row["relation_correct"], row["relation_correct_ci95"]),
         "paper": row["paper_relation_accuracy"],
-        "DreamRelation - method [95% CI]": _interval(row["difference"], row["difference_ci95"])
+        "DreamRelation - method [95% CI]": format_interval(row["difference"], row["difference_ci95"], True)
         if "difference" in row
         else "-",
         "significant": "-" if sig is None else ("yes" if sig else "no"),
         "paper difference": row.get("paper_difference"),
         "appearance": row["appearance"],
         "leakage": row["leakage"],
-        "leakage difference [95% CI]": _interval(row["leakage_difference"], row["leakage_difference_ci95"])
+        "leakage difference [95% CI]": format_interval(
+            row["leakage_difference"], row["leakage_difference_ci95"], True
+        )
         + (" *" if row.get("leakage_difference_significant") else "")
         if "leakage_difference" in row
         else "-",
@@ -418,7 +421,7 @@ def build_sections(cfg: ToyBenchmarkConfig, results: dict[Unit, dict]) -> tuple[
     for title, methods in TABLES.items():
         scope = _scope(cfg, title)
         rows = [r for m in methods if m in cfg.methods and (r := method_row(results, m, scope, cfg.n_boot))]
-        if rows:
+        if len(rows) > 1:  # a table needs something to compare
             tables[title] = rows
             display = [_display(r) for r in rows]
             sections.append((title, markdown_table(display, list(display[0]), DISPLAY_FORMATS)))
@@ -479,6 +482,8 @@ def run_toy_benchmark(cfg: ToyBenchmarkConfig, progress: bool = True) -> dict:
     """Run (or resume) every unit; write ``report.md``/``report.json``, charts and contact sheets."""
     out = Path(cfg.out_dir)
     start = time.time()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     todo, plan = describe_plan(cfg)
     console.print(plan)
     units = plan_units(cfg)
