@@ -207,3 +207,18 @@ def test_cli_estimate_prints_the_plan(tmp_path):
     assert result.exit_code == 0, result.output
     assert "6 units (0 already done) x 2 videos" in result.output and "estimated" in result.output
     assert not list(tmp_path.iterdir())  # nothing ran
+
+
+@pytest.mark.parametrize("bundle", ["tiny_bundle", "tiny_wan_bundle"])
+def test_batched_generation_matches_one_by_one(bundle, request):
+    from dreamrelation.evaluation.toy_study import generate_jobs, make_jobs
+    from dreamrelation.sampling.generate import generate_videos, load_pipeline
+
+    pipe = load_pipeline(request.getfixturevalue(bundle))
+    jobs = make_jobs("pushing", DEFAULT_SUBJECTS[:2], [0, 5])
+    batched = generate_jobs(pipe, jobs, steps=2, guidance=4.0, batch_size=3)
+    single = generate_videos(pipe, [j.prompt for j in jobs], [j.seed for j in jobs], 2, 4.0)
+    assert len(batched) == 4
+    for a, b in zip(batched, single, strict=True):
+        assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    assert np.abs(batched[0].astype(int) - batched[1].astype(int)).max() > 0  # seeds differ
