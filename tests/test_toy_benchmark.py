@@ -222,3 +222,18 @@ def test_batched_generation_matches_one_by_one(bundle, request):
     for a, b in zip(batched, single, strict=True):
         assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).max() <= 1
     assert np.abs(batched[0].astype(int) - batched[1].astype(int)).max() > 0  # seeds differ
+
+
+def test_fingerprint_follows_the_bundle_content(tmp_path):
+    from dreamrelation.evaluation.toy_benchmark import bundle_digest, fingerprint
+
+    bundle = tmp_path / "bundle"
+    (bundle / "transformer").mkdir(parents=True)
+    (bundle / "transformer" / "weights.bin").write_bytes(b"one")
+    cfg = ToyBenchmarkConfig(bundle=str(bundle))
+    before = fingerprint(cfg)
+    assert before["bundle_digest"] == bundle_digest(bundle) and before["train_steps"] == cfg.train_steps
+    copy = tmp_path / "copy"
+    (copy / "transformer").mkdir(parents=True)
+    (copy / "transformer" / "weights.bin").write_bytes(b"two")  # a replaced bundle
+    assert bundle_digest(copy) != before["bundle_digest"]

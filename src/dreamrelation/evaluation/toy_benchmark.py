@@ -12,6 +12,8 @@ with a cluster-bootstrap interval (training seeds, then prompts), next to the pa
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -163,11 +165,21 @@ def unit_path(cfg: ToyBenchmarkConfig, unit: Unit) -> Path:
     return Path(cfg.out_dir) / "units" / unit.relation / f"{unit.name}.json"
 
 
+@functools.cache
+def bundle_digest(path: Path) -> str:
+    """SHA-256 over a model directory's files (names and contents): a replaced bundle gets a new digest."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def fingerprint(cfg: ToyBenchmarkConfig) -> dict:
-    """The settings a unit's scores depend on; a stored unit with other settings is run again."""
+    """The settings a unit's scores depend on (the bundle by content); other settings run it again."""
     keys = ("bundle", "num_exemplars", "exemplar_seed", "subjects", "seeds", "num_inference_steps")
     keys += ("guidance_scale", "train_steps", "batch_size", "lr", "warmup_steps", "rank")
-    return {k: getattr(cfg, k) for k in keys}
+    return {**{k: getattr(cfg, k) for k in keys}, "bundle_digest": bundle_digest(toy_bundle_path(cfg.bundle))}
 
 
 def load_unit(cfg: ToyBenchmarkConfig, unit: Unit) -> dict | None:
