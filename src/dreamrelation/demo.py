@@ -30,6 +30,7 @@ from dreamrelation.evaluation.toy_study import (
     score_jobs,
     summarise,
     toy_recipe,
+    tracked_panel,
     train_and_generate,
 )
 from dreamrelation.sampling.generate import load_pipeline, toy_bundle_path
@@ -39,7 +40,6 @@ from dreamrelation.utils.media import (
     contact_sheet,
     save_png,
     trajectory_frames,
-    trajectory_panel,
     write_gif,
     write_video,
 )
@@ -63,12 +63,6 @@ class DemoConfig(ToyExperimentConfig):
     subjects: list[list[str]] = field(default_factory=lambda: [list(s) for s in DEFAULT_SUBJECTS[:8]])
     n_boot: int = 10000
     out_dir: str = "runs/demo"
-
-
-def _panel(video: np.ndarray, subjects: Sequence[world.SubjectSpec]) -> np.ndarray:
-    """Frames of ``video`` plus the two subjects' tracked trajectories on a still."""
-    track = track_subjects(video, subjects)
-    return trajectory_panel(video, track.trajectories(), track.colours)
 
 
 def _case_gif(path: Path, video: np.ndarray, subjects: Sequence[world.SubjectSpec]) -> Path:
@@ -177,8 +171,8 @@ def _cases(out: Path, exemplars: Exemplars, results: dict, per_video: list[dict]
 def _sheet(out: Path, exemplars: Exemplars, results: dict, jobs: Sequence[Job], seed: int) -> None:
     """Contact sheet: exemplars, then each method on the first prompts, each cell frames + trajectories."""
     cols = [i for i, job in enumerate(jobs) if job.seed == seed][:SHEET_PROMPTS]
-    rows = [[_panel(v, exemplars.subjects) for v in exemplars.videos[: len(cols)]]]
-    rows += [[_panel(results[m][i], jobs[i].subjects) for i in cols] for m in METHODS]
+    rows = [[tracked_panel(v, exemplars.subjects) for v in exemplars.videos[: len(cols)]]]
+    rows += [[tracked_panel(results[m][i], jobs[i].subjects) for i in cols] for m in METHODS]
     sheet = contact_sheet(rows, row_labels=["exemplars", *METHODS], col_labels=[jobs[i].prompt for i in cols])
     save_png(out / "contact_sheet.png", sheet)
 

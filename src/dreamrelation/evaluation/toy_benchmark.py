@@ -42,6 +42,7 @@ from dreamrelation.evaluation.toy_study import (
     score_jobs,
     summarise,
     toy_recipe,
+    tracked_panel,
     train_and_generate,
 )
 from dreamrelation.sampling.generate import load_pipeline, toy_bundle_path
@@ -475,17 +476,19 @@ def _run_missing(
 
 
 def _contact_sheets(cfg: ToyBenchmarkConfig, units: Sequence[Unit]) -> None:
-    """One sheet per relation: each method's first training seed on the first prompts and seed."""
+    """One sheet per relation: each method's first training seed on the first prompts and seed; each cell
+    shows frames and the tracked trajectories on a still."""
     for relation in cfg.relations:
+        jobs = make_jobs(relation, cfg.subjects[:SHEET_PROMPTS], cfg.seeds[:1])
         rows, labels = [], []
         for method in cfg.methods:
             seeds = method_seeds(cfg, method, relation)
             npz = unit_path(cfg, Unit(relation, method, seeds[0])).with_suffix(".npz") if seeds else None
             if npz is not None and npz.is_file():
-                rows.append(list(np.load(npz)["videos"]))
+                videos = np.load(npz)["videos"]
+                rows.append([tracked_panel(v, job.subjects) for v, job in zip(videos, jobs, strict=False)])
                 labels.append(method)
         if rows:
-            jobs = make_jobs(relation, cfg.subjects[:SHEET_PROMPTS], cfg.seeds[:1])
             sheet = contact_sheet(rows, row_labels=labels, col_labels=[j.prompt for j in jobs])
             save_png(Path(cfg.out_dir) / f"contact_sheet_{relation}.png", sheet)
 

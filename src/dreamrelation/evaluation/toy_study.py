@@ -23,11 +23,11 @@ from dreamrelation.models.backbones import get_backbone
 from dreamrelation.sampling.generate import video_geometry
 from dreamrelation.toy import world
 from dreamrelation.toy.render import RenderedVideo, render_video
-from dreamrelation.toy.tracker import evaluate_video
+from dreamrelation.toy.tracker import evaluate_video, track_subjects
 from dreamrelation.training.config import TrainConfig, preset
 from dreamrelation.training.trainer import TrainingSample, train_adapters
 from dreamrelation.utils.io import atomic_write_text
-from dreamrelation.utils.media import write_video
+from dreamrelation.utils.media import trajectory_panel, write_video
 
 UNTUNED = "untuned"
 SUMMARY_KEYS = ("relation_correct", "appearance", "leakage", "temporal_consistency")
@@ -235,6 +235,12 @@ def score_jobs(
         evaluate_video(video, job.subjects, relation, exemplar_subjects=exemplar_subjects)
         for video, job in zip(videos, jobs, strict=True)
     ]
+
+
+def tracked_panel(video: np.ndarray, subjects: Sequence[world.SubjectSpec]) -> np.ndarray:
+    """Frames of ``video`` plus the two subjects' tracked trajectories on a still (a contact-sheet cell)."""
+    track = track_subjects(video, subjects)
+    return trajectory_panel(video, track.trajectories(), track.colours)
 
 
 def summarise(scores: Sequence[dict], keys: Sequence[str] = SUMMARY_KEYS, n_boot: int = 2000) -> dict:
