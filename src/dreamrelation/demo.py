@@ -72,7 +72,14 @@ def _case_gif(path: Path, video: np.ndarray, subjects: Sequence[world.SubjectSpe
     return write_gif(path, frames, fps=world.FPS, scale=1)
 
 
-def _write_videos(out: Path, method: str, jobs: Sequence[Job], videos, scores, relation: str) -> list[dict]:
+def _write_videos(
+    out: Path,
+    method: str,
+    jobs: Sequence[Job],
+    videos: Sequence[np.ndarray],
+    scores: Sequence[dict],
+    relation: str,
+) -> list[dict]:
     """MP4 + GIF of every video of ``method``; the per-video rows of the report."""
     rows = []
     for job, video, score in zip(jobs, videos, scores, strict=True):
@@ -177,7 +184,9 @@ def _sheet(out: Path, exemplars: Exemplars, results: dict, jobs: Sequence[Job], 
     save_png(out / "contact_sheet.png", sheet)
 
 
-def _generate_all(pipe, cfg: DemoConfig, exemplars: Exemplars, jobs: list[Job], progress: bool):
+def _generate_all(
+    pipe, cfg: DemoConfig, exemplars: Exemplars, jobs: list[Job], progress: bool
+) -> tuple[dict[str, list[np.ndarray]], dict[str, list[dict]], list[dict], dict[str, float]]:
     """Train/generate/score every method; videos, scores, per-video rows and timings."""
     out = Path(cfg.out_dir)
     results, scores, per_video, timings = {}, {}, [], {}
@@ -249,7 +258,15 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict:
     return data
 
 
-def _sections(cfg: DemoConfig, relation, prompts, results_md: str, diffs_md: str, cases: str, timings: dict):
+def _sections(
+    cfg: DemoConfig,
+    relation: world.Relation,
+    prompts: list[str],
+    results_md: str,
+    diffs_md: str,
+    cases: str,
+    timings: dict[str, float],
+) -> list[tuple[str, str]]:
     """The report's sections."""
     n = len(prompts) * len(cfg.seeds)
     return [

@@ -323,7 +323,9 @@ def _scope(cfg: ToyBenchmarkConfig, title: str) -> tuple[list[str], list[int]]:
     return relations, [s for s in cfg.ablation_seeds if s in cfg.train_seeds]
 
 
-def pooled_scores(results: dict[Unit, dict], method: str, relations: Sequence[str], seeds: Sequence[int]):
+def pooled_scores(
+    results: dict[Unit, dict], method: str, relations: Sequence[str], seeds: Sequence[int]
+) -> list[dict]:
     """Per-video scores of ``method`` over ``relations`` x training ``seeds`` (untuned: once per relation)."""
     seeds_of = [None] if method == UNTUNED else list(seeds)
     units = [Unit(r, method, s) for r in relations for s in seeds_of]
@@ -359,7 +361,9 @@ def paired_difference(
     return paired_bootstrap(a, b, clusters, n_boot=n_boot, strata=strata) if a else None
 
 
-def method_row(results: dict[Unit, dict], method: str, scope, n_boot: int) -> dict | None:
+def method_row(
+    results: dict[Unit, dict], method: str, scope: tuple[Sequence[str], Sequence[int]], n_boot: int
+) -> dict | None:
     """One table row: accuracy (Wilson), appearance, leakage, paired differences to DreamRelation."""
     scores = pooled_scores(results, method, *scope)
     if not scores:

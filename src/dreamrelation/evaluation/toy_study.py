@@ -228,7 +228,10 @@ def train_and_generate(
 
 
 def score_jobs(
-    videos: Sequence[np.ndarray], jobs: Sequence[Job], relation: str, exemplar_subjects
+    videos: Sequence[np.ndarray],
+    jobs: Sequence[Job],
+    relation: str,
+    exemplar_subjects: Sequence[world.SubjectSpec] | None,
 ) -> list[dict]:
     """Tracker scores of each generated video (relation, appearance, leakage, temporal consistency)."""
     return [
