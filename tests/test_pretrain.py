@@ -143,3 +143,30 @@ def test_made_up_relation_words_stay_outside_the_vocabulary() -> None:
     assert with_made_up_words(captions, 0.0, seed=0) == captions
     with pytest.raises(UserError, match="no toy relation phrase"):
         world.with_relation_word("A red star.", "zorbing")
+
+
+@pytest.mark.parametrize("architecture", ["mochi", "wan"])
+def test_a_local_attention_text_encoder_binds_colours_to_shapes(architecture: str) -> None:
+    from types import SimpleNamespace
+
+    from dreamrelation.toy.backbone import ToyBackboneConfig
+    from dreamrelation.toy.check import caption_binding
+
+    tokenizer = build_tokenizer(toy_words())
+    captions = [
+        "A red star is chasing a blue circle.",
+        "A red square is chasing a blue circle.",
+        "A red star is chasing a blue square.",
+    ]
+    ids, mask = tokenize_captions(tokenizer, captions)
+    binding, own_shape = {}, {}
+    for local in (False, True):
+        cfg = ToyBackboneConfig(architecture=architecture, text_local_attention=local)
+        encoder = build_text_encoder(len(tokenizer), cfg)
+        binding[local] = caption_binding(SimpleNamespace(tokenizer=tokenizer, text_encoder=encoder))
+        red = encoder(ids, attention_mask=mask)[0][:, 1]
+        # how much more "red" moves when its own shape changes than when the other subject's shape does
+        own_shape[local] = ((red[0] - red[1]).norm() / (red[0] - red[2]).norm()).item()
+    # a random T5/UMT5 averages over the caption; heads on the neighbouring words carry the shape to its colour
+    assert binding[False] > 0.99 and binding[True] < 0.9, binding
+    assert own_shape[False] < 2 and own_shape[True] > 3, own_shape

@@ -54,6 +54,10 @@ class ToyBackboneConfig:
     text_dim: int = 64
     text_layers: int = 2
     text_heads: int = 4
+    # initialise the text encoder's relative attention so heads look at the next / previous word: a random T5
+    # averages over the caption (a bag of words), and Mochi/Wan give text tokens no positions, so the
+    # transformer could not tell which colour belongs to which shape (see `toy check`'s caption binding)
+    text_local_attention: bool = False
     time_embed_dim: int = 64
     wan_vae_base_dim: int = 16
     wan_ffn_dim: int = 256
@@ -119,7 +123,47 @@ def build_text_encoder(vocab_size: int, cfg: ToyBackboneConfig, seed: int = 0):
         eos_token_id=1,
         decoder_start_token_id=0,
     )
-    return model_cls(config).eval()
+    model = model_cls(config).eval()
+    if cfg.text_local_attention:
+        focus_on_neighbours(model)
+    return model
+
+
+def _buckets(attention, offsets: torch.Tensor) -> torch.Tensor:
+    """Relative-position buckets of ``offsets`` (key minus query) in a T5 or UMT5 encoder attention."""
+    from transformers.models.umt5.modeling_umt5 import UMT5Attention
+
+    if isinstance(attention, UMT5Attention):  # a method that reads its own settings
+        return attention._relative_position_bucket(offsets)
+    return attention._relative_position_bucket(
+        offsets,
+        bidirectional=True,
+        num_buckets=attention.relative_attention_num_buckets,
+        max_distance=attention.relative_attention_max_distance,
+    )
+
+
+LOCAL_ATTENTION_BIAS = (
+    8.0  # logit added for the attended neighbour: e^8 ~ 3000 times the weight of the others
+)
+
+
+@torch.no_grad()
+def focus_on_neighbours(text_encoder) -> None:
+    """Set the relative attention biases so head 0 attends to the next token, head 1 to the previous one and
+    head 2 to itself (other heads keep their random biases): every word embedding then carries its
+    neighbours, the way a pretrained T5's contextual embeddings carry word order."""
+    offsets = (1, -1, 0)
+    for module in text_encoder.modules():
+        if not getattr(module, "has_relative_attention_bias", False):
+            continue
+        if getattr(module, "is_decoder", False):
+            continue
+        buckets = _buckets(module, torch.tensor(offsets))
+        weight = module.relative_attention_bias.weight  # (num_buckets, heads)
+        for head, bucket in enumerate(buckets.tolist()[: weight.shape[1]]):
+            weight[:, head] = 0.0
+            weight[bucket, head] = LOCAL_ATTENTION_BIAS
 
 
 def build_vae(cfg: ToyBackboneConfig, latents_mean=None, latents_std=None):
