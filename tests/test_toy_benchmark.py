@@ -237,3 +237,17 @@ def test_fingerprint_follows_the_bundle_content(tmp_path):
     (copy / "transformer").mkdir(parents=True)
     (copy / "transformer" / "weights.bin").write_bytes(b"two")  # a replaced bundle
     assert bundle_digest(copy) != before["bundle_digest"]
+
+
+def test_a_made_up_relation_word_reaches_exemplar_captions_and_prompts(tmp_path) -> None:
+    from dreamrelation.evaluation.toy_study import make_jobs, write_exemplar_videos
+
+    videos = write_exemplar_videos("pushing", 2, seed=0, out_dir=tmp_path, word="zorbing")
+    captions = sorted((tmp_path / "videos").glob("*.txt"))
+    assert [p.read_text().strip() for p in captions] == [v.caption for v in videos]
+    assert all(v.caption == "A person is zorbing a person." for v in videos)
+    jobs = make_jobs("pushing", [["star", "red", "circle", "blue"]], [0, 1], word="zorbing")
+    assert [j.prompt for j in jobs] == ["A red star is zorbing a blue circle."] * 2
+    assert make_jobs("pushing", [["star", "red", "circle", "blue"]], [0])[0].prompt == (
+        "A red star is pushing a blue circle."
+    )

@@ -223,8 +223,10 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict:
     pipe = load_pipeline(toy_bundle_path(cfg.bundle))
     console.print(f"1/3 rendering and encoding {cfg.num_exemplars} person exemplars -> {out / 'exemplars'}")
     t = time.time()
-    exemplars = render_exemplars(pipe, cfg.relation, cfg.num_exemplars, cfg.exemplar_seed, out / "exemplars")
-    jobs = make_jobs(cfg.relation, cfg.subjects, cfg.seeds)
+    exemplars = render_exemplars(
+        pipe, cfg.relation, cfg.num_exemplars, cfg.exemplar_seed, out / "exemplars", cfg.relation_word
+    )
+    jobs = make_jobs(cfg.relation, cfg.subjects, cfg.seeds, cfg.relation_word)
     prepare_s = time.time() - t
     results, scores, per_video, timings = _generate_all(pipe, cfg, exemplars, jobs, progress)
     timings = {"prepare_s": prepare_s, **timings}

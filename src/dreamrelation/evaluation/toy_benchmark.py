@@ -465,8 +465,10 @@ def _run_missing(
     left = list(todo)
     for relation in dict.fromkeys(u.relation for u in todo):
         console.rule(f"[bold]{relation}")
-        exemplars = render_exemplars(pipe, relation, cfg.num_exemplars, cfg.exemplar_seed)
-        jobs = make_jobs(relation, cfg.subjects, cfg.seeds)
+        exemplars = render_exemplars(
+            pipe, relation, cfg.num_exemplars, cfg.exemplar_seed, word=cfg.relation_word
+        )
+        jobs = make_jobs(relation, cfg.subjects, cfg.seeds, cfg.relation_word)
         for unit in [u for u in todo if u.relation == relation]:
             start = time.time()
             results[unit] = run_unit(pipe, exemplars, unit, jobs, cfg, progress)
@@ -483,7 +485,7 @@ def _contact_sheets(cfg: ToyBenchmarkConfig, units: Sequence[Unit]) -> None:
     """One sheet per relation: each method's first training seed on the first prompts and seed; each cell
     shows frames and the tracked trajectories on a still."""
     for relation in cfg.relations:
-        jobs = make_jobs(relation, cfg.subjects[:SHEET_PROMPTS], cfg.seeds[:1])
+        jobs = make_jobs(relation, cfg.subjects[:SHEET_PROMPTS], cfg.seeds[:1], cfg.relation_word)
         rows, labels = [], []
         for method in cfg.methods:
             seeds = method_seeds(cfg, method, relation)

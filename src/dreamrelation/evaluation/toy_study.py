@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -81,20 +81,29 @@ class Exemplars:
     subjects: list[world.SubjectSpec]
 
 
-def make_jobs(relation: str, subjects: Sequence[Sequence[str]], seeds: Sequence[int]) -> list[Job]:
-    """Prompts with new subjects (``[shape1, colour1, shape2, colour2]`` each) x seeds."""
+def worded(caption: str, word: str = "") -> str:
+    """``caption`` with its relation phrase replaced by ``word`` (a user's own word for the relation), if any."""
+    return world.with_relation_word(caption, word) if word else caption
+
+
+def make_jobs(
+    relation: str, subjects: Sequence[Sequence[str]], seeds: Sequence[int], word: str = ""
+) -> list[Job]:
+    """Prompts with new subjects (``[shape1, colour1, shape2, colour2]`` each) x seeds; ``word`` replaces the
+    relation phrase (see :func:`worded`)."""
     jobs = []
     for s1, c1, s2, c2 in subjects:
         pair = (world.SubjectSpec(s1, c1), world.SubjectSpec(s2, c2))
-        prompt = world.caption(world.VideoSpec(relation, *pair))
+        prompt = worded(world.caption(world.VideoSpec(relation, *pair)), word)
         jobs += [Job(prompt, pair, int(seed)) for seed in seeds]
     return jobs
 
 
 def write_exemplar_videos(
-    relation: str, num: int, seed: int, out_dir: Path | None = None
+    relation: str, num: int, seed: int, out_dir: Path | None = None, word: str = ""
 ) -> list[RenderedVideo]:
-    """Render ``num`` person-vs-person videos of ``relation``.
+    """Render ``num`` person-vs-person videos of ``relation`` (captions with ``word`` for the relation phrase
+    when given, see :func:`worded`).
 
     With ``out_dir``, also writes them in the layout ``dreamrelation train`` reads: ``videos/NAME.mp4``
     (native size) + ``videos/NAME.txt`` captions and paper-format masks in ``masks/NAME/``.
@@ -103,6 +112,7 @@ def write_exemplar_videos(
     rendered = []
     for i in range(num):
         video = render_video(world.sample_video_spec(rng, relations=[relation], person_prob=1.0))
+        video = replace(video, caption=worded(video.caption, word))
         if out_dir is not None:
             name = f"exemplar{i:03d}"
             write_video(out_dir / "videos" / f"{name}.mp4", video.frames, fps=world.FPS, scale=1)
@@ -112,9 +122,11 @@ def write_exemplar_videos(
     return rendered
 
 
-def render_exemplars(pipe, relation: str, num: int, seed: int, out_dir: Path | None = None) -> Exemplars:
+def render_exemplars(
+    pipe, relation: str, num: int, seed: int, out_dir: Path | None = None, word: str = ""
+) -> Exemplars:
     """Render exemplars (see :func:`write_exemplar_videos`) and encode them with ``pipe``."""
-    rendered = write_exemplar_videos(relation, num, seed, out_dir)
+    rendered = write_exemplar_videos(relation, num, seed, out_dir, word)
     samples = prepare_samples(
         pipe,
         [v.frames for v in rendered],
@@ -145,6 +157,9 @@ class ToyExperimentConfig:
     lr: float = 2e-3
     warmup_steps: int = 30
     rank: int = 16
+    # a made-up word for the relation in exemplar captions and prompts (a user's relation comes with its own
+    # word, which the toy vocabulary lacks); empty: the relation's own phrase
+    relation_word: str = ""
 
 
 def toy_recipe(method: str, cfg: ToyExperimentConfig, train_seed: int = 0) -> TrainConfig | None:
