@@ -23,7 +23,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_import_contract.py
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/step_time.py

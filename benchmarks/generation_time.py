@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
+from dreamrelation.core.roles import AdapterConfig
 from dreamrelation.models.adapters import adapter_parameters, add_relation_adapters, set_active_roles
 from dreamrelation.sampling.generate import TOY_BUNDLES, generate_videos, load_pipeline
-from dreamrelation.training.config import AdapterConfig
 
 PROMPTS = ["A red circle is high-fiving with a blue square.", "A green star is pushing a yellow diamond."]
 VARIANTS = {"untuned": None, "adapters": ["relation", "output"], "all_roles": None}

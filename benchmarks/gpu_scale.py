@@ -354,9 +354,9 @@ def train_mode(
 @torch.inference_mode()
 def inference(spec: Spec, tiny: bool, device: torch.device, steps: int, timed_steps: int) -> dict[str, Any]:
     """Seconds per video for ``steps`` sampler steps with CFG (batch-2 forward), transformer only, bf16."""
+    from dreamrelation.core.roles import AdapterConfig
     from dreamrelation.models.adapters import add_relation_adapters, set_active_roles
     from dreamrelation.models.backbones import get_backbone
-    from dreamrelation.training.config import AdapterConfig
 
     geo, guidance, backbone = (
         spec.tiny if tiny else spec.full,

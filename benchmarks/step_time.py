@@ -33,8 +33,9 @@ import torch
 from diffusers import MochiTransformer3DModel
 
 import dreamrelation.training.trainer as trainer_module
+from dreamrelation.core.samples import TrainingSample
 from dreamrelation.training.config import TrainConfig, preset
-from dreamrelation.training.trainer import TrainingSample, train_adapters
+from dreamrelation.training.trainer import train_adapters
 
 MODEL = dict(
     num_layers=4,

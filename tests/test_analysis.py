@@ -11,6 +11,7 @@ import torch
 from diffusers import MochiTransformer3DModel
 from tiny import TINY_TRANSFORMER
 
+from dreamrelation.core.roles import AdapterConfig
 from dreamrelation.evaluation.analysis import (
     adapter_similarity,
     base_qkv_similarity,
@@ -28,7 +29,6 @@ from dreamrelation.evaluation.analysis import (
     word_token_indices,
 )
 from dreamrelation.models.adapters import add_relation_adapters, save_adapters, set_active_roles
-from dreamrelation.training.config import AdapterConfig
 
 TINY_T = TINY_TRANSFORMER
 

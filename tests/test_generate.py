@@ -10,11 +10,11 @@ import pytest
 import torch
 from diffusers import MochiTransformer3DModel
 
+from dreamrelation.core.roles import AdapterConfig
 from dreamrelation.errors import UserError
 from dreamrelation.models.adapters import adapter_parameters, add_relation_adapters, save_adapters
 from dreamrelation.sampling.generate import generate_to_folder, guidance_values, load_pipeline, read_jobs
 from dreamrelation.sampling.run import parse_roles
-from dreamrelation.training.config import AdapterConfig
 
 PROMPTS = ["A red circle is high-fiving a blue square.", "A bear is shaking hands with a raccoon."]
 

@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tiny import TINY_TRANSFORMER
 
+from dreamrelation.core.roles import AdapterConfig
 from dreamrelation.errors import UserError
 from dreamrelation.models.adapters import (
     adapter_parameters,
@@ -32,7 +33,6 @@ from dreamrelation.models.interop import (
     import_checkpoint,
     read_adapter_file,
 )
-from dreamrelation.training.config import AdapterConfig
 
 TINY = TINY_TRANSFORMER
 LAST = TINY["num_layers"] - 1

@@ -11,11 +11,12 @@ from diffusers import MochiPipeline, MochiTransformer3DModel, WanTransformer3DMo
 from tiny import TINY_TRANSFORMER, TINY_WAN
 
 import dreamrelation.training.memory as memory
+from dreamrelation.core.samples import TrainingSample
 from dreamrelation.errors import UserError
 from dreamrelation.models.adapters import adapter_parameters
 from dreamrelation.models.loading import load_transformer
 from dreamrelation.training.config import MemoryConfig, TrainConfig
-from dreamrelation.training.trainer import TrainingSample, train_adapters
+from dreamrelation.training.trainer import train_adapters
 
 TINY = {**TINY_TRANSFORMER, "num_layers": 3}
 

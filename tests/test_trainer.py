@@ -14,11 +14,11 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from tiny import TINY_TRANSFORMER
 
+from dreamrelation.core.samples import TrainingSample
 from dreamrelation.errors import UserError
 from dreamrelation.models.adapters import load_adapters
 from dreamrelation.training.config import PRESET_NAMES, OptimConfig, TrainConfig, preset
 from dreamrelation.training.trainer import (
-    TrainingSample,
     batch_indices,
     collate,
     latest_checkpoint,

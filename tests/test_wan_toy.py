@@ -16,6 +16,7 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file
 from tiny import TINY_WAN_TOY
 
+from dreamrelation.core.samples import TrainingSample
 from dreamrelation.data.prepare import null_prompt_for
 from dreamrelation.data.prepare_folder import load_null_prompt, load_prepared, prepare_folder, read_example
 from dreamrelation.errors import UserError
@@ -44,7 +45,7 @@ from dreamrelation.toy.pretrain import (
     vae_decode,
     vae_moments,
 )
-from dreamrelation.training.trainer import TrainingSample, collate
+from dreamrelation.training.trainer import collate
 from dreamrelation.ui import model_defaults
 
 PROMPT = "A red circle is high-fiving with a blue square."

@@ -91,8 +91,8 @@ def resolve_adapter_folder(path: str | os.PathLike | None) -> Path | None:
 def adapter_roles_in(folder: str | os.PathLike | None) -> tuple[list[str], list[str]]:
     """``(roles, default_roles)`` of an adapters folder (or run folder): every ``{role}.safetensors`` and the
     inference roles recorded by the trainer (else relation + output where present)."""
+    from dreamrelation.core.roles import PAPER_ROLES
     from dreamrelation.models.adapters import read_adapter_metadata
-    from dreamrelation.sampling.generate import PAPER_ROLES
 
     path = resolve_adapter_folder(folder)
     if path is None:

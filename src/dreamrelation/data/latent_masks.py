@@ -11,11 +11,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from dreamrelation.models.backbones import get_backbone
+
 
 def _geometry(backbone: Any, spatial: int, temporal: int) -> tuple[int, int]:
     if backbone is None:
         return spatial, temporal
-    from dreamrelation.models.backbones import get_backbone
 
     return get_backbone(backbone).mask_geometry
 

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from dreamrelation.core.samples import TrainingSample
 from dreamrelation.data.latent_masks import latent_masks
 from dreamrelation.errors import UserError
 from dreamrelation.models.backbones import MOCHI, Backbone, get_backbone
-from dreamrelation.training.trainer import TrainingSample
 
 
 def _backbone(obj) -> Backbone:

@@ -34,9 +34,19 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from dreamrelation.data.prepare import encode_prompts, encode_video
 from dreamrelation.errors import UserError
+from dreamrelation.models.adapters import adapter_roles
 from dreamrelation.models.backbones import get_backbone
-from dreamrelation.utils.media import VIDEO_SUFFIXES
+from dreamrelation.sampling.generate import (
+    generate_videos,
+    load_adapter_choices,
+    load_pipeline,
+    resolve_adapters,
+    sampling_defaults,
+)
+from dreamrelation.utils.io import atomic_write_json
+from dreamrelation.utils.media import VIDEO_SUFFIXES, contact_sheet, read_video, save_png
 
 __all__ = [
     "AnalysisInput",
@@ -518,7 +528,6 @@ def adapter_similarity(
     the smallest LoRA rank. Returns ``{"labels", "r", "blocks": [matrix per block], "mean": matrix}`` (the
     mean over blocks where both items exist).
     """
-    from dreamrelation.models.adapters import adapter_roles
 
     transformer = _transformer(pipe_or_transformer)
     roles = list(roles) if roles is not None else adapter_roles(transformer)
@@ -774,7 +783,6 @@ def text_to_video_attention(
     softmax mass each visual token receives from the word's queries (the rest goes to text keys). Wan:
     :func:`cross_attention_probs`, the share of each visual token's cross-attention on the word's tokens.
     """
-    from dreamrelation.data.prepare import encode_prompts
 
     words = list(words) if words else default_words(prompt)
     embeds, mask = encode_prompts(pipe, [prompt])
@@ -836,8 +844,6 @@ def _resolve_inputs(
     max_frames: int | None,
 ) -> list[AnalysisInput]:
     """Videos (paths, or ``(path, caption)``) are read; other strings are prompts, generated first."""
-    from dreamrelation.sampling.generate import generate_videos, sampling_defaults
-    from dreamrelation.utils.media import read_video
 
     backbone = get_backbone(pipe)
     multiple = backbone.spatial_compression * _patch(pipe.transformer)[1]
@@ -871,7 +877,6 @@ def _resolve_inputs(
 
 def _noised_latents(pipe: Any, frames: np.ndarray, sigma: float, seed: int) -> tuple[torch.Tensor, float]:
     """Normalised VAE latents noised to ``sigma`` (rectified flow) and the backbone's model timestep."""
-    from dreamrelation.data.prepare import encode_video
 
     latent, _ = encode_video(pipe.vae, frames)
     eps = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed))
@@ -914,11 +919,6 @@ def run_analysis(
     ``base_qkv_similarity.png``, ``adapter_similarity.png`` (with adapters), ``attention_NN.png`` (per input,
     one row per word) and ``analysis.json``.
     """
-    from dreamrelation.data.prepare import encode_prompts
-    from dreamrelation.models.adapters import adapter_roles
-    from dreamrelation.sampling.generate import load_adapter_choices, load_pipeline, resolve_adapters
-    from dreamrelation.utils.io import atomic_write_json
-    from dreamrelation.utils.media import contact_sheet, save_png
 
     if not 0.0 <= sigma < 1.0:
         raise UserError(f"sigma must be in [0, 1), got {sigma}")

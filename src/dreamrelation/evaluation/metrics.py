@@ -36,7 +36,8 @@ import torch
 from PIL import Image
 
 from dreamrelation.errors import UserError
-from dreamrelation.utils.media import VIDEO_SUFFIXES
+from dreamrelation.evaluation.report import markdown_table, mean_ci95, write_report
+from dreamrelation.utils.media import VIDEO_SUFFIXES, read_video
 
 __all__ = [
     "METRICS",
@@ -425,7 +426,6 @@ def _per_video(
 
 
 def _summary(values: Sequence[float]) -> dict[str, float | int]:
-    from dreamrelation.evaluation.report import mean_ci95
 
     mean, low, high = mean_ci95(values)
     return {"mean": mean, "ci_low": low, "ci_high": high, "n": sum(not math.isnan(v) for v in values)}
@@ -455,8 +455,6 @@ def evaluate_folder(
     ``out_dir`` defaults to ``videos_dir/evaluation``; ``vlm_options`` are keyword arguments of
     :class:`VlmJudge` (``temperature``, ``max_new_tokens``, ``generate_kwargs``).
     """
-    from dreamrelation.evaluation.report import markdown_table, write_report
-    from dreamrelation.utils.media import read_video
 
     metrics = list(dict.fromkeys(metrics))
     bad = [m for m in metrics if m not in METRICS]

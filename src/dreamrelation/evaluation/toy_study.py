@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dreamrelation.core.samples import TrainingSample
 from dreamrelation.data.mask_io import write_colour_masks
 from dreamrelation.data.prepare import null_prompt_for, prepare_samples
 from dreamrelation.evaluation.report import bootstrap_ci, wilson_interval
@@ -25,7 +26,7 @@ from dreamrelation.toy import world
 from dreamrelation.toy.render import RenderedVideo, render_video
 from dreamrelation.toy.tracker import evaluate_video, track_subjects
 from dreamrelation.training.config import TrainConfig, preset
-from dreamrelation.training.trainer import TrainingSample, train_adapters
+from dreamrelation.training.trainer import train_adapters
 from dreamrelation.utils.io import atomic_write_text
 from dreamrelation.utils.media import trajectory_panel, write_video
 

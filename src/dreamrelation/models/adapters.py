@@ -24,8 +24,8 @@ from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from dreamrelation.core.roles import PROJECTIONS, STREAMS, AdapterConfig
 from dreamrelation.models.backbones import MOCHI, Backbone, get_backbone
-from dreamrelation.training.config import PROJECTIONS, STREAMS, AdapterConfig
 
 METADATA_KEY = "dreamrelation_metadata"
 

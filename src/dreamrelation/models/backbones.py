@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from dreamrelation.training.losses import MOCHI_FLOW, FlowConvention
+from dreamrelation.core.flow import MOCHI_FLOW, FlowConvention
 
 #: ``call(transformer, hidden_states, timestep, prompt_embeds, prompt_mask) -> prediction``
 ForwardCall = Callable[

@@ -29,15 +29,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dreamrelation.core.roles import PAPER_ROLES
 from dreamrelation.errors import UserError
+from dreamrelation.models.adapters import read_adapter_metadata
 from dreamrelation.models.backbones import backbone_of_model_dir, get_backbone
+from dreamrelation.models.interop import check_adapter_file
 from dreamrelation.models.loading import text_length_of_model_dir
+from dreamrelation.utils.io import atomic_write_json
+from dreamrelation.utils.media import contact_sheet, save_png, write_gif, write_video
 
 _ASSETS = Path(__file__).resolve().parent.parent / "assets"
 #: The toy bundles per architecture (``dreamrelation toy pretrain --architecture``); Mochi is shipped.
 TOY_BUNDLES = {"mochi": _ASSETS / "toy-mochi", "wan": _ASSETS / "toy-wan"}
 TOY_BUNDLE = TOY_BUNDLES["mochi"]
-PAPER_ROLES = ("relation", "output")
 OFFLOAD_MODES = ("none", "model", "sequential")
 DTYPES = {
     "float32": torch.float32,
@@ -305,7 +309,6 @@ def resolve_adapters(
     directory: the inference roles recorded by the trainer, else relation + output (the paper), strength 1;
     for a list of files: every file.
     """
-    from dreamrelation.models.adapters import read_adapter_metadata
 
     if adapters is None:
         if roles:
@@ -361,7 +364,6 @@ def resolve_adapters(
 def load_adapter_choices(pipe, choices: Sequence[AdapterChoice]) -> None:
     """Check every file against the pipeline's transformer (shapes, ranks, target modules), then load them
     as named adapters and activate exactly them with their strengths (``pipe.set_adapters``)."""
-    from dreamrelation.models.interop import check_adapter_file
 
     transformer = pipe.transformer
     for choice in choices:  # all checks before any load: fail early, leave the model untouched
@@ -449,8 +451,6 @@ def generate_to_folder(
     strength 1. ``model`` None means the toy bundle; ``pipe`` reuses an already loaded pipeline (adapters
     loaded here are removed again afterwards). Everything the user gives is checked before sampling.
     """
-    from dreamrelation.utils.io import atomic_write_json
-    from dreamrelation.utils.media import contact_sheet, save_png, write_gif, write_video
 
     if offload not in OFFLOAD_MODES:
         raise UserError(f"offload {offload!r}: choose one of {', '.join(OFFLOAD_MODES)}")

@@ -12,8 +12,8 @@ from pathlib import Path
 import typer
 
 from dreamrelation.errors import UserError
-from dreamrelation.models.interop import ExportResult, ImportResult
-from dreamrelation.sampling.generate import GenerationResult
+from dreamrelation.models.interop import ExportResult, ImportResult, export_adapters, import_checkpoint
+from dreamrelation.sampling.generate import TOY_BUNDLE, GenerationResult, generate_to_folder
 
 
 def parse_roles(specs: Sequence[str] | None) -> dict[str, float] | None:
@@ -62,7 +62,6 @@ def run_generate(
     fps: float | None = None,
 ) -> GenerationResult:
     """Body of ``dreamrelation generate``: prompts (arguments or ``--prompts-file``) x seeds -> ``out``."""
-    from dreamrelation.sampling.generate import generate_to_folder
 
     if prompts and prompts_file:
         raise UserError("give prompts as arguments or --prompts-file, not both")
@@ -105,7 +104,6 @@ def run_export(
     roles: Sequence[str] | None = None,  # noqa: A002
 ) -> ExportResult:
     """Body of ``dreamrelation export``: merge roles into one ComfyUI- or genmo-format LoRA file."""
-    from dreamrelation.models.interop import export_adapters
 
     result = export_adapters(adapters, out, format=format, roles=parse_roles(roles))
     strengths = ", ".join(f"{r}={s:g}" for r, s in result.roles.items())
@@ -119,7 +117,6 @@ def run_import(checkpoint: Path, out: Path, model: Path | None = None) -> Import
     With ``model`` (a diffusers Mochi directory) the result is checked against its transformer's layer
     shapes; only the config is read (the model is built on the meta device, no weights are loaded).
     """
-    from dreamrelation.models.interop import import_checkpoint
 
     transformer = transformer_skeleton(model) if model is not None else None
     result = import_checkpoint(checkpoint, out, transformer=transformer)
@@ -138,7 +135,6 @@ def transformer_skeleton(model: Path | None):
     """The model's ``MochiTransformer3DModel`` built from its config on the meta device (no weights)."""
     from diffusers import MochiTransformer3DModel
 
-    from dreamrelation.sampling.generate import TOY_BUNDLE
 
     root = Path(model) if model else TOY_BUNDLE
     config_dir = root / "transformer" if (root / "transformer" / "config.json").is_file() else root

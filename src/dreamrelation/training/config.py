@@ -8,24 +8,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-PROJECTIONS = ("q", "k", "v", "out")
-STREAMS = ("visual", "text")
-HMT_CHOICES = ("relation", "subject1", "subject2")
-
-
-def _paper_placement() -> dict[str, list[str]]:
-    return {"relation": ["q", "k"], "subject1": ["v"], "subject2": ["v"], "output": ["out"]}
-
-
-@dataclass
-class AdapterConfig:
-    """Which LoRA adapters exist (role -> projection kinds), on which attention streams, and their size."""
-
-    rank: int = 16
-    alpha: float = 16.0
-    streams: list[str] = field(default_factory=lambda: ["visual", "text"])
-    placement: dict[str, list[str]] = field(default_factory=_paper_placement)
-    inference_roles: list[str] = field(default_factory=lambda: ["relation", "output"])
+from dreamrelation.core.roles import AdapterConfig
 
 
 @dataclass

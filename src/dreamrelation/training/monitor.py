@@ -10,8 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from dreamrelation.errors import UserError
+from dreamrelation.models.adapters import set_active_roles
+from dreamrelation.sampling.generate import generate_videos, sampling_defaults
 from dreamrelation.training.config import TrainConfig
+from dreamrelation.training.memory import frozen_parts_on
 from dreamrelation.training.trainer import lr_at
+from dreamrelation.utils.media import contact_sheet, save_png, write_video
 
 
 class TrainingMonitor:
@@ -66,10 +70,6 @@ class TrainingMonitor:
 
     def validate(self, step: int) -> Path:
         """Generate the validation prompts with the inference adapters into ``validation/step_N``."""
-        from dreamrelation.models.adapters import set_active_roles
-        from dreamrelation.sampling.generate import generate_videos, sampling_defaults
-        from dreamrelation.training.memory import frozen_parts_on
-        from dreamrelation.utils.media import contact_sheet, save_png, write_video
 
         mon = self.cfg.monitor
         jobs = [(p, s) for p in mon.prompts for s in mon.seeds]

@@ -34,6 +34,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from dreamrelation.core.roles import HMT_CHOICES
+from dreamrelation.core.samples import TrainingSample
 from dreamrelation.errors import UserError
 from dreamrelation.models.adapters import (
     adapter_parameters,
@@ -44,7 +46,7 @@ from dreamrelation.models.adapters import (
     save_adapters,
     set_active_roles,
 )
-from dreamrelation.training.config import HMT_CHOICES, OptimConfig, TrainConfig
+from dreamrelation.training.config import OptimConfig, TrainConfig
 from dreamrelation.training.distributed import (
     GatheredContrastiveLoss,
     all_reduce_gradients,
@@ -62,23 +64,6 @@ from dreamrelation.training.memory import (
 CHOICES = (*HMT_CHOICES, "all")  # "all": HMT disabled, every adapter on, plain MSE
 CHECKPOINT_FORMAT = "dreamrelation-checkpoint-v1"
 _CKPT_RE = re.compile(r"^step_(\d+)\.safetensors$")
-
-
-@dataclass
-class TrainingSample:
-    """One training video, already encoded.
-
-    ``latents`` (C, F, h, w): VAE latents normalised as the Mochi pipeline expects (or the posterior mean when
-    ``latent_logvar`` is given; then a latent is sampled every step). ``prompt_embeds`` (L, D) and
-    ``prompt_mask`` (L,) from T5. ``masks`` (2, F, h, w): latent masks of subject 1 and 2 (needed for HMT).
-    """
-
-    latents: torch.Tensor
-    prompt_embeds: torch.Tensor
-    prompt_mask: torch.Tensor
-    masks: torch.Tensor | None = None
-    latent_logvar: torch.Tensor | None = None
-    name: str = ""
 
 
 @dataclass
