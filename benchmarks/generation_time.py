@@ -29,7 +29,9 @@ import torch
 
 from dreamrelation.core.roles import AdapterConfig
 from dreamrelation.models.adapters import adapter_parameters, add_relation_adapters, set_active_roles
-from dreamrelation.sampling.generate import TOY_BUNDLES, generate_videos, load_pipeline
+from dreamrelation.models.backbones import TOY
+from dreamrelation.models.loading import load_pipeline
+from dreamrelation.sampling.generate import generate_videos
 
 PROMPTS = ["A red circle is high-fiving with a blue square.", "A green star is pushing a yellow diamond."]
 VARIANTS = {"untuned": None, "adapters": ["relation", "output"], "all_roles": None}
@@ -72,7 +74,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     results = {}
     t0 = time.perf_counter()
-    for arch, path in TOY_BUNDLES.items():
+    for arch, path in TOY.bundles.items():
         if not (path / "model_index.json").is_file():
             print(f"{arch}: no toy bundle at {path} (skipped)")
             continue

@@ -29,7 +29,7 @@ import torch
 
 from dreamrelation.data.mask_io import write_colour_masks
 from dreamrelation.data.prepare_folder import load_prepared, prepare_folder, read_example
-from dreamrelation.sampling.generate import load_pipeline
+from dreamrelation.models.loading import load_pipeline
 from dreamrelation.toy import world
 from dreamrelation.toy.backbone import (
     ToyBackboneConfig,

@@ -243,7 +243,7 @@ def test_overlay_and_upsample() -> None:
 
 @pytest.fixture(scope="module")
 def pipe(tiny_bundle):  # noqa: ANN001, ANN201
-    from dreamrelation.sampling.generate import load_pipeline
+    from dreamrelation.models.loading import load_pipeline
 
     return load_pipeline(tiny_bundle)
 

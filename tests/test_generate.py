@@ -13,7 +13,8 @@ from diffusers import MochiTransformer3DModel
 from dreamrelation.core.roles import AdapterConfig
 from dreamrelation.errors import UserError
 from dreamrelation.models.adapters import adapter_parameters, add_relation_adapters, save_adapters
-from dreamrelation.sampling.generate import generate_to_folder, guidance_values, load_pipeline, read_jobs
+from dreamrelation.models.loading import load_pipeline
+from dreamrelation.sampling.generate import generate_to_folder, guidance_values, read_jobs
 from dreamrelation.sampling.run import parse_roles
 
 PROMPTS = ["A red circle is high-fiving a blue square.", "A bear is shaking hands with a raccoon."]

@@ -17,12 +17,6 @@ KNOWN: dict[str, str] = {
     "function-local: dreamrelation.toy.pretrain -> dreamrelation.toy.render": "concurrent change",
     "function-local: dreamrelation.toy.pretrain -> dreamrelation.toy.world": "concurrent change",
     "function-local: dreamrelation.toy.pretrain -> dreamrelation.training.losses": "concurrent change",
-    # stage 2 (the toy registered as a backbone) removes these
-    "cycle: dreamrelation.models.loading <-> dreamrelation.sampling.generate": "stage 2",
-    "function-local: dreamrelation.models.loading -> dreamrelation.sampling.generate": "stage 2",
-    "function-local: dreamrelation.sampling.generate -> dreamrelation.toy.world": "stage 2",
-    "upward: dreamrelation.models.loading (backbones) -> dreamrelation.sampling.generate (inference)": "stage 2",
-    "upward: dreamrelation.sampling.generate (inference) -> dreamrelation.toy.world (toy)": "stage 2",
 }
 
 

@@ -157,7 +157,7 @@ def test_load_transformer_loads_nothing_else(tiny_bundle, monkeypatch) -> None:
 
 def test_frozen_parts_visit_the_training_device_only_inside_validation(tiny_bundle, monkeypatch) -> None:
     """The move logic of memory.offload_frozen (the CPU has no second device, so .to is recorded, not run)."""
-    from dreamrelation.sampling.generate import load_pipeline
+    from dreamrelation.models.loading import load_pipeline
     from dreamrelation.training.memory import frozen_parts_on, park_frozen_parts
 
     pipe = load_pipeline(tiny_bundle)

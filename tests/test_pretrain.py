@@ -8,7 +8,7 @@ import torch
 from tiny import TINY_MOCHI_TOY
 
 from dreamrelation.errors import UserError
-from dreamrelation.sampling.generate import load_pipeline
+from dreamrelation.models.loading import load_pipeline
 from dreamrelation.toy.pretrain import (
     CaptionSet,
     PretrainConfig,

@@ -4,7 +4,9 @@ prompted subjects moving."""
 import numpy as np
 import pytest
 
-from dreamrelation.sampling.generate import TOY_BUNDLES, generate_videos, load_pipeline
+from dreamrelation.models.backbones import TOY
+from dreamrelation.models.loading import load_pipeline
+from dreamrelation.sampling.generate import generate_videos
 from dreamrelation.toy import world
 from dreamrelation.toy.tracker import track_subjects
 
@@ -12,7 +14,7 @@ from dreamrelation.toy.tracker import track_subjects
 @pytest.mark.slow
 @pytest.mark.parametrize("architecture", ["mochi", "wan"])
 def test_shipped_bundle_samples_show_prompted_subjects_moving(architecture: str) -> None:
-    pipe = load_pipeline(TOY_BUNDLES[architecture])
+    pipe = load_pipeline(TOY.bundles[architecture])
     assert pipe.transformer.config.in_channels == 12
     if architecture == "mochi":
         assert type(pipe).__name__ == "MochiPipeline" and pipe.scheduler.config.invert_sigmas

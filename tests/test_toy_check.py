@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from dreamrelation.cli import app
 from dreamrelation.evaluation.report import wilson_interval
-from dreamrelation.sampling.generate import TOY_BUNDLES
+from dreamrelation.models.backbones import TOY
 from dreamrelation.toy import check, world
 from dreamrelation.toy.check import CheckConfig, check_jobs, run_check, score_subjects, summarize
 from dreamrelation.toy.render import render_background, render_video
@@ -158,7 +158,7 @@ def test_shipped_mochi_bundle_clears_the_ci_thresholds(tmp_path) -> None:
     raises them to just below what it measures.
     """
     cfg = CheckConfig(
-        model=str(TOY_BUNDLES["mochi"]),
+        model=str(TOY.bundles["mochi"]),
         num_prompts=12,
         num_held_out=4,
         out_dir=str(tmp_path),

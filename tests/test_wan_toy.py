@@ -21,19 +21,9 @@ from dreamrelation.data.prepare import null_prompt_for
 from dreamrelation.data.prepare_folder import load_null_prompt, load_prepared, prepare_folder, read_example
 from dreamrelation.errors import UserError
 from dreamrelation.evaluation.toy_study import write_exemplar_videos
-from dreamrelation.models.backbones import WAN
-from dreamrelation.sampling.generate import (
-    TOY_BUNDLE,
-    TOY_BUNDLES,
-    TOY_DEFAULTS,
-    generate_to_folder,
-    generate_videos,
-    is_toy,
-    load_pipeline,
-    sampling_defaults,
-    toy_bundle_path,
-    video_geometry,
-)
+from dreamrelation.models.backbones import TOY, WAN, model_profile
+from dreamrelation.models.loading import load_pipeline
+from dreamrelation.sampling.generate import generate_to_folder, generate_videos
 from dreamrelation.toy.backbone import MAX_SEQUENCE_LENGTH, analytic_decode, analytic_latents, build_vae
 from dreamrelation.toy.pretrain import (
     PretrainConfig,
@@ -132,7 +122,8 @@ def test_wan_bundle_samples_as_wanpipeline_at_the_toy_text_length(
     tiny_wan_bundle: Path, tmp_path: Path
 ) -> None:
     pipe = load_pipeline(tiny_wan_bundle)
-    assert is_toy(pipe) and sampling_defaults(pipe) == TOY_DEFAULTS and video_geometry(pipe) == (25, 64, 64)
+    assert model_profile(pipe) is TOY and TOY.sampling_defaults == (32, 4.0, 8.0)
+    assert TOY.default_geometry == (25, 64, 64)
     ours = generate_videos(pipe, [PROMPT], [3], num_inference_steps=2, guidance_scale=4.0)[0]
 
     def direct(**kwargs) -> np.ndarray:
@@ -155,16 +146,16 @@ def test_wan_bundle_samples_as_wanpipeline_at_the_toy_text_length(
     assert np.array_equal(result.frames[0], ours)
     settings = json.loads(result.sidecars[0].read_text())["settings"]
     assert settings["backbone"] == "wan2.1" and settings["scheduler"] == "UniPCMultistepScheduler"
-    assert settings["prediction_type"] == "flow_prediction" and settings["fps"] == TOY_DEFAULTS[2]
+    assert settings["prediction_type"] == "flow_prediction" and settings["fps"] == TOY.sampling_defaults[2]
 
 
 def test_toy_bundles_by_name_or_path(tmp_path: Path) -> None:
-    assert toy_bundle_path("") == toy_bundle_path("mochi") == TOY_BUNDLE
-    assert toy_bundle_path("Wan") == TOY_BUNDLES["wan"] != TOY_BUNDLE
-    assert toy_bundle_path(str(tmp_path)) == tmp_path
-    if not (TOY_BUNDLES["wan"] / "model_index.json").is_file():
+    assert TOY.bundle_path("") == TOY.bundle_path("mochi") == TOY.default_bundle
+    assert TOY.bundle_path("Wan") == TOY.bundles["wan"] != TOY.default_bundle
+    assert TOY.bundle_path(str(tmp_path)) == tmp_path
+    if not (TOY.bundles["wan"] / "model_index.json").is_file():
         with pytest.raises(UserError, match="toy pretrain --architecture wan"):
-            load_pipeline(TOY_BUNDLES["wan"])
+            load_pipeline(TOY.bundles["wan"])
 
 
 def test_a_wan_release_directory_gets_wan_defaults(tiny_wan_bundle: Path, tmp_path: Path) -> None:
@@ -172,11 +163,12 @@ def test_a_wan_release_directory_gets_wan_defaults(tiny_wan_bundle: Path, tmp_pa
     shutil.copytree(tiny_wan_bundle, release)
     (release / "toy_info.json").unlink()  # no toy marker: treated as a Wan 2.1 release
     pipe = load_pipeline(release)
-    assert not is_toy(pipe)
-    assert sampling_defaults(pipe) == (50, 5.0, 16.0) and video_geometry(pipe) == (81, 480, 832)
+    assert not TOY.is_pipeline(pipe)
+    profile = model_profile(pipe)
+    assert profile.sampling_defaults == (50, 5.0, 16.0) and profile.default_geometry == (81, 480, 832)
     assert WAN.text_length(pipe) == 512
     assert (
-        model_defaults(str(release)) == (50, 5.0) and model_defaults(str(tiny_wan_bundle)) == TOY_DEFAULTS[:2]
+        model_defaults(str(release)) == (50, 5.0) and model_defaults(str(tiny_wan_bundle)) == TOY.sampling_defaults[:2]
     )
 
 

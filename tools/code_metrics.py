@@ -25,7 +25,8 @@ PACKAGE = "dreamrelation"
 #: A module belongs to the first layer one of whose prefixes it matches (dotted prefix or exact name).
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("core", ("dreamrelation.core", "dreamrelation.errors", "dreamrelation")),
-    ("utils", ("dreamrelation.utils", "dreamrelation.config")),
+    # evaluation.report (tables, intervals) depends on utils.io alone and serves the toy checks as well
+    ("utils", ("dreamrelation.utils", "dreamrelation.config", "dreamrelation.evaluation.report")),
     ("backbones", ("dreamrelation.backbones", "dreamrelation.models.backbones", "dreamrelation.models.loading")),
     ("adapters", ("dreamrelation.adapters", "dreamrelation.models")),
     ("data", ("dreamrelation.data",)),

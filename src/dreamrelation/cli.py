@@ -80,7 +80,7 @@ def train(
     from dreamrelation.config import load_config
     from dreamrelation.data.folder import load_exemplar_folder
     from dreamrelation.data.prepare import null_prompt_for, prepare_samples
-    from dreamrelation.sampling.generate import load_pipeline
+    from dreamrelation.models.loading import load_pipeline
     from dreamrelation.training.config import PRESET_NAMES, preset
     from dreamrelation.training.monitor import TrainingMonitor
     from dreamrelation.training.trainer import train_adapters
@@ -169,14 +169,12 @@ def prepare(
 ) -> None:
     """Encode videos, captions and masks into a training cache; one line per bad input, good files kept."""
     from dreamrelation.data.prepare_folder import prepare_folder
-    from dreamrelation.models.loading import is_toy_model_dir, model_backbone_dir
-    from dreamrelation.toy import world
+    from dreamrelation.models.backbones import model_profile
+    from dreamrelation.models.loading import model_backbone_dir
 
-    model_path, backbone = model_backbone_dir(model)
-    toy = is_toy_model_dir(model_path)
-    d_frames, d_height, d_width = (
-        (world.NUM_FRAMES, world.HEIGHT, world.WIDTH) if toy else backbone.default_geometry
-    )
+    model_path, _ = model_backbone_dir(model)
+    profile = model_profile(model_path)  # the toy's geometry, else the backbone's
+    d_frames, d_height, d_width = profile.default_geometry
     report = prepare_folder(
         src,
         out,
@@ -184,7 +182,7 @@ def prepare(
         num_frames=num_frames or d_frames,
         height=height or d_height,
         width=width or d_width,
-        fps=fps or (30.0 if toy else backbone.sampling_defaults[2]),
+        fps=fps or profile.clip_fps,
         start=start,
         resize=resize,
         caption=caption,
@@ -545,7 +543,7 @@ def toy_pretrain(
 
     An interrupted transformer stage resumes exactly from its last checkpoint in the work dir."""
     from dreamrelation.config import load_config
-    from dreamrelation.sampling.generate import TOY_BUNDLES
+    from dreamrelation.models.backbones import TOY
     from dreamrelation.toy.backbone import ARCHITECTURES
     from dreamrelation.toy.pretrain import PretrainConfig, adopt_vae, pretrain, snapshot_bundle
 
@@ -563,7 +561,7 @@ def toy_pretrain(
         return
     if vae_from is not None:
         adopt_vae(vae_from, work_dir)
-    bundle = pretrain(out or TOY_BUNDLES[architecture], cfg, tuple(stage), work_dir=work_dir)
+    bundle = pretrain(out or TOY.bundles[architecture], cfg, tuple(stage), work_dir=work_dir)
     typer.echo(
         f"bundle: {bundle}" if bundle else f"stage results in {work_dir}; run the other stage to finish"
     )

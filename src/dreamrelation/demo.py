@@ -33,7 +33,8 @@ from dreamrelation.evaluation.toy_study import (
     tracked_panel,
     train_and_generate,
 )
-from dreamrelation.sampling.generate import load_pipeline, toy_bundle_path
+from dreamrelation.models.backbones import TOY
+from dreamrelation.models.loading import load_pipeline
 from dreamrelation.toy import world
 from dreamrelation.toy.tracker import track_subjects
 from dreamrelation.utils.media import (
@@ -221,7 +222,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict:
     torch.manual_seed(0)
 
     console.rule(f"[bold]DreamRelation toy demo: learning '{relation.phrase}'")
-    pipe = load_pipeline(toy_bundle_path(cfg.bundle))
+    pipe = load_pipeline(TOY.bundle_path(cfg.bundle))
     console.print(f"1/3 rendering and encoding {cfg.num_exemplars} person exemplars -> {out / 'exemplars'}")
     t = time.time()
     exemplars = render_exemplars(

@@ -135,18 +135,13 @@ def role_spec(roles: Sequence[str], active: Sequence[bool], strengths: Sequence[
 def model_defaults(model: str | os.PathLike | None) -> tuple[int, float]:
     """``(steps, guidance)`` defaults for a model directory without loading it: toy 32 / 4.0, else its
     backbone's (Mochi 64 / 6.0, Wan 50 / 5.0)."""
-    from dreamrelation.models.backbones import MOCHI, backbone_of_model_dir
-    from dreamrelation.models.loading import is_toy_model_dir
-    from dreamrelation.sampling.generate import TOY_BUNDLE, TOY_DEFAULTS
+    from dreamrelation.models.backbones import MOCHI, model_dir, model_profile
 
-    path = Path(model) if model and str(model).strip() else TOY_BUNDLE
-    if is_toy_model_dir(path):
-        return TOY_DEFAULTS[:2]
     try:
-        backbone = backbone_of_model_dir(path)
-    except ValueError:
-        backbone = MOCHI
-    steps, guidance, _ = backbone.sampling_defaults
+        profile = model_profile(model_dir(model))
+    except ValueError:  # not (yet) a model directory: the field is still being typed
+        profile = MOCHI
+    steps, guidance, _ = profile.sampling_defaults
     return steps, guidance
 
 
@@ -175,16 +170,17 @@ class PipelineCache:
     @staticmethod
     def key(model: str | os.PathLike | None) -> str:
         """The cache key: the resolved model path (the toy bundle for ``None``/empty)."""
-        from dreamrelation.sampling.generate import TOY_BUNDLE
+        from dreamrelation.models.backbones import model_dir
 
-        path = Path(str(model).strip()).expanduser() if model and str(model).strip() else TOY_BUNDLE
+        path = model_dir(model)
         if not path.exists():
             raise UserError(f"model path not found: {path}")
         return str(path.resolve())
 
     def get(self, model: str | os.PathLike | None):
         """The pipeline for ``model``, loaded on first use."""
-        from dreamrelation.sampling.generate import load_pipeline, resolve_dtype
+        from dreamrelation.models.loading import load_pipeline
+        from dreamrelation.sampling.generate import resolve_dtype
 
         key = self.key(model)
         with self.lock:
@@ -554,14 +550,14 @@ def build_app(
 ) -> gr.Blocks:
     """The two-tab Gradio app. API endpoints: ``/generate``, ``/load_run`` and ``/show_step``."""
     gr = _import_gradio()
-    from dreamrelation.sampling.generate import TOY_BUNDLE
+    from dreamrelation.models.backbones import model_dir
 
     for name, path in (("model", default_model), ("run folder", default_run)):
         if path and not Path(path).is_dir():
             raise UserError(f"{name} not found: {path}")
     cache = cache or PipelineCache()
     out_root = Path(out_dir)
-    model0 = str(default_model or TOY_BUNDLE)
+    model0 = str(model_dir(default_model))
     run0 = str(default_run or "")
     steps0, guidance0 = model_defaults(model0)
     try:

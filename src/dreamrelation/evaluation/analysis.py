@@ -37,14 +37,9 @@ from PIL import Image, ImageDraw, ImageFont
 from dreamrelation.data.prepare import encode_prompts, encode_video
 from dreamrelation.errors import UserError
 from dreamrelation.models.adapters import adapter_roles
-from dreamrelation.models.backbones import get_backbone
-from dreamrelation.sampling.generate import (
-    generate_videos,
-    load_adapter_choices,
-    load_pipeline,
-    resolve_adapters,
-    sampling_defaults,
-)
+from dreamrelation.models.backbones import get_backbone, model_profile
+from dreamrelation.models.loading import load_pipeline
+from dreamrelation.sampling.generate import generate_videos, load_adapter_choices, resolve_adapters
 from dreamrelation.utils.io import atomic_write_json
 from dreamrelation.utils.media import VIDEO_SUFFIXES, contact_sheet, read_video, save_png
 
@@ -859,7 +854,7 @@ def _resolve_inputs(
             name, source = path.stem, str(path)
         else:
             caption = str(item)
-            d_steps, d_guidance, _ = sampling_defaults(pipe)
+            d_steps, d_guidance, _ = model_profile(pipe).sampling_defaults
             frames = generate_videos(
                 pipe, [caption], [seed], num_inference_steps=steps or d_steps, guidance_scale=d_guidance
             )[0]

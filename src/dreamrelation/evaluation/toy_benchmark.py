@@ -45,7 +45,8 @@ from dreamrelation.evaluation.toy_study import (
     tracked_panel,
     train_and_generate,
 )
-from dreamrelation.sampling.generate import load_pipeline, toy_bundle_path
+from dreamrelation.models.backbones import TOY
+from dreamrelation.models.loading import load_pipeline
 from dreamrelation.toy import world
 from dreamrelation.utils.io import atomic_path, atomic_write_json
 from dreamrelation.utils.media import contact_sheet, save_png
@@ -461,7 +462,7 @@ def _run_missing(
     """Run the ``todo`` units relation by relation (exemplars rendered once per relation)."""
     if not todo:
         return
-    pipe = load_pipeline(toy_bundle_path(cfg.bundle))
+    pipe = load_pipeline(TOY.bundle_path(cfg.bundle))
     left = list(todo)
     for relation in dict.fromkeys(u.relation for u in todo):
         console.rule(f"[bold]{relation}")

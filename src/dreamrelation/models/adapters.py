@@ -42,14 +42,6 @@ def target_regex(kinds: Sequence[str], streams: Sequence[str], backbone: Backbon
     return backbone.target_regex(kinds, streams)
 
 
-def model_backbone(transformer: torch.nn.Module) -> Backbone:
-    """The registered backbone of ``transformer``; Mochi's module names for an unregistered class."""
-    try:
-        return get_backbone(transformer)
-    except ValueError:
-        return MOCHI
-
-
 def lora_config(cfg: AdapterConfig, role: str, backbone: Backbone = MOCHI) -> LoraConfig:
     """PEFT ``LoraConfig`` for one role of ``cfg.placement`` on ``backbone``."""
     return LoraConfig(
@@ -71,7 +63,7 @@ def add_relation_adapters(transformer: torch.nn.Module, cfg: AdapterConfig) -> l
     """
     transformer.requires_grad_(False)
     roles = list(cfg.placement)
-    backbone = model_backbone(transformer)
+    backbone = get_backbone(transformer)  # an unregistered class is refused, never guessed
     for role in roles:
         conf = lora_config(cfg, role, backbone)
         if not any(re.fullmatch(conf.target_modules, n) for n, _ in transformer.named_modules()):

@@ -5,6 +5,11 @@ A :class:`Backbone` names the attention projections each adapter stream targets,
 the VAE latent normalisation and the diffusers classes to load it. Adding a third backbone is one new
 entry passed to :func:`register`.
 
+The toy world's models (:data:`TOY`: small Mochi and Wan stacks pretrained by ``dreamrelation toy
+pretrain``) are registered here too, with their bundle paths, video geometry and sampling defaults: a toy
+bundle is a diffusers directory of a registered architecture, so :func:`get_backbone` gives its
+architecture and :func:`model_profile` the defaults it is used with (toy, else the architecture's).
+
 Stream mapping per backbone (projection kinds q / k / v / out):
 
 * **Mochi 1** (asymmetric MM-DiT, joint attention ``attn1``): visual stream ``attn1.to_q/to_k/to_v`` and
@@ -21,6 +26,7 @@ Stream mapping per backbone (projection kinds q / k / v / out):
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -89,6 +95,11 @@ class Backbone:
         return prefix + "(" + "|".join(re.escape(n) for n in names) + r")$"
 
     # --------------------------------------------------------------------------------------- geometry
+
+    @property
+    def clip_fps(self) -> float:
+        """The frame rate `prepare` samples source videos at: the release's."""
+        return self.sampling_defaults[2]
 
     @property
     def mask_geometry(self) -> tuple[int, int]:
@@ -319,3 +330,90 @@ def backbone_of_model_dir(path: str | Path) -> Backbone:
                     return b
             raise ValueError(f"{path / file}: class {name!r} is not a registered backbone")
     raise ValueError(f"{path}: no model_index.json or transformer/config.json")
+
+
+# ----------------------------------------------------------------------------------------------- the toy
+
+_ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+@dataclass(frozen=True)
+class ToyModels:
+    """The toy world's models: per architecture a bundle (a diffusers directory of that architecture, with a
+    ``toy_info.json``), the toy world's video geometry and the sampling defaults the bundles were tuned for.
+
+    A model is toy-sized when it has the info file or its transformer reads at most ``max_text_length``
+    text tokens (a release reads 256 or more).
+    """
+
+    bundles: Mapping[str, Path]  # architecture -> bundle directory; the first is the default
+    default_geometry: tuple[int, int, int]  # (frames, height, width) of the toy world
+    sampling_defaults: tuple[int, float, float]  # (steps, CFG scale, fps)
+    clip_fps: float = 30.0  # the frame rate `prepare` samples source videos at for a toy model
+    info_file: str = "toy_info.json"
+    max_text_length: int = 64
+
+    @property
+    def default_bundle(self) -> Path:
+        """The shipped bundle (the toy Mochi), the model used when none is given."""
+        return next(iter(self.bundles.values()))
+
+    def bundle_path(self, bundle: str | os.PathLike | None) -> Path:
+        """A bundle by architecture name (empty: the default) or a path."""
+        name = str(bundle or next(iter(self.bundles)))
+        return self.bundles.get(name.lower()) or Path(name)
+
+    def is_model_dir(self, path: str | os.PathLike) -> bool:
+        """Whether a diffusers directory holds a toy-sized model (without loading it)."""
+        path = Path(path)
+        if (path / self.info_file).is_file():
+            return True
+        length = _json_field(path / "transformer" / "config.json", "max_sequence_length")
+        return length is not None and int(length) <= self.max_text_length
+
+    def is_pipeline(self, pipe: Any) -> bool:
+        """Whether a loaded pipeline is toy-sized: loaded from a toy directory, or a short text context."""
+        source = getattr(pipe, "name_or_path", None)
+        if source and (Path(source) / self.info_file).is_file():
+            return True
+        return (pipe.transformer.config.get("max_sequence_length") or 512) <= self.max_text_length
+
+
+TOY = ToyModels(
+    bundles={"mochi": _ASSETS / "toy-mochi", "wan": _ASSETS / "toy-wan"},
+    default_geometry=(25, 64, 64),  # 25 = 6k + 1 = 4k + 1 frames: both VAEs keep frame 0 and every 6th / 4th
+    sampling_defaults=(32, 4.0, 8.0),
+)
+
+
+def _json_field(file: Path, key: str) -> Any:
+    """``key`` of a JSON file, None when the file is missing or unreadable."""
+    try:
+        return json.loads(file.read_text()).get(key)
+    except (OSError, ValueError):
+        return None
+
+
+def model_dir(model: str | os.PathLike | None) -> Path:
+    """The directory of a model argument: a path (``~`` expanded), or the shipped toy bundle when empty."""
+    text = str(model).strip() if model is not None else ""
+    return Path(text).expanduser() if text else TOY.default_bundle
+
+
+def model_profile(model: Any) -> Backbone | ToyModels:
+    """What a model is used with (``default_geometry``, ``sampling_defaults``, ``clip_fps``): :data:`TOY` for
+    a toy-sized model, else its backbone. ``model``: a loaded pipeline or a diffusers directory."""
+    if isinstance(model, (str, os.PathLike)):
+        return TOY if TOY.is_model_dir(model) else backbone_of_model_dir(model)
+    return TOY if TOY.is_pipeline(model) else get_backbone(model)
+
+
+def text_length_of_model_dir(path: str | os.PathLike, backbone: Backbone) -> int:
+    """Text tokens the model reads, from its files alone: the transformer config's ``max_sequence_length``
+    (Mochi), a toy bundle's ``toy_info.json``, else the backbone's default (Wan: 512)."""
+    path = Path(path)
+    for file in (path / "transformer" / "config.json", path / TOY.info_file):
+        length = _json_field(file, "max_sequence_length")
+        if length:
+            return int(length)
+    return backbone.default_text_length

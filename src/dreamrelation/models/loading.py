@@ -1,26 +1,30 @@
-"""Load only what training needs: the transformer of a diffusers-format model directory.
+"""Load a registered backbone's model: the whole pipeline (sampling) or only the transformer (training).
 
 Training from a prepared cache needs neither the text encoder (T5-XXL, ~9.5 GB in bf16) nor the VAE, so
-:func:`load_transformer` reads ``transformer/`` alone; the backbone comes from ``model_index.json``.
+:func:`load_transformer` reads ``transformer/`` alone; the backbone comes from ``model_index.json``. An empty
+model argument means the shipped toy bundle (:func:`~dreamrelation.models.backbones.model_dir`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
 from dreamrelation.errors import UserError
-from dreamrelation.models.backbones import Backbone, backbone_of_model_dir
+from dreamrelation.models.backbones import (
+    TOY,
+    Backbone,
+    backbone_of_model_dir,
+    model_dir,
+    text_length_of_model_dir,
+)
 
 
-def model_backbone_dir(model_dir: str | os.PathLike | None) -> tuple[Path, Backbone]:
+def model_backbone_dir(model: str | os.PathLike | None) -> tuple[Path, Backbone]:
     """``(path, backbone)`` of a diffusers-format directory (default: the shipped toy bundle)."""
-    from dreamrelation.sampling.generate import TOY_BUNDLE
-
-    path = Path(model_dir) if model_dir else TOY_BUNDLE
+    path = model_dir(model)
     if not path.is_dir():
         raise UserError(f"model path not found: {path}")
     try:
@@ -29,31 +33,32 @@ def model_backbone_dir(model_dir: str | os.PathLike | None) -> tuple[Path, Backb
         raise UserError(f"{path}: {exc}") from None
 
 
-def text_length_of_model_dir(path: str | os.PathLike, backbone: Backbone) -> int:
-    """Text tokens the model reads, from its files alone: the transformer config's ``max_sequence_length``
-    (Mochi), a toy bundle's ``toy_info.json``, else the backbone's default (Wan: 512)."""
-    path = Path(path)
-    for file in (path / "transformer" / "config.json", path / "toy_info.json"):
-        try:
-            length = json.loads(file.read_text()).get("max_sequence_length")
-        except (OSError, ValueError):
-            continue
-        if length:
-            return int(length)
-    return backbone.default_text_length
+def load_pipeline(
+    path: str | os.PathLike | None = None, dtype: torch.dtype = torch.float32, device: str | None = "cpu"
+):
+    """The pipeline of a diffusers-format directory of a registered backbone (``MochiPipeline``,
+    ``WanPipeline``; default: the shipped toy bundle).
 
-
-def is_toy_model_dir(path: str | os.PathLike) -> bool:
-    """Whether a model directory is toy-sized (a toy bundle's ``toy_info.json``, or a transformer reading at
-    most 64 text tokens), as :func:`dreamrelation.sampling.generate.is_toy` decides for a loaded pipeline."""
-    path = Path(path)
-    if (path / "toy_info.json").is_file():
-        return True
+    ``pipe.prompt_length`` is the text length the transformer reads
+    (:func:`~dreamrelation.models.backbones.text_length_of_model_dir`). ``device=None`` leaves it on the CPU
+    without moving (for CPU offloading).
+    """
+    path = model_dir(path)
+    if not (path / "model_index.json").is_file():
+        arch = next((a for a, p in TOY.bundles.items() if p == path), None)
+        hint = f" (run `dreamrelation toy pretrain --architecture {arch}` to build it)" if arch else ""
+        raise UserError(f"{path}: not a diffusers pipeline directory (no model_index.json){hint}")
     try:
-        length = json.loads((path / "transformer" / "config.json").read_text()).get("max_sequence_length")
-    except (OSError, ValueError):
-        return False
-    return length is not None and int(length) <= 64
+        backbone = backbone_of_model_dir(path)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    pipeline_cls = backbone.classes()[1]
+    pipe = pipeline_cls.from_pretrained(path, torch_dtype=dtype)
+    pipe.prompt_length = text_length_of_model_dir(path, backbone)
+    if device is not None:
+        pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def load_transformer(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
 import re
 import time
@@ -32,16 +31,12 @@ import torch
 from dreamrelation.core.roles import PAPER_ROLES
 from dreamrelation.errors import UserError
 from dreamrelation.models.adapters import read_adapter_metadata
-from dreamrelation.models.backbones import backbone_of_model_dir, get_backbone
+from dreamrelation.models.backbones import get_backbone, model_dir, model_profile
 from dreamrelation.models.interop import check_adapter_file
-from dreamrelation.models.loading import text_length_of_model_dir
+from dreamrelation.models.loading import load_pipeline
 from dreamrelation.utils.io import atomic_write_json
 from dreamrelation.utils.media import contact_sheet, save_png, write_gif, write_video
 
-_ASSETS = Path(__file__).resolve().parent.parent / "assets"
-#: The toy bundles per architecture (``dreamrelation toy pretrain --architecture``); Mochi is shipped.
-TOY_BUNDLES = {"mochi": _ASSETS / "toy-mochi", "wan": _ASSETS / "toy-wan"}
-TOY_BUNDLE = TOY_BUNDLES["mochi"]
 OFFLOAD_MODES = ("none", "model", "sequential")
 DTYPES = {
     "float32": torch.float32,
@@ -51,68 +46,8 @@ DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
-#: Defaults (steps, guidance, fps) of the toy bundles; real backbones: ``Backbone.sampling_defaults``.
-TOY_DEFAULTS = (32, 4.0, 8.0)
 #: A CFG value of exactly 1 inside a schedule that uses CFG elsewhere is run as this (see `guidance_values`).
 CFG_ONE = 1.0 + 1e-6
-
-
-def toy_bundle_path(bundle: str | os.PathLike | None) -> Path:
-    """A toy bundle by name (empty or ``mochi``: the shipped one; ``wan``: the Wan toy bundle) or a path."""
-    name = str(bundle or "mochi")
-    return TOY_BUNDLES.get(name.lower()) or Path(name)
-
-
-def load_pipeline(
-    path: str | Path | None = None, dtype: torch.dtype = torch.float32, device: str | None = "cpu"
-):
-    """The pipeline of a diffusers-format directory of a registered backbone (``MochiPipeline``,
-    ``WanPipeline``; default: the shipped toy bundle).
-
-    A toy bundle's ``toy_info.json`` is attached as ``pipe.toy_info``; ``pipe.prompt_length`` is the text
-    length the transformer reads (:func:`~dreamrelation.models.loading.text_length_of_model_dir`). ``device=None`` leaves it on the CPU without moving (for CPU offloading).
-    """
-    path = Path(path) if path else TOY_BUNDLE
-    if not (path / "model_index.json").is_file():
-        arch = next((a for a, p in TOY_BUNDLES.items() if p == path), None)
-        hint = f" (run `dreamrelation toy pretrain --architecture {arch}` to build it)" if arch else ""
-        raise UserError(f"{path}: not a diffusers pipeline directory (no model_index.json){hint}")
-    try:
-        backbone = backbone_of_model_dir(path)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    pipeline_cls = backbone.classes()[1]
-    pipe = pipeline_cls.from_pretrained(path, torch_dtype=dtype)
-    info_file = path / "toy_info.json"
-    if info_file.is_file():
-        pipe.toy_info = json.loads(info_file.read_text())
-    pipe.prompt_length = text_length_of_model_dir(path, backbone)
-    if device is not None:
-        pipe = pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def is_toy(pipe) -> bool:
-    """Whether ``pipe`` is a toy-sized model (a toy bundle, or a short text context) rather than a release."""
-    if getattr(pipe, "toy_info", None) is not None:
-        return True
-    return (pipe.transformer.config.get("max_sequence_length") or 512) <= 64
-
-
-def video_geometry(pipe) -> tuple[int, int, int]:
-    """Default ``(num_frames, height, width)``: the toy world's, else the backbone's (Mochi 61 x 480 x 848,
-    Wan 81 x 480 x 832)."""
-    if is_toy(pipe):
-        from dreamrelation.toy import world
-
-        return world.NUM_FRAMES, world.HEIGHT, world.WIDTH
-    return get_backbone(pipe).default_geometry
-
-
-def sampling_defaults(pipe) -> tuple[int, float, float]:
-    """``(steps, guidance, fps)`` defaults: the toy's 32 / 4.0 / 8, Mochi's 64 / 6.0 / 30, Wan's 50 / 5.0 / 16."""
-    return TOY_DEFAULTS if is_toy(pipe) else get_backbone(pipe).sampling_defaults
 
 
 def prepare_mochi_sampling(pipe) -> None:
@@ -221,7 +156,7 @@ def generate_videos(
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds must have equal length")
     values = guidance_values(guidance_schedule, num_inference_steps, guidance_scale)
-    default_frames, default_height, default_width = video_geometry(pipe)
+    default_frames, default_height, default_width = model_profile(pipe).default_geometry
     text_length = get_backbone(pipe).text_length(pipe)
     videos = []
     for prompt, seed in zip(prompts, seeds, strict=True):
@@ -460,7 +395,7 @@ def generate_to_folder(
             f"offload {offload!r} moves weights between CPU and GPU; there is no GPU here (use none)"
         )
     torch_dtype = resolve_dtype(dtype, device)
-    model_path = Path(model) if model else TOY_BUNDLE
+    model_path = model_dir(model)
     if model and not model_path.exists():
         raise UserError(f"model path not found: {model_path}")
     jobs = read_jobs(prompts, seeds)
@@ -470,12 +405,13 @@ def generate_to_folder(
     owned = pipe is None
     if owned:
         pipe = load_pipeline(model_path, dtype=torch_dtype, device=device if offload == "none" else None)
-    d_steps, d_guidance, d_fps = sampling_defaults(pipe)
+    profile = model_profile(pipe)  # the toy's defaults, else the backbone's
+    d_steps, d_guidance, d_fps = profile.sampling_defaults
     steps = int(steps or d_steps)
     guidance = float(d_guidance if guidance is None else guidance)
     fps = float(fps or d_fps)
     values = guidance_values(guidance_schedule, steps, guidance)
-    frames_d, height_d, width_d = video_geometry(pipe)
+    frames_d, height_d, width_d = profile.default_geometry
     geometry = {"num_frames": num_frames or frames_d, "height": height or height_d, "width": width or width_d}
 
     sampler = prepare_sampling(pipe)

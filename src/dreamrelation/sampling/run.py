@@ -12,8 +12,9 @@ from pathlib import Path
 import typer
 
 from dreamrelation.errors import UserError
+from dreamrelation.models.backbones import model_dir
 from dreamrelation.models.interop import ExportResult, ImportResult, export_adapters, import_checkpoint
-from dreamrelation.sampling.generate import TOY_BUNDLE, GenerationResult, generate_to_folder
+from dreamrelation.sampling.generate import GenerationResult, generate_to_folder
 
 
 def parse_roles(specs: Sequence[str] | None) -> dict[str, float] | None:
@@ -136,7 +137,7 @@ def transformer_skeleton(model: Path | None):
     from diffusers import MochiTransformer3DModel
 
 
-    root = Path(model) if model else TOY_BUNDLE
+    root = model_dir(model)
     config_dir = root / "transformer" if (root / "transformer" / "config.json").is_file() else root
     if not (config_dir / "config.json").is_file():
         raise UserError(f"{root}: no transformer config.json (expected a diffusers Mochi directory)")

@@ -30,14 +30,9 @@ from tqdm.auto import tqdm
 
 from dreamrelation.errors import UserError
 from dreamrelation.evaluation.report import markdown_table, wilson_interval, write_report
-from dreamrelation.sampling.generate import (
-    TOY_DEFAULTS,
-    generate_videos,
-    is_toy,
-    load_pipeline,
-    prepare_sampling,
-    toy_bundle_path,
-)
+from dreamrelation.models.backbones import TOY
+from dreamrelation.models.loading import load_pipeline
+from dreamrelation.sampling.generate import generate_videos, prepare_sampling
 from dreamrelation.toy import world
 from dreamrelation.toy.tracker import (
     TrackResult,
@@ -47,6 +42,7 @@ from dreamrelation.toy.tracker import (
     frame_background,
     track_subjects,
 )
+from dreamrelation.utils.media import contact_sheet, save_png
 
 console = Console()
 
@@ -69,8 +65,8 @@ class CheckConfig:
     model: str = "mochi"  # a toy bundle name (mochi, wan) or a bundle directory
     num_prompts: int = 200  # base-relation prompts, balanced over the six base relations
     num_held_out: int = 48  # held-out relation prompts (untuned), balanced over the four
-    num_inference_steps: int = TOY_DEFAULTS[0]
-    guidance_scale: float = TOY_DEFAULTS[1]
+    num_inference_steps: int = TOY.sampling_defaults[0]
+    guidance_scale: float = TOY.sampling_defaults[1]
     prompt_seed: int = 2026_1202
     seed_offset: int = 1_000_000
     out_dir: str = "runs/toy-check"
@@ -268,7 +264,6 @@ def write_outputs(
     out: Path, cfg: CheckConfig, data: dict, rows: list[dict], records: list[dict], videos: list[np.ndarray]
 ) -> None:
     """``report.md`` + ``report.json`` (with every per-video record) and ``contact_sheet.png``."""
-    from dreamrelation.utils.media import contact_sheet, save_png
 
     labels = [
         f"{r['prompt']} ({'ok' if r['ok'] else 'not ok'}; seen as {r['predicted_relation']})"
@@ -361,9 +356,9 @@ def run_check(cfg: CheckConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        model = toy_bundle_path(cfg.model)
+        model = TOY.bundle_path(cfg.model)
         pipe = load_pipeline(model, device=cfg.device)
-        if not is_toy(pipe):
+        if not TOY.is_pipeline(pipe):
             raise UserError(f"{model}: not a toy bundle; `toy check` judges toy-world models only")
         sampler = prepare_sampling(pipe)
         jobs = check_jobs(cfg)

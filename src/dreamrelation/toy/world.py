@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from dreamrelation.errors import UserError
+from dreamrelation.models.backbones import TOY
 
-NUM_FRAMES = 25  # 6k + 1: the video VAE keeps frame 0 and every 6th frame after it
-HEIGHT = 64
-WIDTH = 64
+# registered with the toy models: 25 = 6k + 1 frames (the video VAE keeps frame 0 and every 6th after it)
+NUM_FRAMES, HEIGHT, WIDTH = TOY.default_geometry
 FPS = 8  # for viewing only
 
 # --------------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from dreamrelation.errors import UserError
-from dreamrelation.models.adapters import adapter_parameters, model_backbone
+from dreamrelation.models.adapters import adapter_parameters
+from dreamrelation.models.backbones import get_backbone
 from dreamrelation.training.config import OPTIMIZERS, SDPA_KERNELS, MemoryConfig, OptimConfig
 
 _FP8_FLAG = "_dreamrelation_fp8_base"
@@ -48,7 +49,7 @@ def enable_block_checkpointing(transformer: torch.nn.Module, count: int) -> None
     """Gradient checkpointing for the first ``count`` blocks (all: diffusers' own; 0: none)."""
     if count <= 0:
         return
-    blocks = list(model_backbone(transformer).block_list(transformer))
+    blocks = list(get_backbone(transformer).block_list(transformer))
     if count >= len(blocks):
         transformer.enable_gradient_checkpointing()
         return
@@ -173,7 +174,7 @@ def apply_memory_modes(transformer: torch.nn.Module, mem: MemoryConfig, gradient
         if gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
     else:
-        blocks = model_backbone(transformer).block_list(transformer)
+        blocks = get_backbone(transformer).block_list(transformer)
         enable_block_checkpointing(transformer, checkpoint_count(mem, gradient_checkpointing, len(blocks)))
     if mem.fp8_base:
         enable_fp8_base(transformer)

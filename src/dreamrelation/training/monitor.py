@@ -11,7 +11,8 @@ from pathlib import Path
 
 from dreamrelation.errors import UserError
 from dreamrelation.models.adapters import set_active_roles
-from dreamrelation.sampling.generate import generate_videos, sampling_defaults
+from dreamrelation.models.backbones import model_profile
+from dreamrelation.sampling.generate import generate_videos
 from dreamrelation.training.config import TrainConfig
 from dreamrelation.training.memory import frozen_parts_on
 from dreamrelation.training.trainer import lr_at
@@ -84,7 +85,7 @@ class TrainingMonitor:
                 mon.guidance_scale,
             )
         folder = self.out / "validation" / f"step_{step:06d}"
-        fps = sampling_defaults(self.pipe)[2]
+        fps = model_profile(self.pipe).sampling_defaults[2]
         for i, video in enumerate(videos):
             write_video(folder / f"{i:02d}_seed{jobs[i][1]}.mp4", video, fps=fps)
         save_png(folder / "contact_sheet.png", contact_sheet([videos], col_labels=[j[0] for j in jobs]))

@@ -41,11 +41,11 @@ from dreamrelation.models.adapters import (
     adapter_parameters,
     adapter_roles,
     add_relation_adapters,
-    model_backbone,
     named_adapter_parameters,
     save_adapters,
     set_active_roles,
 )
+from dreamrelation.models.backbones import get_backbone
 from dreamrelation.training.config import OptimConfig, TrainConfig
 from dreamrelation.training.distributed import (
     GatheredContrastiveLoss,
@@ -393,7 +393,7 @@ def compute_losses(
     ``noise_generators`` (one per sample) when given, else from ``generator``, which also drives the RCL.
     The call signature and the flow convention (timestep, velocity sign) are the backbone's.
     """
-    backbone = model_backbone(transformer)
+    backbone = get_backbone(transformer)
     if noise_generators is None:
         noisy, timestep, target, _ = flow_matching_inputs(batch["latents"], generator, backbone.flow)
     else:
