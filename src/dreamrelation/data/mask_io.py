@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from dreamrelation.errors import UserError
+from dreamrelation.utils.io import atomic_directory
 
 DEFAULT_MASK_COLOURS: tuple[tuple[int, int, int], ...] = ((255, 0, 0), (0, 255, 0))
 SUBJECTS_FILE = "subjects.json"
@@ -43,9 +42,7 @@ def write_colour_masks(
     if any(c == (0, 0, 0) for c in cols) or len(set(cols)) != len(cols):
         raise UserError(f"Mask colours must be distinct and not black; got {cols}.")
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    with atomic_directory(folder) as tmp:
         num_subjects, num_frames = masks.shape[:2]
         for t in range(num_frames):
             img = np.zeros((*masks.shape[2:], 3), dtype=np.uint8)
@@ -54,16 +51,6 @@ def write_colour_masks(
             Image.fromarray(img).save(tmp / f"{t:05d}.png")
         subjects = {f"subject{k + 1}": list(cols[k]) for k in range(num_subjects)}
         (tmp / SUBJECTS_FILE).write_text(json.dumps(subjects, indent=2) + "\n")
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-            os.replace(folder, old / folder.name)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 

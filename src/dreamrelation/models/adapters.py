@@ -14,7 +14,7 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 
 from dreamrelation.core.roles import PROJECTIONS, STREAMS, AdapterConfig
 from dreamrelation.models.backbones import MOCHI, Backbone, get_backbone
+from dreamrelation.utils.io import atomic_path
 
 METADATA_KEY = "dreamrelation_metadata"
 
@@ -125,8 +126,39 @@ def active_roles(transformer: torch.nn.Module) -> list[str]:
     return []
 
 
-def _atomic_replace(src: Path, dst: Path) -> None:
-    os.replace(src, dst)
+def write_adapter_file(
+    path: str | os.PathLike,
+    role: str,
+    state: Mapping[str, torch.Tensor],
+    lora_config: dict,
+    metadata: dict | None = None,
+    backbone: Backbone = MOCHI,
+) -> Path:
+    """Write one adapter file in our format, atomically: the LoRA ``state`` (keys ``{module}.lora_A.weight`` /
+    ``lora_B.weight``) in diffusers' LoRA layout through ``backbone``'s pipeline class (``MochiPipeline`` /
+    ``WanPipeline`` ``.save_lora_weights``: keys prefixed ``transformer.``, ``lora_config`` in the header),
+    and our ``metadata`` (with ``role``) under :data:`METADATA_KEY`. The one writer of adapter files.
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{role}-", dir=out.parent))
+    try:
+        backbone.classes()[1].save_lora_weights(
+            tmp,
+            transformer_lora_layers=state,
+            weight_name="a.safetensors",
+            transformer_lora_adapter_metadata=lora_config,
+        )
+        with safe_open(str(tmp / "a.safetensors"), framework="pt") as f:
+            header = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+        header[METADATA_KEY] = json.dumps({"role": role, **(metadata or {})}, sort_keys=True)
+        with atomic_path(out) as target:
+            save_file(tensors, str(target), metadata=header)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def save_adapters(
@@ -136,36 +168,27 @@ def save_adapters(
     metadata: dict | None = None,
 ) -> list[Path]:
     """Write ``{role}.safetensors`` per role in diffusers' LoRA format (loadable by ``load_lora_adapter`` and
-    ``MochiPipeline.load_lora_weights``). ``metadata`` (JSON-serialisable) is stored in the file header.
-
-    Each file is written to a temporary directory next to ``out_dir`` and then renamed into place.
+    the backbone pipeline's ``load_lora_weights``). ``metadata`` (JSON-serialisable) is stored in the file
+    header. Each file is written atomically (:func:`write_adapter_file`).
     """
-    from diffusers import MochiPipeline
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    backbone = get_backbone(transformer)
     roles = adapter_roles(transformer) if roles is None else list(roles)
-    written = []
-    for role in roles:
-        state = get_peft_model_state_dict(transformer, adapter_name=role)
-        state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-        conf = transformer.peft_config[role].to_dict()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{role}-", dir=out))
-        try:
-            name = f"{role}.safetensors"
-            MochiPipeline.save_lora_weights(
-                tmp, transformer_lora_layers=state, weight_name=name, transformer_lora_adapter_metadata=conf
-            )
-            with safe_open(str(tmp / name), framework="pt") as f:
-                header = dict(f.metadata() or {})
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
-            header[METADATA_KEY] = json.dumps({"role": role, **(metadata or {})}, sort_keys=True)
-            save_file(tensors, str(tmp / "final.safetensors"), metadata=header)
-            _atomic_replace(tmp / "final.safetensors", out / name)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        written.append(out / name)
-    return written
+    return [
+        write_adapter_file(
+            Path(out_dir) / f"{role}.safetensors",
+            role,
+            get_peft_model_state_dict(transformer, adapter_name=role),
+            transformer.peft_config[role].to_dict(),
+            metadata,
+            backbone,
+        )
+        for role in roles
+    ]
+
+
+def role_of(path: str | os.PathLike, metadata: Mapping) -> str:
+    """An adapter file's role: the one recorded in its metadata, else its file name."""
+    return str(metadata.get("role") or Path(path).stem)
 
 
 def read_adapter_metadata(path: str | os.PathLike) -> dict:

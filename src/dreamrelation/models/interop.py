@@ -31,8 +31,6 @@ import json
 import os
 import pickle
 import re
-import shutil
-import tempfile
 import warnings
 import zipfile
 from collections import Counter
@@ -41,11 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from peft import LoraConfig
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from dreamrelation.errors import UserError
-from dreamrelation.models.adapters import METADATA_KEY
+from dreamrelation.models.adapters import METADATA_KEY, role_of, write_adapter_file
 from dreamrelation.utils.io import atomic_path, atomic_write_json
 
 __all__ = [
@@ -58,7 +57,7 @@ __all__ = [
     "export_adapters",
     "import_checkpoint",
     "read_adapter_file",
-    "write_adapter_file",
+    "write_factors",
 ]
 
 EXPORT_FORMATS = ("comfyui", "genmo")
@@ -156,10 +155,6 @@ class AdapterFileInfo:
     modules: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # module -> (rank, in, out)
 
 
-def _role_of(path: Path, metadata: dict) -> str:
-    return str(metadata.get("role") or path.stem)
-
-
 def check_adapter_file(
     path: str | os.PathLike, transformer: torch.nn.Module | None = None
 ) -> AdapterFileInfo:
@@ -192,7 +187,7 @@ def check_adapter_file(
         raise UserError(f"{p}: keys that are not transformer LoRA A/B matrices: {', '.join(sorted(bad)[:5])}")
     if not pairs:
         raise UserError(f"{p}: no LoRA weights in the file")
-    info = AdapterFileInfo(p, _role_of(p, metadata), metadata)
+    info = AdapterFileInfo(p, role_of(p, metadata), metadata)
     modules = dict(transformer.named_modules()) if transformer is not None else {}
     for module, ab in sorted(pairs.items()):
         if set(ab) != {"A", "B"}:
@@ -238,17 +233,15 @@ def read_adapter_file(path: str | os.PathLike) -> tuple[str, dict[str, LoraFacto
     return info.role, factors, info.metadata
 
 
-def write_adapter_file(
+def write_factors(
     path: str | os.PathLike, role: str, factors: dict[str, LoraFactor], metadata: dict | None = None
 ) -> Path:
-    """Write ``factors`` as adapter ``role`` in our format (what :func:`adapters.save_adapters` writes).
+    """Write ``factors`` as adapter ``role`` in our format (through :func:`adapters.write_adapter_file`, as
+    :func:`adapters.save_adapters` does).
 
     Each module keeps its rank and scale (``lora_alpha = scale * r``); the most common rank/alpha are the
     config defaults, others go to ``rank_pattern`` / ``alpha_pattern``. Written atomically.
     """
-    from diffusers import MochiPipeline
-    from peft import LoraConfig
-
     if not factors:
         raise ValueError(f"adapter {role!r}: nothing to write")
     ranks = {m: f.rank for m, f in factors.items()}
@@ -265,27 +258,9 @@ def write_adapter_file(
     ).to_dict()
     state = {}
     for module, f in sorted(factors.items()):
-        state[f"{module}.lora_A.weight"] = f.a.detach().to("cpu").contiguous()
-        state[f"{module}.lora_B.weight"] = f.b.detach().to("cpu").contiguous()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{role}-", dir=out.parent))
-    try:
-        MochiPipeline.save_lora_weights(
-            tmp,
-            transformer_lora_layers=state,
-            weight_name="a.safetensors",
-            transformer_lora_adapter_metadata=conf,
-        )
-        with safe_open(str(tmp / "a.safetensors"), framework="pt") as f:
-            header = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        header[METADATA_KEY] = json.dumps({"role": role, **(metadata or {})}, sort_keys=True)
-        with atomic_path(out) as target:
-            save_file(tensors, str(target), metadata=header)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+        state[f"{module}.lora_A.weight"] = f.a
+        state[f"{module}.lora_B.weight"] = f.b
+    return write_adapter_file(path, role, state, conf, metadata)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -468,7 +443,7 @@ def import_checkpoint(
         "inference_roles": inference,
     }
     files = [
-        write_adapter_file(out / f"{role}.safetensors", role, factors, meta)
+        write_factors(out / f"{role}.safetensors", role, factors, meta)
         for role, factors in roles.items()
     ]
     if transformer is not None:

@@ -30,7 +30,7 @@ import torch
 
 from dreamrelation.core.roles import PAPER_ROLES
 from dreamrelation.errors import UserError
-from dreamrelation.models.adapters import read_adapter_metadata
+from dreamrelation.models.adapters import read_adapter_metadata, role_of
 from dreamrelation.models.backbones import get_backbone, model_dir, model_profile
 from dreamrelation.models.interop import check_adapter_file
 from dreamrelation.models.loading import load_pipeline
@@ -278,7 +278,7 @@ def resolve_adapters(
             if not f.is_file():
                 raise UserError(f"adapter file not found: {f}")
             try:
-                role = str(read_adapter_metadata(f).get("role") or f.stem)
+                role = role_of(f, read_adapter_metadata(f))
             except Exception as exc:
                 raise UserError(f"{f}: not a readable adapter file ({exc})") from exc
             if role in by_role:

@@ -60,6 +60,7 @@ from dreamrelation.training.memory import (
     check_memory_config,
     make_optimizer,
 )
+from dreamrelation.utils.io import atomic_path
 
 CHOICES = (*HMT_CHOICES, "all")  # "all": HMT disabled, every adapter on, plain MSE
 CHECKPOINT_FORMAT = "dreamrelation-checkpoint-v1"
@@ -227,9 +228,8 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def _config_dict(cfg: TrainConfig) -> dict:
@@ -347,13 +347,11 @@ def load_checkpoint(
 
 
 def _write_loss_csv(out_dir: Path, history: dict[str, list]) -> None:
-    tmp = out_dir / ".loss.csv.tmp"
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(out_dir / "loss.csv") as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["step", "choice", "loss", "mse", "mask_mse", "rcl", "lr", "seconds"])
         for i in range(len(history["loss"])):
             w.writerow([i + 1, history["choice"][i], *(f"{history[k][i]:.6g}" for k in _HISTORY[:-1])])
-    os.replace(tmp, out_dir / "loss.csv")
 
 
 @contextlib.contextmanager

@@ -6,12 +6,13 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+__all__ = ["atomic_directory", "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
 
 
 @contextlib.contextmanager
@@ -40,6 +41,27 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temp directory beside ``path``; on success it replaces ``path`` (an old one is moved aside
+    first, then removed), on failure it is deleted. Parent directories are created."""
+    folder = Path(path)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        yield tmp
+        if folder.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+            os.replace(folder, old / folder.name)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
