@@ -14,7 +14,7 @@ from dreamrelation.core.roles import AdapterConfig
 from dreamrelation.errors import UserError
 from dreamrelation.models.adapters import adapter_parameters, add_relation_adapters, save_adapters
 from dreamrelation.models.loading import load_pipeline
-from dreamrelation.sampling.generate import generate_to_folder, guidance_values, read_jobs
+from dreamrelation.sampling.generate import GenerationConfig, generate_to_folder, guidance_values, read_jobs
 from dreamrelation.sampling.run import parse_roles
 
 PROMPTS = ["A red circle is high-fiving a blue square.", "A bear is shaking hands with a raccoon."]
@@ -47,8 +47,7 @@ def run(tiny_bundle: Path, out: Path, pipe=None, **kwargs):
     kwargs.setdefault("steps", 2)
     kwargs.setdefault("prompts", PROMPTS[:1])
     kwargs.setdefault("adapters", None)
-    kwargs.setdefault("roles_with_scales", None)
-    return generate_to_folder(tiny_bundle, out_dir=out, pipe=pipe, **kwargs)
+    return generate_to_folder(GenerationConfig(model=tiny_bundle, out_dir=out, **kwargs), pipe=pipe)
 
 
 def test_generate_to_folder_writes_videos_sidecars_and_sheet(
@@ -92,7 +91,7 @@ def test_same_seed_same_video_and_strengths_matter(
         tmp_path / "d",
         pipe,
         adapters=adapters,
-        roles_with_scales={"relation": 4.0, "output": 1.0},
+        roles={"relation": 4.0, "output": 1.0},
         seeds=[3],
     ).frames[0]
     assert not np.array_equal(first, strong)
@@ -101,7 +100,7 @@ def test_same_seed_same_video_and_strengths_matter(
         tmp_path / "e",
         pipe,
         adapters=adapters,
-        roles_with_scales={"relation": 0, "output": 0},
+        roles={"relation": 0, "output": 0},
         seeds=[3],
     )
     base = run(tiny_bundle, tmp_path / "f", pipe, seeds=[3])
@@ -129,7 +128,7 @@ def test_missing_adapter_file_and_shape_mismatch_fail_early(
     with pytest.raises(UserError, match="nowhere"):
         run(tiny_bundle, tmp_path / "out", adapters=[tmp_path / "nowhere.safetensors"])
     with pytest.raises(UserError, match="model path not found"):
-        generate_to_folder(tmp_path / "no-model", None, None, PROMPTS, out_dir=tmp_path / "out")
+        generate_to_folder(GenerationConfig(PROMPTS, tmp_path / "no-model", out_dir=tmp_path / "out"))
 
     torch.manual_seed(0)
     other = MochiTransformer3DModel(
@@ -177,7 +176,7 @@ def test_prompt_files_roles_and_schedules(tmp_path: Path) -> None:
 
 
 def test_cli_bodies_export_import_generate(tiny_bundle: Path, adapters: Path, tmp_path: Path) -> None:
-    from dreamrelation.sampling.run import run_export, run_generate, run_import
+    from dreamrelation.sampling.run import cli_generation_config, run_export, run_generate, run_import
 
     exported = run_export(
         adapters, tmp_path / "genmo.safetensors", format="genmo", roles=["relation=1", "output"]
@@ -189,17 +188,20 @@ def test_cli_bodies_export_import_generate(tiny_bundle: Path, adapters: Path, tm
     with pytest.raises(UserError, match="features"):
         run_import(exported.path, tmp_path / "x", model=_other_bundle(tmp_path))
     (tmp_path / "prompts.csv").write_text("prompt,seed\nA cat is high-fiving a dog.,9\n")
-    result = run_generate(
-        prompts_file=tmp_path / "prompts.csv",
+    cfg = cli_generation_config(
+        None,
+        tmp_path / "prompts.csv",
+        [tmp_path / "imported"],
+        None,
         model=tiny_bundle,
-        adapters=[tmp_path / "imported"],
-        out=tmp_path / "gen",
+        out_dir=tmp_path / "gen",
         steps=2,
     )
+    result = run_generate(cfg)
     meta = json.loads(result.sidecars[0].read_text())
     assert meta["seed"] == 9 and [a["role"] for a in meta["adapters"]] == ["direct"]
     with pytest.raises(UserError, match="no prompts"):
-        run_generate(model=tiny_bundle)
+        cli_generation_config(None, None, None, None, model=tiny_bundle)
 
 
 def _other_bundle(tmp_path: Path) -> Path:

@@ -23,7 +23,7 @@ from dreamrelation.errors import UserError
 from dreamrelation.evaluation.toy_study import write_exemplar_videos
 from dreamrelation.models.backbones import TOY, WAN, model_profile
 from dreamrelation.models.loading import load_pipeline
-from dreamrelation.sampling.generate import generate_to_folder, generate_videos
+from dreamrelation.sampling.generate import GenerationConfig, generate_to_folder, generate_videos
 from dreamrelation.toy.backbone import MAX_SEQUENCE_LENGTH, analytic_decode, analytic_latents, build_vae
 from dreamrelation.toy.pretrain import (
     PretrainConfig,
@@ -140,9 +140,8 @@ def test_wan_bundle_samples_as_wanpipeline_at_the_toy_text_length(
     longer = direct()
     assert not np.allclose(same, longer)
 
-    result = generate_to_folder(
-        tiny_wan_bundle, None, None, [PROMPT], seeds=[3], out_dir=tmp_path / "out", steps=2, pipe=pipe
-    )
+    cfg = GenerationConfig([PROMPT], tiny_wan_bundle, seeds=[3], out_dir=tmp_path / "out", steps=2)
+    result = generate_to_folder(cfg, pipe=pipe)
     assert np.array_equal(result.frames[0], ours)
     settings = json.loads(result.sidecars[0].read_text())["settings"]
     assert settings["backbone"] == "wan2.1" and settings["scheduler"] == "UniPCMultistepScheduler"

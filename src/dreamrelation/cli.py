@@ -276,16 +276,16 @@ def generate(
     ),
 ) -> None:
     """Generate videos with relation adapters: MP4 (+GIF) and a JSON sidecar per video, a contact sheet."""
-    from dreamrelation.sampling.run import run_generate
+    from dreamrelation.sampling.run import cli_generation_config, run_generate
 
-    run_generate(
-        prompts=prompts,
-        prompts_file=prompts_file,
+    cfg = cli_generation_config(
+        prompts,
+        prompts_file,
+        adapters,
+        role,
         model=model,
-        adapters=adapters,
-        roles=role,
-        seeds=seed,
-        out=out,
+        seeds=list(seed or [0]),
+        out_dir=out,
         steps=steps,
         guidance=guidance,
         guidance_schedule=guidance_schedule,
@@ -299,6 +299,7 @@ def generate(
         width=width,
         fps=fps,
     )
+    run_generate(cfg)
 
 
 @app.command()

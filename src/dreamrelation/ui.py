@@ -241,7 +241,7 @@ def generate_one(
     strength or a spec string (see :func:`parse_role_spec`); ``None`` means the folder's default roles.
     ``cache`` reuses loaded pipelines; without one the pipeline is loaded for this call only.
     """
-    from dreamrelation.sampling.generate import generate_to_folder
+    from dreamrelation.sampling.generate import GenerationConfig, generate_to_folder
 
     if not str(prompt or "").strip():
         raise UserError("empty prompt")
@@ -255,18 +255,18 @@ def generate_one(
     with cache.lock:
         pipe = cache.get(model)
         out = _new_folder(Path(out_dir))
-        result = generate_to_folder(
-            model,
-            folder,
-            wanted,
-            [str(prompt).strip()],
+        cfg = GenerationConfig(
+            prompts=[str(prompt).strip()],
+            model=model,
+            adapters=folder,
+            roles=wanted,
             seeds=[int(seed)],
             out_dir=out,
             steps=int(steps) if steps else None,
             guidance=None if guidance is None else float(guidance),
             device=cache.device,
-            pipe=pipe,
         )
+        result = generate_to_folder(cfg, pipe=pipe)
     sidecar = result.sidecars[0]
     return GeneratedVideo(result.videos[0], sidecar, json.loads(sidecar.read_text()), out)
 

@@ -357,131 +357,192 @@ class GenerationResult:
     frames: list[np.ndarray] = field(repr=False, default_factory=list)
 
 
-def generate_to_folder(
-    model: str | os.PathLike | None,
-    adapters: str | os.PathLike | Sequence[str | os.PathLike] | None,
-    roles_with_scales: dict[str, float] | None,
-    prompts: Sequence[str] | os.PathLike,
-    seeds: Sequence[int] = (0,),
-    out_dir: str | os.PathLike = "runs/generate",
-    steps: int | None = None,
-    guidance: float | None = None,
-    guidance_schedule: str | Sequence[float] | None = None,
-    gif: bool = False,
-    offload: str = "none",
-    vae_tiling: bool = False,
-    dtype: str | torch.dtype = "auto",
-    device: str | None = None,
-    num_frames: int | None = None,
-    height: int | None = None,
-    width: int | None = None,
-    fps: float | None = None,
-    pipe=None,
-) -> GenerationResult:
-    """Generate one video per (prompt, seed) with the chosen adapters and write them to ``out_dir``.
+@dataclass
+class GenerationConfig:
+    """One ``generate`` run: what the CLI, the UI and :func:`generate_to_folder` share.
+
+    ``prompts``: a list, or a path (``os.PathLike``) to a .txt / .csv file (see :func:`read_jobs`).
+    ``model``: a diffusers Mochi 1 or Wan 2.1 directory (None: the shipped toy bundle). ``adapters``: a
+    folder or files (see :func:`resolve_adapters`), ``roles``: role -> strength (None: the recorded
+    inference roles). Sampling settings left None take the model's defaults (:func:`model_profile`:
+    Mochi 64 steps / CFG 6.0 / 30 fps, Wan 50 / 5.0 / 16, toy 32 / 4.0 / 8; geometry likewise).
+    """
+
+    prompts: Sequence[str] | os.PathLike = ()
+    model: str | os.PathLike | None = None
+    adapters: str | os.PathLike | Sequence[str | os.PathLike] | None = None
+    roles: dict[str, float] | None = None
+    seeds: Sequence[int] = (0,)
+    out_dir: str | os.PathLike = "runs/generate"
+    steps: int | None = None
+    guidance: float | None = None
+    guidance_schedule: str | Sequence[float] | None = None
+    gif: bool = False
+    offload: str = "none"
+    vae_tiling: bool = False
+    dtype: str | torch.dtype = "auto"
+    device: str | None = None
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    fps: float | None = None
+
+
+@dataclass
+class _Run:
+    """A checked :class:`GenerationConfig`: resolved device, dtype, model path, jobs and adapter choices."""
+
+    cfg: GenerationConfig
+    device: str
+    dtype: torch.dtype
+    model_path: Path
+    jobs: list[tuple[str, int]]
+    choices: list[AdapterChoice]
+    out: Path
+
+
+def _check(cfg: GenerationConfig) -> _Run:
+    """Everything the user gives, checked before any model is loaded."""
+    if cfg.offload not in OFFLOAD_MODES:
+        raise UserError(f"offload {cfg.offload!r}: choose one of {', '.join(OFFLOAD_MODES)}")
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.offload != "none" and not device.startswith("cuda"):
+        raise UserError(
+            f"offload {cfg.offload!r} moves weights between CPU and GPU; there is no GPU here (use none)"
+        )
+    torch_dtype = resolve_dtype(cfg.dtype, device)
+    model_path = model_dir(cfg.model)
+    if cfg.model and not model_path.exists():
+        raise UserError(f"model path not found: {model_path}")
+    jobs = read_jobs(cfg.prompts, cfg.seeds)
+    choices = resolve_adapters(cfg.adapters, cfg.roles)
+    return _Run(cfg, device, torch_dtype, model_path, jobs, choices, Path(cfg.out_dir))
+
+
+def _settings(run: _Run, pipe, sampler: dict) -> dict:
+    """Every sampling setting, the model's defaults filled in (recorded in each sidecar)."""
+    cfg = run.cfg
+    d_steps, d_guidance, d_fps = model_profile(pipe).sampling_defaults  # the toy's, else the backbone's
+    frames, height, width = model_profile(pipe).default_geometry
+    steps = int(cfg.steps or d_steps)
+    guidance = float(d_guidance if cfg.guidance is None else cfg.guidance)
+    values = guidance_values(cfg.guidance_schedule, steps, guidance)
+    return {
+        "steps": steps,
+        "guidance": guidance if cfg.guidance_schedule is None else None,
+        "guidance_schedule": values if len(set(values)) > 1 else None,
+        "num_frames": cfg.num_frames or frames,
+        "height": cfg.height or height,
+        "width": cfg.width or width,
+        "fps": float(cfg.fps or d_fps),
+        "dtype": str(pipe.transformer.dtype).removeprefix("torch."),
+        "device": str(getattr(pipe, "_execution_device", run.device)),
+        "offload": cfg.offload,
+        "vae_tiling": bool(cfg.vae_tiling),
+        "negative_prompt": "",
+        "backbone": get_backbone(pipe).name,
+        **sampler,
+        "noise_generator": "torch CPU generator seeded with seed",
+        "_guidance": guidance,  # the scale and the per-step values the sampler runs with (not recorded)
+        "_values": values,
+    }
+
+
+def _adapters_info(choices: Sequence[AdapterChoice]) -> list[dict]:
+    return [
+        {
+            "role": c.role,
+            "file": str(c.path.resolve()),
+            "scale": c.scale,
+            "sha256": _sha256(c.path),
+            "metadata": c.metadata,
+        }
+        for c in choices
+    ]
+
+
+def _write_one(
+    run: _Run, pipe, n: int, prompt: str, seed: int, record: dict, result: GenerationResult
+) -> dict:
+    """Sample one (prompt, seed), write its MP4 (+ GIF) and sidecar; returns its manifest entry."""
+    settings = record["settings"]
+    geometry = {k: settings[k] for k in ("num_frames", "height", "width")}
+    start = time.time()
+    video = generate_videos(
+        pipe,
+        [prompt],
+        [seed],
+        settings["steps"],
+        record["guidance"],
+        guidance_schedule=record["values"],
+        **geometry,
+    )[0]
+    stem = f"{n:03d}_{_slug(prompt)}_seed{seed}"
+    fps = settings["fps"]
+    files = {"mp4": write_video(run.out / f"{stem}.mp4", video, fps=fps).name}
+    if run.cfg.gif:
+        result.gifs.append(write_gif(run.out / f"{stem}.gif", video, fps=fps))
+        files["gif"] = f"{stem}.gif"
+    sidecar = {
+        "prompt": prompt,
+        "seed": int(seed),
+        "index": n,
+        "model": record["model"],
+        "adapters": record["adapters"],
+        "settings": settings,
+        "files": files,
+        "seconds": round(time.time() - start, 3),
+    }
+    result.sidecars.append(atomic_write_json(run.out / f"{stem}.json", sidecar))
+    result.videos.append(run.out / files["mp4"])
+    result.frames.append(video)
+    return {"prompt": prompt, "seed": int(seed), **files, "json": f"{stem}.json"}
+
+
+def _set_up(run: _Run, pipe, owned: bool) -> None:
+    """Offloading (for a pipeline loaded here) and VAE tiling."""
+    if owned and run.cfg.offload == "model":
+        pipe.enable_model_cpu_offload(device=run.device)
+    elif owned and run.cfg.offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=run.device)
+    if run.cfg.vae_tiling:
+        pipe.vae.enable_tiling()
+
+
+def generate_to_folder(cfg: GenerationConfig, pipe=None) -> GenerationResult:
+    """Generate one video per (prompt, seed) with the chosen adapters and write them to ``cfg.out_dir``.
 
     Per video: ``{n:03d}_{prompt-slug}_seed{seed}.mp4`` (+ ``.gif``) and a ``.json`` sidecar (prompt, seed,
     model, adapters with strengths and sha256, every setting); per run: ``contact_sheet.png`` and
-    ``manifest.json``. Defaults: Mochi 64 steps / CFG 6.0, toy 32 / 4.0; adapters relation + output at
-    strength 1. ``model`` None means the toy bundle; ``pipe`` reuses an already loaded pipeline (adapters
-    loaded here are removed again afterwards). Everything the user gives is checked before sampling.
+    ``manifest.json``. Defaults: see :class:`GenerationConfig`; adapters relation + output at strength 1.
+    ``pipe`` reuses an already loaded pipeline (adapters loaded here are removed again afterwards).
+    Everything the user gives is checked before sampling.
     """
-
-    if offload not in OFFLOAD_MODES:
-        raise UserError(f"offload {offload!r}: choose one of {', '.join(OFFLOAD_MODES)}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if offload != "none" and not device.startswith("cuda"):
-        raise UserError(
-            f"offload {offload!r} moves weights between CPU and GPU; there is no GPU here (use none)"
-        )
-    torch_dtype = resolve_dtype(dtype, device)
-    model_path = model_dir(model)
-    if model and not model_path.exists():
-        raise UserError(f"model path not found: {model_path}")
-    jobs = read_jobs(prompts, seeds)
-    choices = resolve_adapters(adapters, roles_with_scales)
-    out = Path(out_dir)
-
+    run = _check(cfg)
     owned = pipe is None
     if owned:
-        pipe = load_pipeline(model_path, dtype=torch_dtype, device=device if offload == "none" else None)
-    profile = model_profile(pipe)  # the toy's defaults, else the backbone's
-    d_steps, d_guidance, d_fps = profile.sampling_defaults
-    steps = int(steps or d_steps)
-    guidance = float(d_guidance if guidance is None else guidance)
-    fps = float(fps or d_fps)
-    values = guidance_values(guidance_schedule, steps, guidance)
-    frames_d, height_d, width_d = profile.default_geometry
-    geometry = {"num_frames": num_frames or frames_d, "height": height or height_d, "width": width or width_d}
-
-    sampler = prepare_sampling(pipe)
-    load_adapter_choices(pipe, choices)
+        device = run.device if cfg.offload == "none" else None
+        pipe = load_pipeline(run.model_path, dtype=run.dtype, device=device)
+    settings = _settings(run, pipe, prepare_sampling(pipe))
+    record = {"guidance": settings.pop("_guidance"), "values": settings.pop("_values"), "settings": settings}
+    load_adapter_choices(pipe, run.choices)
+    result = GenerationResult(run.out, [], [], [], run.out / "contact_sheet.png", run.out / "manifest.json")
     try:
-        if owned and offload == "model":
-            pipe.enable_model_cpu_offload(device=device)
-        elif owned and offload == "sequential":
-            pipe.enable_sequential_cpu_offload(device=device)
-        if vae_tiling:
-            pipe.vae.enable_tiling()
-        adapters_info = [
-            {
-                "role": c.role,
-                "file": str(c.path.resolve()),
-                "scale": c.scale,
-                "sha256": _sha256(c.path),
-                "metadata": c.metadata,
-            }
-            for c in choices
-        ]
-        settings = {
-            "steps": steps,
-            "guidance": guidance if guidance_schedule is None else None,
-            "guidance_schedule": values if len(set(values)) > 1 else None,
-            **geometry,
-            "fps": fps,
-            "dtype": str(pipe.transformer.dtype).removeprefix("torch."),
-            "device": str(getattr(pipe, "_execution_device", device)),
-            "offload": offload,
-            "vae_tiling": bool(vae_tiling),
-            "negative_prompt": "",
-            "backbone": get_backbone(pipe).name,
-            **sampler,
-            "noise_generator": "torch CPU generator seeded with seed",
-        }
-        model_name = (
-            str(model_path.resolve()) if owned else str(getattr(pipe, "name_or_path", "") or model_path)
-        )
-        result = GenerationResult(out, [], [], [], out / "contact_sheet.png", out / "manifest.json")
-        entries = []
-        for n, (prompt, seed) in enumerate(jobs):
-            start = time.time()
-            video = generate_videos(
-                pipe, [prompt], [seed], steps, guidance, guidance_schedule=values, **geometry
-            )[0]
-            stem = f"{n:03d}_{_slug(prompt)}_seed{seed}"
-            files = {"mp4": write_video(out / f"{stem}.mp4", video, fps=fps).name}
-            if gif:
-                result.gifs.append(write_gif(out / f"{stem}.gif", video, fps=fps))
-                files["gif"] = f"{stem}.gif"
-            sidecar = {
-                "prompt": prompt,
-                "seed": int(seed),
-                "index": n,
-                "model": model_name,
-                "adapters": adapters_info,
-                "settings": settings,
-                "files": files,
-                "seconds": round(time.time() - start, 3),
-            }
-            result.sidecars.append(atomic_write_json(out / f"{stem}.json", sidecar))
-            result.videos.append(out / files["mp4"])
-            result.frames.append(video)
-            entries.append({"prompt": prompt, "seed": int(seed), **files, "json": f"{stem}.json"})
+        _set_up(run, pipe, owned)
+        record["adapters"] = _adapters_info(run.choices)
+        path = run.model_path
+        record["model"] = str(path.resolve()) if owned else str(getattr(pipe, "name_or_path", "") or path)
+        entries = [_write_one(run, pipe, n, p, seed, record, result) for n, (p, seed) in enumerate(run.jobs)]
     finally:
-        if not owned and choices:  # leave a caller's pipeline as it was given
-            pipe.transformer.delete_adapters([c.role for c in choices])
-    labels = [f"seed {seed}: {prompt}" for prompt, seed in jobs]
+        if not owned and run.choices:  # leave a caller's pipeline as it was given
+            pipe.transformer.delete_adapters([c.role for c in run.choices])
+    labels = [f"seed {seed}: {prompt}" for prompt, seed in run.jobs]
     save_png(result.contact_sheet, contact_sheet([[v] for v in result.frames], row_labels=labels))
-    manifest = {"model": model_name, "adapters": adapters_info, "settings": settings, "videos": entries}
+    manifest = {
+        "model": record["model"],
+        "adapters": record["adapters"],
+        "settings": settings,
+        "videos": entries,
+    }
     atomic_write_json(result.manifest, manifest)
     return result

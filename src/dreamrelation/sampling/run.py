@@ -14,7 +14,7 @@ import typer
 from dreamrelation.errors import UserError
 from dreamrelation.models.backbones import model_dir
 from dreamrelation.models.interop import ExportResult, ImportResult, export_adapters, import_checkpoint
-from dreamrelation.sampling.generate import GenerationResult, generate_to_folder
+from dreamrelation.sampling.generate import GenerationConfig, GenerationResult, generate_to_folder
 
 
 def parse_roles(specs: Sequence[str] | None) -> dict[str, float] | None:
@@ -41,29 +41,16 @@ def parse_roles(specs: Sequence[str] | None) -> dict[str, float] | None:
     return roles or None
 
 
-def run_generate(
-    prompts: Sequence[str] | None = None,
-    prompts_file: Path | None = None,
-    model: Path | None = None,
-    adapters: Sequence[Path] | None = None,
-    roles: Sequence[str] | None = None,
-    seeds: Sequence[int] | None = None,
-    out: Path = Path("runs/generate"),
-    steps: int | None = None,
-    guidance: float | None = None,
-    guidance_schedule: str | None = None,
-    gif: bool = False,
-    offload: str = "none",
-    vae_tiling: bool = False,
-    dtype: str = "auto",
-    device: str | None = None,
-    num_frames: int | None = None,
-    height: int | None = None,
-    width: int | None = None,
-    fps: float | None = None,
-) -> GenerationResult:
-    """Body of ``dreamrelation generate``: prompts (arguments or ``--prompts-file``) x seeds -> ``out``."""
-
+def cli_generation_config(
+    prompts: Sequence[str] | None,
+    prompts_file: Path | None,
+    adapters: Sequence[Path] | None,
+    roles: Sequence[str] | None,
+    **settings,
+) -> GenerationConfig:
+    """The :class:`GenerationConfig` of ``dreamrelation generate``'s arguments: prompts as arguments or a
+    ``--prompts-file`` (not both), one adapter folder or adapter files, ``--role NAME[=STRENGTH]`` specs;
+    ``settings`` are the config's other fields."""
     if prompts and prompts_file:
         raise UserError("give prompts as arguments or --prompts-file, not both")
     if not prompts and prompts_file is None:
@@ -74,26 +61,12 @@ def run_generate(
         adapter_arg = (
             Path(adapters[0]) if len(adapters) == 1 and Path(adapters[0]).is_dir() else list(adapters)
         )
-    result = generate_to_folder(
-        model,
-        adapter_arg,
-        parse_roles(roles),
-        source,
-        seeds=list(seeds or [0]),
-        out_dir=out,
-        steps=steps,
-        guidance=guidance,
-        guidance_schedule=guidance_schedule,
-        gif=gif,
-        offload=offload,
-        vae_tiling=vae_tiling,
-        dtype=dtype,
-        device=device,
-        num_frames=num_frames,
-        height=height,
-        width=width,
-        fps=fps,
-    )
+    return GenerationConfig(prompts=source, adapters=adapter_arg, roles=parse_roles(roles), **settings)
+
+
+def run_generate(cfg: GenerationConfig) -> GenerationResult:
+    """Body of ``dreamrelation generate``: prompts x seeds -> ``cfg.out_dir``, one summary line."""
+    result = generate_to_folder(cfg)
     typer.echo(f"{len(result.videos)} video(s) in {result.out_dir}; contact sheet {result.contact_sheet}")
     return result
 
