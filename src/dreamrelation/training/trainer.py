@@ -473,158 +473,230 @@ def train_adapters(
     same model, samples and config, and ``callback`` must act alike on every rank. See
     :mod:`dreamrelation.training.distributed`.
     """
-    cfg = _as_dataclass(cfg)
-    oc, out = cfg.optim, Path(out_dir)
-    ctx = init_distributed()
-    out.mkdir(parents=True, exist_ok=True)
-    device = next(transformer.parameters()).device
-    if ctx.device is not None and device != ctx.device:
-        torch.nn.Module.to(transformer, ctx.device)
-        device = ctx.device
-    bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and device.type == "cuda")
-    bf16 = bf16 or cfg.memory.fp8_base  # fp8 storage computes in bf16
-    if cfg.mixed_precision not in ("auto", "bf16", "fp32"):
-        raise UserError(f"mixed_precision must be auto, bf16 or fp32, not {cfg.mixed_precision!r}")
-    check_memory_config(cfg.memory)
-    _check_samples(samples, need_masks=cfg.hmt.enabled)
+    trainer = Trainer(transformer, samples, _as_dataclass(cfg), Path(out_dir), null_prompt)
+    trainer.setup(resume)
+    return trainer.run(progress, callback)
 
-    # adapters (deterministic init that leaves the global RNG alone)
-    roles = list(cfg.adapter.placement)
-    existing = adapter_roles(transformer)
-    if existing and existing != roles:
-        raise UserError(f"the transformer already has adapters {existing}, the config asks for {roles}")
-    if not existing:
-        if bf16:  # base in bf16; nn.Module.to skips diffusers' warning
-            torch.nn.Module.to(transformer, dtype=torch.bfloat16)
-            _keep_fp32_modules(transformer)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(oc.seed)
-            add_relation_adapters(transformer, cfg.adapter)
-    probs = {c: float(p) for c, p in cfg.hmt.probs.items() if p > 0} if cfg.hmt.enabled else {"all": 1.0}
-    for c in probs:
-        if c not in CHOICES or not roles_for_choice(c, roles):
+
+class Trainer:
+    """One run of :func:`train_adapters` in phases: :meth:`setup` (devices, precision, adapters, optimizer,
+    resume), :meth:`step` (one optimisation step), :meth:`checkpoint`, :meth:`run` (the loop, Ctrl-C) and
+    :meth:`finish` (final checkpoint, adapter files, result)."""
+
+    def __init__(
+        self,
+        transformer: torch.nn.Module,
+        samples: Sequence[TrainingSample],
+        cfg: TrainConfig,
+        out: Path,
+        null_prompt: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        self.transformer, self.samples, self.cfg, self.out = transformer, samples, cfg, out
+        self.null_prompt = null_prompt
+        self.oc = cfg.optim
+        self.ctx = init_distributed()
+        self.ckpt_dir = out / "checkpoints"
+
+    # ------------------------------------------------------------------------------------------- setup
+
+    def setup(self, resume: bool = False) -> None:
+        """Place the model, check the config and samples, add the adapters, build the optimizer, resume."""
+        cfg, ctx, transformer = self.cfg, self.ctx, self.transformer
+        self.out.mkdir(parents=True, exist_ok=True)
+        device = next(transformer.parameters()).device
+        if ctx.device is not None and device != ctx.device:
+            torch.nn.Module.to(transformer, ctx.device)
+            device = ctx.device
+        self.device = device
+        bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and device.type == "cuda")
+        self.bf16 = bf16 or cfg.memory.fp8_base  # fp8 storage computes in bf16
+        if cfg.mixed_precision not in ("auto", "bf16", "fp32"):
+            raise UserError(f"mixed_precision must be auto, bf16 or fp32, not {cfg.mixed_precision!r}")
+        check_memory_config(cfg.memory)
+        _check_samples(self.samples, need_masks=cfg.hmt.enabled)
+        self.roles = list(cfg.adapter.placement)
+        self._add_adapters()
+        self._hmt_choices()
+        apply_memory_modes(transformer, cfg.memory, cfg.gradient_checkpointing)
+        transformer.train()
+        self._optimizer()
+        self.last_ckpt = latest_checkpoint(self.out) if resume else None
+        if self.last_ckpt is not None:
+            load_checkpoint(self.last_ckpt, transformer, self.optimizer, cfg, self.state)
+        if ctx.is_main:
+            (self.out / "config.json").write_text(json.dumps(_config_dict(cfg), indent=2))
+        self.start = self.state.step
+        per_rank = self.oc.batch_size
+        self.positions = range(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)  # this rank's global slice
+
+    def _add_adapters(self) -> None:
+        """Add the adapters (deterministic init that leaves the global RNG alone) or reuse identical ones."""
+        existing = adapter_roles(self.transformer)
+        if existing and existing != self.roles:
             raise UserError(
-                f"HMT choice {c!r} has no adapter to train with placement {list(roles)}; "
-                "set its probability to 0 or add adapters"
+                f"the transformer already has adapters {existing}, the config asks for {self.roles}"
             )
-    choice_names, choice_probs = list(probs), torch.tensor(list(probs.values()), dtype=torch.float64)
-    apply_memory_modes(transformer, cfg.memory, cfg.gradient_checkpointing)
-    transformer.train()
+        if existing:
+            return
+        if self.bf16:  # base in bf16; nn.Module.to skips diffusers' warning
+            torch.nn.Module.to(self.transformer, dtype=torch.bfloat16)
+            _keep_fp32_modules(self.transformer)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.oc.seed)
+            add_relation_adapters(self.transformer, self.cfg.adapter)
 
-    groups = adapter_parameters(transformer, roles)
-    params = [p for r in roles for p in groups[r]]
-    broadcast_parameters(params, ctx)  # identical start on every rank whatever the init RNG did
-    optimizer = make_optimizer(params, oc, cfg.memory)
-    rcl = RelationalContrastiveLoss.from_config(cfg.contrastive) if cfg.contrastive.enabled else None
-    if rcl is not None and ctx.enabled:
-        rcl = GatheredContrastiveLoss.wrap(rcl, ctx)
-    state = _State(0, torch.Generator().manual_seed(oc.seed), torch.Generator().manual_seed(oc.seed + 1), rcl)
-    ckpt_dir = out / "checkpoints"
-    last_ckpt = latest_checkpoint(out) if resume else None
-    if last_ckpt is not None:
-        load_checkpoint(last_ckpt, transformer, optimizer, cfg, state)
-    if ctx.is_main:
-        (out / "config.json").write_text(json.dumps(_config_dict(cfg), indent=2))
-    start = state.step
+    def _hmt_choices(self) -> None:
+        """The HMT choices with their probabilities ("all" alone when HMT is off)."""
+        hmt = self.cfg.hmt
+        probs = {c: float(p) for c, p in hmt.probs.items() if p > 0} if hmt.enabled else {"all": 1.0}
+        for c in probs:
+            if c not in CHOICES or not roles_for_choice(c, self.roles):
+                raise UserError(
+                    f"HMT choice {c!r} has no adapter to train with placement {list(self.roles)}; "
+                    "set its probability to 0 or add adapters"
+                )
+        self.choice_names = list(probs)
+        self.choice_probs = torch.tensor(list(probs.values()), dtype=torch.float64)
 
-    def checkpoint(snapshot: dict[str, torch.Tensor] | None = None) -> Path:
-        if not ctx.is_main:  # rank 0 writes; the others only need the name
-            return ckpt_dir / f"step_{state.step:06d}.safetensors"
-        path = save_checkpoint(
-            ckpt_dir / f"step_{state.step:06d}.safetensors", transformer, optimizer, cfg, state, snapshot
+    def _optimizer(self) -> None:
+        """Optimizer over every adapter parameter, the contrastive loss and the run state."""
+        oc, ctx = self.oc, self.ctx
+        groups = adapter_parameters(self.transformer, self.roles)
+        self.params = [p for r in self.roles for p in groups[r]]
+        broadcast_parameters(self.params, ctx)  # identical start on every rank whatever the init RNG did
+        self.optimizer = make_optimizer(self.params, oc, self.cfg.memory)
+        rcl = (
+            RelationalContrastiveLoss.from_config(self.cfg.contrastive)
+            if self.cfg.contrastive.enabled
+            else None
         )
-        old = sorted(p for p in ckpt_dir.glob("step_*.safetensors") if _CKPT_RE.match(p.name))
-        for p in old[: max(len(old) - max(oc.keep_checkpoints, 1), 0)]:
+        if rcl is not None and ctx.enabled:
+            rcl = GatheredContrastiveLoss.wrap(rcl, ctx)
+        self.rcl = rcl
+        self.state = _State(
+            0, torch.Generator().manual_seed(oc.seed), torch.Generator().manual_seed(oc.seed + 1), rcl
+        )
+
+    # ------------------------------------------------------------------------------------------- step
+
+    def step(self) -> tuple[dict[str, torch.Tensor], float, str]:
+        """One optimisation step at ``state.step``: ``(logged losses, lr, HMT choice)``; the caller records."""
+        cfg, oc, ctx, state = self.cfg, self.oc, self.ctx, self.state
+        everyone = batch_indices(state.step, oc.batch_size * ctx.world_size, len(self.samples), oc.seed)
+        idx = [everyone[k] for k in self.positions]
+        gens = [sample_generator(oc.seed, state.step, k) for k in self.positions]
+        batch = collate(self.samples, idx, self.device, gens, oc.caption_dropout, self.null_prompt)
+        choice = self.choice_names[int(torch.multinomial(self.choice_probs, 1, generator=state.hmt_gen))]
+        set_active_roles(self.transformer, roles_for_choice(choice, self.roles))
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        with autocast, attention_kernel(cfg.memory.attention_backend):
+            losses = compute_losses(self.transformer, batch, choice, cfg, self.rcl, state.data_gen, gens)
+        lr = lr_at(state.step, oc)
+        logged = losses
+        if ctx.enabled:  # global-batch means, identical on every rank (so all see a NaN together)
+            keys = ("loss", "mse", "mask", "rcl")
+            means = ctx.mean(torch.stack([losses[k].detach().float() for k in keys]))
+            logged = {k: means[i] for i, k in enumerate(keys)}
+        _check_finite(logged["loss"], "loss", state.step + 1, choice)
+        self.optimizer.zero_grad(set_to_none=True)
+        with attention_kernel(cfg.memory.attention_backend):  # checkpointed blocks recompute here
+            losses["loss"].backward()
+        all_reduce_gradients(self.params, ctx)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, oc.grad_clip)
+        _check_finite(grad_norm, "gradient norm", state.step + 1, choice)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        return logged, lr, choice
+
+    # ------------------------------------------------------------------------------------------- checkpoint
+
+    def checkpoint(self, snapshot: dict[str, torch.Tensor] | None = None) -> Path:
+        """Save ``step_N.safetensors`` (rank 0), keep the newest ``keep_checkpoints``, rewrite loss.csv."""
+        path = self.ckpt_dir / f"step_{self.state.step:06d}.safetensors"
+        if not self.ctx.is_main:  # rank 0 writes; the others only need the name
+            return path
+        path = save_checkpoint(path, self.transformer, self.optimizer, self.cfg, self.state, snapshot)
+        old = sorted(p for p in self.ckpt_dir.glob("step_*.safetensors") if _CKPT_RE.match(p.name))
+        for p in old[: max(len(old) - max(self.oc.keep_checkpoints, 1), 0)]:
             p.unlink()
-        _write_loss_csv(out, state.history)
+        _write_loss_csv(self.out, self.state.history)
         return path
 
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-    bar = tqdm(
-        total=oc.steps,
-        initial=start,
-        disable=not (progress and ctx.is_main),
-        desc="train",
-        dynamic_ncols=True,
-    )
-    per_rank = oc.batch_size
-    positions = range(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)  # this rank's slice of a global batch
-    t_start = time.perf_counter()
-    snapshot = state.snapshot()  # RNGs/banks as of the last completed step (what a checkpoint must hold)
-    try:
-        with _deferred_sigint() as sigint:
-            while state.step < oc.steps:
-                t0 = time.perf_counter()
-                everyone = batch_indices(state.step, per_rank * ctx.world_size, len(samples), oc.seed)
-                idx = [everyone[k] for k in positions]
-                gens = [sample_generator(oc.seed, state.step, k) for k in positions]
-                batch = collate(samples, idx, device, gens, oc.caption_dropout, null_prompt)
-                choice = choice_names[int(torch.multinomial(choice_probs, 1, generator=state.hmt_gen))]
-                set_active_roles(transformer, roles_for_choice(choice, roles))
-                with autocast, attention_kernel(cfg.memory.attention_backend):
-                    losses = compute_losses(transformer, batch, choice, cfg, rcl, state.data_gen, gens)
-                lr = lr_at(state.step, oc)
-                logged = losses
-                if ctx.enabled:  # global-batch means, identical on every rank (so all see a NaN together)
-                    keys = ("loss", "mse", "mask", "rcl")
-                    means = ctx.mean(torch.stack([losses[k].detach().float() for k in keys]))
-                    logged = {k: means[i] for i, k in enumerate(keys)}
-                _check_finite(logged["loss"], "loss", state.step + 1, choice)
-                optimizer.zero_grad(set_to_none=True)
-                with attention_kernel(cfg.memory.attention_backend):  # checkpointed blocks recompute here
-                    losses["loss"].backward()
-                all_reduce_gradients(params, ctx)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, oc.grad_clip)
-                _check_finite(grad_norm, "gradient norm", state.step + 1, choice)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                optimizer.step()
+    # ------------------------------------------------------------------------------------------- loop
 
-                state.step += 1
-                state.record(logged, lr, time.perf_counter() - t0, choice)
-                snapshot = state.snapshot()
-                bar.update(1)
-                if state.step % max(oc.log_every, 1) == 0 or state.step == oc.steps:
-                    bar.set_postfix(loss=f"{state.history['loss'][-1]:.4f}", lr=f"{lr:.2e}", refresh=False)
-                if callback is not None:
-                    callback(state.step, state.history["loss"][-1])
-                if (
-                    oc.checkpoint_every > 0
-                    and state.step % oc.checkpoint_every == 0
-                    and state.step < oc.steps
-                ):
-                    last_ckpt = checkpoint(snapshot)
-                if ctx.any(sigint["stop"], device):  # every rank stops at the same step
-                    raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        bar.close()
-        path = checkpoint(
-            snapshot
-        )  # history holds completed steps only; weights are updated only at their end
-        if ctx.is_main:
-            tqdm.write(f"interrupted: step {state.step} saved to {path}; rerun with resume to continue")
-        raise
-    finally:
-        bar.close()
-    if state.step > start or last_ckpt is None:
-        last_ckpt = checkpoint(snapshot)
-    set_active_roles(transformer, roles)
-    meta = {"method": cfg.method, "steps": state.step, "inference_roles": list(cfg.adapter.inference_roles)}
-    adapter_dir = out / "adapters"
-    if ctx.is_main:
-        save_adapters(transformer, adapter_dir, roles, metadata=meta)
-        _write_loss_csv(out, state.history)
-    ctx.barrier()  # every rank returns once the files exist
-    h = state.history
-    return TrainResult(
-        losses=list(h["loss"]),
-        choices=list(h["choice"]),
-        lrs=list(h["lr"]),
-        step_seconds=list(h["seconds"]),
-        total_seconds=time.perf_counter() - t_start,
-        start_step=start,
-        out_dir=out,
-        adapter_dir=adapter_dir,
-        checkpoint=last_ckpt,
-        parts={k: list(h[k]) for k in ("mse", "mask", "rcl")},
-    )
+    def run(self, progress: bool = True, callback: Callable[[int, float], None] | None = None) -> TrainResult:
+        """Train to ``optim.steps``; Ctrl-C (or a ``KeyboardInterrupt`` from ``callback``) saves a checkpoint
+        and re-raises."""
+        oc, ctx, state = self.oc, self.ctx, self.state
+        bar = tqdm(
+            total=oc.steps,
+            initial=self.start,
+            disable=not (progress and ctx.is_main),
+            desc="train",
+            dynamic_ncols=True,
+        )
+        t_start = time.perf_counter()
+        snapshot = state.snapshot()  # RNGs/banks as of the last completed step (what a checkpoint must hold)
+        try:
+            with _deferred_sigint() as sigint:
+                while state.step < oc.steps:
+                    t0 = time.perf_counter()
+                    logged, lr, choice = self.step()
+                    state.step += 1
+                    state.record(logged, lr, time.perf_counter() - t0, choice)
+                    snapshot = state.snapshot()
+                    bar.update(1)
+                    if state.step % max(oc.log_every, 1) == 0 or state.step == oc.steps:
+                        bar.set_postfix(
+                            loss=f"{state.history['loss'][-1]:.4f}", lr=f"{lr:.2e}", refresh=False
+                        )
+                    if callback is not None:
+                        callback(state.step, state.history["loss"][-1])
+                    if (
+                        oc.checkpoint_every > 0
+                        and state.step % oc.checkpoint_every == 0
+                        and state.step < oc.steps
+                    ):
+                        self.last_ckpt = self.checkpoint(snapshot)
+                    if ctx.any(sigint["stop"], self.device):  # every rank stops at the same step
+                        raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            bar.close()
+            path = self.checkpoint(snapshot)  # completed steps only; weights are updated only at their end
+            if ctx.is_main:
+                tqdm.write(f"interrupted: step {state.step} saved to {path}; rerun with resume to continue")
+            raise
+        finally:
+            bar.close()
+        return self.finish(snapshot, t_start)
+
+    def finish(self, snapshot: dict[str, torch.Tensor], t_start: float) -> TrainResult:
+        """Final checkpoint (if any step ran), the adapter files with their metadata, the result."""
+        state, cfg = self.state, self.cfg
+        if state.step > self.start or self.last_ckpt is None:
+            self.last_ckpt = self.checkpoint(snapshot)
+        set_active_roles(self.transformer, self.roles)
+        meta = {
+            "method": cfg.method,
+            "steps": state.step,
+            "inference_roles": list(cfg.adapter.inference_roles),
+        }
+        adapter_dir = self.out / "adapters"
+        if self.ctx.is_main:
+            save_adapters(self.transformer, adapter_dir, self.roles, metadata=meta)
+            _write_loss_csv(self.out, state.history)
+        self.ctx.barrier()  # every rank returns once the files exist
+        h = state.history
+        return TrainResult(
+            losses=list(h["loss"]),
+            choices=list(h["choice"]),
+            lrs=list(h["lr"]),
+            step_seconds=list(h["seconds"]),
+            total_seconds=time.perf_counter() - t_start,
+            start_step=self.start,
+            out_dir=self.out,
+            adapter_dir=adapter_dir,
+            checkpoint=self.last_ckpt,
+            parts={k: list(h[k]) for k in ("mse", "mask", "rcl")},
+        )
