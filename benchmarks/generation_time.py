@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
+from dreamrelation.adapters.triplet import adapter_parameters, add_relation_adapters, set_active_roles
+from dreamrelation.backbones.loading import load_pipeline
+from dreamrelation.backbones.registry import TOY
 from dreamrelation.core.roles import AdapterConfig
-from dreamrelation.models.adapters import adapter_parameters, add_relation_adapters, set_active_roles
-from dreamrelation.models.backbones import TOY
-from dreamrelation.models.loading import load_pipeline
-from dreamrelation.sampling.generate import generate_videos
+from dreamrelation.inference.generate import generate_videos
 
 PROMPTS = ["A red circle is high-fiving with a blue square.", "A green star is pushing a yellow diamond."]
 VARIANTS = {"untuned": None, "adapters": ["relation", "output"], "all_roles": None}

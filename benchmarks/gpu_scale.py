@@ -65,7 +65,7 @@ class Geometry:
     @property
     def latent(self) -> tuple[int, int, int, int]:
         """Latent ``(C, F, h, w)`` of the backbone's VAE (Mochi 8x / 6x, Wan 8x / 4x)."""
-        from dreamrelation.models.backbones import get_backbone
+        from dreamrelation.backbones.registry import get_backbone
 
         return get_backbone(self.backbone).latent_shape(self.channels, self.frames, self.height, self.width)
 
@@ -207,7 +207,7 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 def build_transformer(spec: Spec, tiny: bool, device: torch.device, seed: int = 0) -> torch.nn.Module:
     """The backbone's transformer (release or tiny config) with random weights, built on ``device`` in bf16."""
-    from dreamrelation.models.backbones import get_backbone
+    from dreamrelation.backbones.registry import get_backbone
 
     transformer_cls = get_backbone(spec.full.backbone).classes()[0]
     torch.manual_seed(seed)
@@ -218,7 +218,7 @@ def build_transformer(spec: Spec, tiny: bool, device: torch.device, seed: int = 
 
 def build_vae(spec: Spec, tiny: bool, device: torch.device) -> torch.nn.Module:
     """The backbone's VAE (default config, or a tiny one) with random weights, bf16, tiling on."""
-    from dreamrelation.models.backbones import get_backbone
+    from dreamrelation.backbones.registry import get_backbone
 
     vae_cls = get_backbone(spec.full.backbone).classes()[2]
     torch.manual_seed(0)
@@ -294,8 +294,8 @@ def train_mode(
     spec: Spec, mode: str, tiny: bool, device: torch.device, steps: int, warmup: int, partial_blocks: int
 ) -> dict[str, Any]:
     """Peak memory and seconds per step of DreamRelation training in one memory mode."""
-    from dreamrelation.models.adapters import adapter_parameters, add_relation_adapters, set_active_roles
-    from dreamrelation.models.backbones import get_backbone
+    from dreamrelation.adapters.triplet import adapter_parameters, add_relation_adapters, set_active_roles
+    from dreamrelation.backbones.registry import get_backbone
     from dreamrelation.training.config import TrainConfig
     from dreamrelation.training.losses import RelationalContrastiveLoss
     from dreamrelation.training.memory import apply_memory_modes, attention_kernel, make_optimizer
@@ -354,9 +354,9 @@ def train_mode(
 @torch.inference_mode()
 def inference(spec: Spec, tiny: bool, device: torch.device, steps: int, timed_steps: int) -> dict[str, Any]:
     """Seconds per video for ``steps`` sampler steps with CFG (batch-2 forward), transformer only, bf16."""
+    from dreamrelation.adapters.triplet import add_relation_adapters, set_active_roles
+    from dreamrelation.backbones.registry import get_backbone
     from dreamrelation.core.roles import AdapterConfig
-    from dreamrelation.models.adapters import add_relation_adapters, set_active_roles
-    from dreamrelation.models.backbones import get_backbone
 
     geo, guidance, backbone = (
         spec.tiny if tiny else spec.full,
@@ -495,7 +495,7 @@ def run_backbone(
     """Every measurement of one backbone; returns the result record."""
     import diffusers
 
-    from dreamrelation.models.backbones import get_backbone
+    from dreamrelation.backbones.registry import get_backbone
 
     geo = spec.tiny if args.tiny else spec.full
     partial = (

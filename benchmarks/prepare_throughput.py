@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dreamrelation.backbones.loading import load_pipeline
 from dreamrelation.data.mask_io import write_colour_masks
 from dreamrelation.data.prepare_folder import load_prepared, prepare_folder, read_example
-from dreamrelation.models.loading import load_pipeline
 from dreamrelation.toy import world
 from dreamrelation.toy.backbone import (
     ToyBackboneConfig,

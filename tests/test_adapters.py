@@ -11,8 +11,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import safe_open
 from tiny import TINY_TRANSFORMER, paper_placement_targets
 
-from dreamrelation.core.roles import AdapterConfig
-from dreamrelation.models.adapters import (
+from dreamrelation.adapters.triplet import (
     active_roles,
     adapter_parameters,
     add_relation_adapters,
@@ -22,6 +21,7 @@ from dreamrelation.models.adapters import (
     set_active_roles,
     target_regex,
 )
+from dreamrelation.core.roles import AdapterConfig
 from dreamrelation.training.trainer import roles_for_choice
 
 TINY = TINY_TRANSFORMER

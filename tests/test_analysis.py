@@ -11,6 +11,7 @@ import torch
 from diffusers import MochiTransformer3DModel
 from tiny import TINY_TRANSFORMER
 
+from dreamrelation.adapters.triplet import add_relation_adapters, save_adapters, set_active_roles
 from dreamrelation.core.roles import AdapterConfig
 from dreamrelation.evaluation.analysis import (
     adapter_similarity,
@@ -28,7 +29,6 @@ from dreamrelation.evaluation.analysis import (
     upsample_maps,
     word_token_indices,
 )
-from dreamrelation.models.adapters import add_relation_adapters, save_adapters, set_active_roles
 
 TINY_T = TINY_TRANSFORMER
 
@@ -243,7 +243,7 @@ def test_overlay_and_upsample() -> None:
 
 @pytest.fixture(scope="module")
 def pipe(tiny_bundle):  # noqa: ANN001, ANN201
-    from dreamrelation.models.loading import load_pipeline
+    from dreamrelation.backbones.loading import load_pipeline
 
     return load_pipeline(tiny_bundle)
 

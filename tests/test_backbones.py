@@ -18,18 +18,18 @@ from diffusers import (
 from peft.tuners.tuners_utils import BaseTunerLayer
 from tiny import TINY_TRANSFORMER, TINY_WAN, paper_placement_targets
 
-from dreamrelation.core.roles import PROJECTIONS, AdapterConfig
-from dreamrelation.core.samples import TrainingSample
-from dreamrelation.data.latent_masks import latent_frame_count, latent_masks
-from dreamrelation.data.prepare import encode_video, latent_normalisation
-from dreamrelation.models.adapters import (
+from dreamrelation.adapters.triplet import (
     adapter_parameters,
     add_relation_adapters,
     load_adapters,
     set_active_roles,
     target_regex,
 )
-from dreamrelation.models.backbones import MOCHI, WAN, get_backbone
+from dreamrelation.backbones.registry import MOCHI, WAN, get_backbone
+from dreamrelation.core.roles import PROJECTIONS, AdapterConfig
+from dreamrelation.core.samples import TrainingSample
+from dreamrelation.data.latent_masks import latent_frame_count, latent_masks
+from dreamrelation.data.prepare import encode_video, latent_normalisation
 from dreamrelation.training.config import TrainConfig
 from dreamrelation.training.losses import flow_matching_inputs
 from dreamrelation.training.trainer import roles_for_choice, train_adapters

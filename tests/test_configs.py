@@ -68,7 +68,7 @@ def test_wan_configs_follow_the_paper_and_place_adapters_on_wan_attention() -> N
     from diffusers import WanTransformer3DModel
     from tiny import TINY_WAN
 
-    from dreamrelation.models.adapters import add_relation_adapters
+    from dreamrelation.adapters.triplet import add_relation_adapters
 
     for name in ("high_five", "shaking_hands"):
         path = CONFIGS / "wan" / f"{name}.yaml"

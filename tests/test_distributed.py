@@ -13,8 +13,8 @@ from diffusers import MochiTransformer3DModel
 from safetensors.torch import load_file, save_file
 from tiny import TINY_TRANSFORMER
 
+from dreamrelation.adapters.triplet import named_adapter_parameters
 from dreamrelation.core.samples import TrainingSample
-from dreamrelation.models.adapters import named_adapter_parameters
 from dreamrelation.training.config import TrainConfig
 from dreamrelation.training.distributed import DistContext, launch_command
 from dreamrelation.training.trainer import train_adapters

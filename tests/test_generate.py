@@ -10,12 +10,12 @@ import pytest
 import torch
 from diffusers import MochiTransformer3DModel
 
+from dreamrelation.adapters.triplet import adapter_parameters, add_relation_adapters, save_adapters
+from dreamrelation.backbones.loading import load_pipeline
 from dreamrelation.core.roles import AdapterConfig
 from dreamrelation.errors import UserError
-from dreamrelation.models.adapters import adapter_parameters, add_relation_adapters, save_adapters
-from dreamrelation.models.loading import load_pipeline
-from dreamrelation.sampling.generate import GenerationConfig, generate_to_folder, guidance_values, read_jobs
-from dreamrelation.sampling.run import parse_roles
+from dreamrelation.inference.generate import GenerationConfig, generate_to_folder, guidance_values, read_jobs
+from dreamrelation.inference.run import parse_roles
 
 PROMPTS = ["A red circle is high-fiving a blue square.", "A bear is shaking hands with a raccoon."]
 
@@ -176,7 +176,7 @@ def test_prompt_files_roles_and_schedules(tmp_path: Path) -> None:
 
 
 def test_cli_bodies_export_import_generate(tiny_bundle: Path, adapters: Path, tmp_path: Path) -> None:
-    from dreamrelation.sampling.run import cli_generation_config, run_export, run_generate, run_import
+    from dreamrelation.inference.run import cli_generation_config, run_export, run_generate, run_import
 
     exported = run_export(
         adapters, tmp_path / "genmo.safetensors", format="genmo", roles=["relation=1", "output"]

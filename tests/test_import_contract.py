@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 KNOWN: dict[str, str] = {
     # toy/pretrain.py and toy/backbone.py are being changed on main; their imports move after that merge
     "function-local: dreamrelation.toy.backbone -> dreamrelation.toy.world": "concurrent change",
-    "function-local: dreamrelation.toy.pretrain -> dreamrelation.models.backbones": "concurrent change",
+    "function-local: dreamrelation.toy.pretrain -> dreamrelation.backbones.registry": "concurrent change",
     "function-local: dreamrelation.toy.pretrain -> dreamrelation.toy.render": "concurrent change",
     "function-local: dreamrelation.toy.pretrain -> dreamrelation.toy.world": "concurrent change",
     "function-local: dreamrelation.toy.pretrain -> dreamrelation.training.losses": "concurrent change",

@@ -18,21 +18,21 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tiny import TINY_TRANSFORMER
 
-from dreamrelation.core.roles import AdapterConfig
-from dreamrelation.errors import UserError
-from dreamrelation.models.adapters import (
+from dreamrelation.adapters.interop import (
+    check_adapter_file,
+    export_adapters,
+    import_checkpoint,
+    read_adapter_file,
+)
+from dreamrelation.adapters.triplet import (
     adapter_parameters,
     add_relation_adapters,
     load_adapters,
     read_adapter_metadata,
     set_active_roles,
 )
-from dreamrelation.models.interop import (
-    check_adapter_file,
-    export_adapters,
-    import_checkpoint,
-    read_adapter_file,
-)
+from dreamrelation.core.roles import AdapterConfig
+from dreamrelation.errors import UserError
 
 TINY = TINY_TRANSFORMER
 LAST = TINY["num_layers"] - 1
@@ -241,7 +241,7 @@ def trained(tmp_path: Path) -> tuple[Path, torch.Tensor]:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.2)
     set_active_roles(model, ["relation", "output"], trainable=False)
     expected = forward(model)
-    from dreamrelation.models.adapters import save_adapters
+    from dreamrelation.adapters.triplet import save_adapters
 
     save_adapters(model, tmp_path / "adapters", metadata={"inference_roles": ["relation", "output"]})
     return tmp_path / "adapters", expected

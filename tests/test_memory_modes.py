@@ -11,10 +11,10 @@ from diffusers import MochiPipeline, MochiTransformer3DModel, WanTransformer3DMo
 from tiny import TINY_TRANSFORMER, TINY_WAN
 
 import dreamrelation.training.memory as memory
+from dreamrelation.adapters.triplet import adapter_parameters
+from dreamrelation.backbones.loading import load_transformer
 from dreamrelation.core.samples import TrainingSample
 from dreamrelation.errors import UserError
-from dreamrelation.models.adapters import adapter_parameters
-from dreamrelation.models.loading import load_transformer
 from dreamrelation.training.config import MemoryConfig, TrainConfig
 from dreamrelation.training.trainer import train_adapters
 
@@ -157,7 +157,7 @@ def test_load_transformer_loads_nothing_else(tiny_bundle, monkeypatch) -> None:
 
 def test_frozen_parts_visit_the_training_device_only_inside_validation(tiny_bundle, monkeypatch) -> None:
     """The move logic of memory.offload_frozen (the CPU has no second device, so .to is recorded, not run)."""
-    from dreamrelation.models.loading import load_pipeline
+    from dreamrelation.backbones.loading import load_pipeline
     from dreamrelation.training.memory import frozen_parts_on, park_frozen_parts
 
     pipe = load_pipeline(tiny_bundle)

@@ -1,9 +1,9 @@
 import pytest
 from diffusers import MochiPipeline
 
+from dreamrelation.adapters.triplet import active_roles
 from dreamrelation.errors import UserError
 from dreamrelation.evaluation.toy_study import render_exemplars
-from dreamrelation.models.adapters import active_roles
 from dreamrelation.training.config import preset
 from dreamrelation.training.monitor import TrainingMonitor
 from dreamrelation.training.trainer import lr_at, train_adapters

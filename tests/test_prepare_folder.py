@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
+from dreamrelation.backbones.loading import load_pipeline
 from dreamrelation.data.latent_masks import latent_masks
 from dreamrelation.data.mask_io import write_colour_masks
 from dreamrelation.data.prepare_folder import load_prepared, prepare_folder, read_example
 from dreamrelation.errors import UserError
-from dreamrelation.models.loading import load_pipeline
 from dreamrelation.toy.render import RenderedVideo, render_video
 from dreamrelation.toy.world import sample_video_spec
 from dreamrelation.utils.media import upscale_nearest, write_gif, write_video

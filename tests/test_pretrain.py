@@ -7,8 +7,8 @@ import pytest
 import torch
 from tiny import TINY_MOCHI_TOY
 
+from dreamrelation.backbones.loading import load_pipeline
 from dreamrelation.errors import UserError
-from dreamrelation.models.loading import load_pipeline
 from dreamrelation.toy.pretrain import (
     CaptionSet,
     PretrainConfig,

@@ -4,9 +4,9 @@ prompted subjects moving."""
 import numpy as np
 import pytest
 
-from dreamrelation.models.backbones import TOY
-from dreamrelation.models.loading import load_pipeline
-from dreamrelation.sampling.generate import generate_videos
+from dreamrelation.backbones.loading import load_pipeline
+from dreamrelation.backbones.registry import TOY
+from dreamrelation.inference.generate import generate_videos
 from dreamrelation.toy import world
 from dreamrelation.toy.tracker import track_subjects
 

@@ -211,8 +211,9 @@ def test_cli_estimate_prints_the_plan(tmp_path):
 
 @pytest.mark.parametrize("bundle", ["tiny_bundle", "tiny_wan_bundle"])
 def test_batched_generation_matches_one_by_one(bundle, request):
+    from dreamrelation.backbones.loading import load_pipeline
     from dreamrelation.evaluation.toy_study import generate_jobs, make_jobs
-    from dreamrelation.sampling.generate import generate_videos, load_pipeline
+    from dreamrelation.inference.generate import generate_videos
 
     pipe = load_pipeline(request.getfixturevalue(bundle))
     jobs = make_jobs("pushing", DEFAULT_SUBJECTS[:2], [0, 5])

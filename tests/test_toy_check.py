@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from dreamrelation.backbones.registry import TOY
 from dreamrelation.cli import app
 from dreamrelation.evaluation.report import wilson_interval
-from dreamrelation.models.backbones import TOY
 from dreamrelation.toy import check, world
 from dreamrelation.toy.check import CheckConfig, check_jobs, run_check, score_subjects, summarize
 from dreamrelation.toy.render import render_background, render_video

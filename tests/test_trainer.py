@@ -14,9 +14,9 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from tiny import TINY_TRANSFORMER
 
+from dreamrelation.adapters.triplet import load_adapters
 from dreamrelation.core.samples import TrainingSample
 from dreamrelation.errors import UserError
-from dreamrelation.models.adapters import load_adapters
 from dreamrelation.training.config import PRESET_NAMES, OptimConfig, TrainConfig, preset
 from dreamrelation.training.trainer import (
     batch_indices,
@@ -132,7 +132,7 @@ def test_subject_step_leaves_other_adapters_untouched(tmp_path) -> None:
     relation_a = [p for n, p in model.named_parameters() if ".lora_A.relation." in n]
     torch.manual_seed(0)
     untouched = tiny()
-    from dreamrelation.models.adapters import add_relation_adapters
+    from dreamrelation.adapters.triplet import add_relation_adapters
 
     with torch.random.fork_rng():
         torch.manual_seed(cfg.optim.seed)

@@ -13,9 +13,9 @@ import torch
 from diffusers import MochiTransformer3DModel
 from PIL import Image
 
+from dreamrelation.adapters.triplet import adapter_parameters, add_relation_adapters, save_adapters
 from dreamrelation.core.roles import AdapterConfig
 from dreamrelation.errors import UserError
-from dreamrelation.models.adapters import adapter_parameters, add_relation_adapters, save_adapters
 from dreamrelation.ui import (
     LossLog,
     PipelineCache,

@@ -16,14 +16,14 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file
 from tiny import TINY_WAN_TOY
 
+from dreamrelation.backbones.loading import load_pipeline
+from dreamrelation.backbones.registry import TOY, WAN, model_profile
 from dreamrelation.core.samples import TrainingSample
 from dreamrelation.data.prepare import null_prompt_for
 from dreamrelation.data.prepare_folder import load_null_prompt, load_prepared, prepare_folder, read_example
 from dreamrelation.errors import UserError
 from dreamrelation.evaluation.toy_study import write_exemplar_videos
-from dreamrelation.models.backbones import TOY, WAN, model_profile
-from dreamrelation.models.loading import load_pipeline
-from dreamrelation.sampling.generate import GenerationConfig, generate_to_folder, generate_videos
+from dreamrelation.inference.generate import GenerationConfig, generate_to_folder, generate_videos
 from dreamrelation.toy.backbone import MAX_SEQUENCE_LENGTH, analytic_decode, analytic_latents, build_vae
 from dreamrelation.toy.pretrain import (
     PretrainConfig,

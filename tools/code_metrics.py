@@ -27,10 +27,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("core", ("dreamrelation.core", "dreamrelation.errors", "dreamrelation")),
     # evaluation.report (tables, intervals) depends on utils.io alone and serves the toy checks as well
     ("utils", ("dreamrelation.utils", "dreamrelation.config", "dreamrelation.evaluation.report")),
-    ("backbones", ("dreamrelation.backbones", "dreamrelation.models.backbones", "dreamrelation.models.loading")),
-    ("adapters", ("dreamrelation.adapters", "dreamrelation.models")),
+    ("backbones", ("dreamrelation.backbones",)),
+    ("adapters", ("dreamrelation.adapters",)),
     ("data", ("dreamrelation.data",)),
-    ("inference", ("dreamrelation.inference", "dreamrelation.sampling")),
+    ("inference", ("dreamrelation.inference",)),
     ("training", ("dreamrelation.training",)),
     ("toy", ("dreamrelation.toy",)),
     ("evaluation", ("dreamrelation.evaluation",)),

@@ -77,10 +77,10 @@ def train(
         raise typer.Exit(launch_distributed(num_gpus, argv))
     import torch
 
+    from dreamrelation.backbones.loading import load_pipeline
     from dreamrelation.config import load_config
     from dreamrelation.data.folder import load_exemplar_folder
     from dreamrelation.data.prepare import null_prompt_for, prepare_samples
-    from dreamrelation.models.loading import load_pipeline
     from dreamrelation.training.config import PRESET_NAMES, preset
     from dreamrelation.training.monitor import TrainingMonitor
     from dreamrelation.training.trainer import train_adapters
@@ -93,8 +93,8 @@ def train(
     dtype = torch.bfloat16 if device.type == "cuda" and cfg.mixed_precision != "fp32" else torch.float32
     pipe = None
     if (data / "manifest.json").is_file():  # a `dreamrelation prepare` folder: load the transformer only
+        from dreamrelation.backbones.loading import load_transformer
         from dreamrelation.data.prepare_folder import load_null_prompt, load_prepared
-        from dreamrelation.models.loading import load_transformer
 
         samples, null_prompt = load_prepared(data), load_null_prompt(data)
         transformer = load_transformer(model, dtype=dtype, device=device)
@@ -168,9 +168,9 @@ def prepare(
     preview: bool = typer.Option(False, help="Write previews/NAME.png with the masks overlaid."),
 ) -> None:
     """Encode videos, captions and masks into a training cache; one line per bad input, good files kept."""
+    from dreamrelation.backbones.loading import model_backbone_dir
+    from dreamrelation.backbones.registry import model_profile
     from dreamrelation.data.prepare_folder import prepare_folder
-    from dreamrelation.models.backbones import model_profile
-    from dreamrelation.models.loading import model_backbone_dir
 
     model_path, _ = model_backbone_dir(model)
     profile = model_profile(model_path)  # the toy's geometry, else the backbone's
@@ -276,7 +276,7 @@ def generate(
     ),
 ) -> None:
     """Generate videos with relation adapters: MP4 (+GIF) and a JSON sidecar per video, a contact sheet."""
-    from dreamrelation.sampling.run import cli_generation_config, run_generate
+    from dreamrelation.inference.run import cli_generation_config, run_generate
 
     cfg = cli_generation_config(
         prompts,
@@ -314,7 +314,7 @@ def export(
     ),
 ) -> None:
     """Export adapters as one LoRA file for ComfyUI's Mochi loader or genmo's fine-tuner/sampler."""
-    from dreamrelation.sampling.run import run_export
+    from dreamrelation.inference.run import run_export
 
     run_export(adapters, out, format=format, roles=role)
 
@@ -330,7 +330,7 @@ def import_(
     ),
 ) -> None:
     """Import a public DreamRelation or genmo LoRA checkpoint (pickles are loaded with weights_only=True)."""
-    from dreamrelation.sampling.run import run_import
+    from dreamrelation.inference.run import run_import
 
     run_import(checkpoint, out, model=model)
 
@@ -365,8 +365,8 @@ def analyze(
     import torch
 
     from dreamrelation.evaluation.analysis import run_analysis
-    from dreamrelation.sampling.generate import resolve_dtype
-    from dreamrelation.sampling.run import parse_roles
+    from dreamrelation.inference.generate import resolve_dtype
+    from dreamrelation.inference.run import parse_roles
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     chosen = adapters[0] if adapters and len(adapters) == 1 else (list(adapters) if adapters else None)
@@ -543,8 +543,8 @@ def toy_pretrain(
     """Pretrain a toy backbone (VAE on random shapes, transformer on base relations only); seeded.
 
     An interrupted transformer stage resumes exactly from its last checkpoint in the work dir."""
+    from dreamrelation.backbones.registry import TOY
     from dreamrelation.config import load_config
-    from dreamrelation.models.backbones import TOY
     from dreamrelation.toy.backbone import ARCHITECTURES
     from dreamrelation.toy.pretrain import PretrainConfig, adopt_vae, pretrain, snapshot_bundle
 

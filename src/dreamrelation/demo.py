@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from dreamrelation.backbones.loading import load_pipeline
+from dreamrelation.backbones.registry import TOY
 from dreamrelation.evaluation.report import format_interval, markdown_table, paired_bootstrap, write_report
 from dreamrelation.evaluation.toy_study import (
     DEFAULT_SUBJECTS,
@@ -33,8 +35,6 @@ from dreamrelation.evaluation.toy_study import (
     tracked_panel,
     train_and_generate,
 )
-from dreamrelation.models.backbones import TOY
-from dreamrelation.models.loading import load_pipeline
 from dreamrelation.toy import world
 from dreamrelation.toy.tracker import track_subjects
 from dreamrelation.utils.media import (

@@ -91,8 +91,8 @@ def resolve_adapter_folder(path: str | os.PathLike | None) -> Path | None:
 def adapter_roles_in(folder: str | os.PathLike | None) -> tuple[list[str], list[str]]:
     """``(roles, default_roles)`` of an adapters folder (or run folder): every ``{role}.safetensors`` and the
     inference roles recorded by the trainer (else relation + output where present)."""
+    from dreamrelation.adapters.triplet import read_adapter_metadata
     from dreamrelation.core.roles import PAPER_ROLES
-    from dreamrelation.models.adapters import read_adapter_metadata
 
     path = resolve_adapter_folder(folder)
     if path is None:
@@ -116,7 +116,7 @@ def adapter_roles_in(folder: str | os.PathLike | None) -> tuple[list[str], list[
 def parse_role_spec(text: str | None) -> dict[str, float] | None:
     """``"relation=1, output=0.8"`` -> strengths; ``""``/``"default"`` -> ``None`` (the folder's default
     roles); ``"none"`` -> ``{}`` (the bare model)."""
-    from dreamrelation.sampling.run import parse_roles
+    from dreamrelation.inference.run import parse_roles
 
     spec = (text or "").strip()
     if spec.lower() in ("", "default"):
@@ -135,7 +135,7 @@ def role_spec(roles: Sequence[str], active: Sequence[bool], strengths: Sequence[
 def model_defaults(model: str | os.PathLike | None) -> tuple[int, float]:
     """``(steps, guidance)`` defaults for a model directory without loading it: toy 32 / 4.0, else its
     backbone's (Mochi 64 / 6.0, Wan 50 / 5.0)."""
-    from dreamrelation.models.backbones import MOCHI, model_dir, model_profile
+    from dreamrelation.backbones.registry import MOCHI, model_dir, model_profile
 
     try:
         profile = model_profile(model_dir(model))
@@ -170,7 +170,7 @@ class PipelineCache:
     @staticmethod
     def key(model: str | os.PathLike | None) -> str:
         """The cache key: the resolved model path (the toy bundle for ``None``/empty)."""
-        from dreamrelation.models.backbones import model_dir
+        from dreamrelation.backbones.registry import model_dir
 
         path = model_dir(model)
         if not path.exists():
@@ -179,8 +179,8 @@ class PipelineCache:
 
     def get(self, model: str | os.PathLike | None):
         """The pipeline for ``model``, loaded on first use."""
-        from dreamrelation.models.loading import load_pipeline
-        from dreamrelation.sampling.generate import resolve_dtype
+        from dreamrelation.backbones.loading import load_pipeline
+        from dreamrelation.inference.generate import resolve_dtype
 
         key = self.key(model)
         with self.lock:
@@ -241,7 +241,7 @@ def generate_one(
     strength or a spec string (see :func:`parse_role_spec`); ``None`` means the folder's default roles.
     ``cache`` reuses loaded pipelines; without one the pipeline is loaded for this call only.
     """
-    from dreamrelation.sampling.generate import GenerationConfig, generate_to_folder
+    from dreamrelation.inference.generate import GenerationConfig, generate_to_folder
 
     if not str(prompt or "").strip():
         raise UserError("empty prompt")
@@ -550,7 +550,7 @@ def build_app(
 ) -> gr.Blocks:
     """The two-tab Gradio app. API endpoints: ``/generate``, ``/load_run`` and ``/show_step``."""
     gr = _import_gradio()
-    from dreamrelation.models.backbones import model_dir
+    from dreamrelation.backbones.registry import model_dir
 
     for name, path in (("model", default_model), ("run folder", default_run)):
         if path and not Path(path).is_dir():

@@ -1,6 +1,6 @@
 """Pixel-space subject masks -> latent-space masks matching the backbone's VAE.
 
-Geometry per backbone (see :mod:`dreamrelation.models.backbones`): Mochi 8x8 spatial and 6x causal temporal
+Geometry per backbone (see :mod:`dreamrelation.backbones.registry`): Mochi 8x8 spatial and 6x causal temporal
 (6k+1 frames), Wan 2.1 8x8 and 4x (4k+1 frames). The defaults are Mochi's.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dreamrelation.models.backbones import get_backbone
+from dreamrelation.backbones.registry import get_backbone
 
 
 def _geometry(backbone: Any, spatial: int, temporal: int) -> tuple[int, int]:

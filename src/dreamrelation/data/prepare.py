@@ -4,7 +4,7 @@ The same code serves the toy bundle, the real Mochi and the other registered bac
 come from the pipeline's VAE and are normalised exactly as the pipeline de-normalises them before decoding;
 prompts go through the pipeline's own ``encode_prompt`` (T5); pixel masks become latent masks (every
 foreground pixel kept, frame groups of the VAE's temporal stride averaged). See
-:mod:`dreamrelation.models.backbones`.
+:mod:`dreamrelation.backbones.registry`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from dreamrelation.backbones.registry import MOCHI, Backbone, get_backbone
 from dreamrelation.core.samples import TrainingSample
 from dreamrelation.data.latent_masks import latent_masks
 from dreamrelation.errors import UserError
-from dreamrelation.models.backbones import MOCHI, Backbone, get_backbone
 
 
 def _backbone(obj) -> Backbone:

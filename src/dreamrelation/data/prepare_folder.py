@@ -40,18 +40,18 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from dreamrelation.core.samples import TrainingSample
-from dreamrelation.data.latent_masks import latent_frame_count, latent_masks
-from dreamrelation.data.mask_io import IMAGE_SUFFIXES, SUBJECTS_FILE, _frame_files
-from dreamrelation.data.prepare import encode_prompts, encode_video, null_prompt_for
-from dreamrelation.errors import UserError
-from dreamrelation.models.backbones import (
+from dreamrelation.backbones.registry import (
     MOCHI,
     Backbone,
     backbone_of_model_dir,
     get_backbone,
     text_length_of_model_dir,
 )
+from dreamrelation.core.samples import TrainingSample
+from dreamrelation.data.latent_masks import latent_frame_count, latent_masks
+from dreamrelation.data.mask_io import IMAGE_SUFFIXES, SUBJECTS_FILE, _frame_files
+from dreamrelation.data.prepare import encode_prompts, encode_video, null_prompt_for
+from dreamrelation.errors import UserError
 from dreamrelation.utils.io import atomic_path, atomic_write_json
 from dreamrelation.utils.media import (
     VIDEO_SUFFIXES,  # noqa: E402,I001

@@ -16,7 +16,7 @@ Three views, all from forward hooks that are removed again afterwards (the model
   that goes to the word's tokens, computed as Wan's processor does (q/k RMS norms across heads, no rotary,
   softmax over all text keys), averaged over heads and layers.
 
-Blocks and projections come from the backbone registry (:mod:`dreamrelation.models.backbones`).
+Blocks and projections come from the backbone registry (:mod:`dreamrelation.backbones.registry`).
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from dreamrelation.adapters.triplet import adapter_roles
+from dreamrelation.backbones.loading import load_pipeline
+from dreamrelation.backbones.registry import get_backbone, model_profile
 from dreamrelation.data.prepare import encode_prompts, encode_video
 from dreamrelation.errors import UserError
-from dreamrelation.models.adapters import adapter_roles
-from dreamrelation.models.backbones import get_backbone, model_profile
-from dreamrelation.models.loading import load_pipeline
-from dreamrelation.sampling.generate import generate_videos, load_adapter_choices, resolve_adapters
+from dreamrelation.inference.generate import generate_videos, load_adapter_choices, resolve_adapters
 from dreamrelation.utils.io import atomic_write_json
 from dreamrelation.utils.media import VIDEO_SUFFIXES, contact_sheet, read_video, save_png
 

@@ -25,6 +25,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from rich.console import Console
 
+from dreamrelation.backbones.loading import load_pipeline
+from dreamrelation.backbones.registry import TOY
 from dreamrelation.evaluation.report import (
     PairedDifference,
     format_interval,
@@ -45,8 +47,6 @@ from dreamrelation.evaluation.toy_study import (
     tracked_panel,
     train_and_generate,
 )
-from dreamrelation.models.backbones import TOY
-from dreamrelation.models.loading import load_pipeline
 from dreamrelation.toy import world
 from dreamrelation.utils.io import atomic_path, atomic_write_json
 from dreamrelation.utils.media import contact_sheet, save_png
@@ -181,7 +181,7 @@ def fingerprint(cfg: ToyBenchmarkConfig) -> dict:
     """The settings a unit's scores depend on (the bundle by content); other settings run it again."""
     keys = ("bundle", "num_exemplars", "exemplar_seed", "subjects", "seeds", "num_inference_steps")
     keys += ("guidance_scale", "train_steps", "batch_size", "lr", "warmup_steps", "rank")
-    return {**{k: getattr(cfg, k) for k in keys}, "bundle_digest": bundle_digest(toy_bundle_path(cfg.bundle))}
+    return {**{k: getattr(cfg, k) for k in keys}, "bundle_digest": bundle_digest(TOY.bundle_path(cfg.bundle))}
 
 
 def load_unit(cfg: ToyBenchmarkConfig, unit: Unit) -> dict | None:

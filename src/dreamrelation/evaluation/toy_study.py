@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dreamrelation.adapters.triplet import set_active_roles
+from dreamrelation.backbones.registry import get_backbone
 from dreamrelation.core.samples import TrainingSample
 from dreamrelation.data.mask_io import write_colour_masks
 from dreamrelation.data.prepare import null_prompt_for, prepare_samples
 from dreamrelation.evaluation.report import bootstrap_ci, wilson_interval
-from dreamrelation.models.adapters import set_active_roles
-from dreamrelation.models.backbones import get_backbone
-from dreamrelation.sampling.generate import video_geometry
+from dreamrelation.inference.generate import video_geometry
 from dreamrelation.toy import world
 from dreamrelation.toy.render import RenderedVideo, render_video
 from dreamrelation.toy.tracker import evaluate_video, track_subjects
@@ -190,7 +190,7 @@ def generate_jobs(
     """Generate every job with the adapters currently active in ``pipe``, ``batch_size`` jobs per call.
 
     Each job's initial noise comes from its own generator seeded with its seed, as in
-    :func:`~dreamrelation.sampling.generate.generate_videos`, so a video does not depend on the batch it
+    :func:`~dreamrelation.inference.generate.generate_videos`, so a video does not depend on the batch it
     is in (up to float rounding, within 1/255); batches are faster on the CPU (1.2-1.5x at 16, measured under load).
     """
     num_frames, height, width = video_geometry(pipe)

@@ -28,11 +28,11 @@ from rich.console import Console
 from rich.table import Table
 from tqdm.auto import tqdm
 
+from dreamrelation.backbones.loading import load_pipeline
+from dreamrelation.backbones.registry import TOY
 from dreamrelation.errors import UserError
 from dreamrelation.evaluation.report import markdown_table, wilson_interval, write_report
-from dreamrelation.models.backbones import TOY
-from dreamrelation.models.loading import load_pipeline
-from dreamrelation.sampling.generate import generate_videos, prepare_sampling
+from dreamrelation.inference.generate import generate_videos, prepare_sampling
 from dreamrelation.toy import world
 from dreamrelation.toy.tracker import (
     TrackResult,

@@ -216,7 +216,7 @@ def vae_report(vae) -> dict:
 @torch.no_grad()
 def vae_quality(vae, clips: torch.Tensor) -> dict:
     """L1 errors (pixels in [-1, 1]) of decode(analytic), decode(encode) and a per-clip mean-colour guess."""
-    from dreamrelation.models.backbones import get_backbone
+    from dreamrelation.backbones.registry import get_backbone
 
     target = analytic_latents(clips, get_backbone(vae).temporal_compression)
     moments = vae_moments(vae, clips)[:, :LATENT_CHANNELS]
@@ -389,7 +389,7 @@ def train_transformer(
     continues from it exactly (same weights and losses as an uninterrupted run).
     Returns ``(transformer, seconds, losses)``; ``text_encoder`` is trained in place.
     """
-    from dreamrelation.models.backbones import get_backbone
+    from dreamrelation.backbones.registry import get_backbone
     from dreamrelation.training.losses import flow_matching_inputs
 
     backbone = get_backbone(cfg.backbone.architecture)
@@ -513,7 +513,7 @@ def snapshot_bundle(out_dir: Path, cfg: PretrainConfig, work_dir: Path) -> Path:
 
 def _assemble(out_dir: Path, cfg: PretrainConfig, work: Path, tokenizer, stage: Path | None = None) -> Path:
     """Write the bundle from the work dir's VAE and the transformer stage in ``stage`` (default: ``work``)."""
-    from dreamrelation.models.backbones import get_backbone
+    from dreamrelation.backbones.registry import get_backbone
 
     arch = cfg.backbone.architecture
     stage = stage or work

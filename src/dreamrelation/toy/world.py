@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dreamrelation.backbones.registry import TOY
 from dreamrelation.errors import UserError
-from dreamrelation.models.backbones import TOY
 
 # registered with the toy models: 25 = 6k + 1 frames (the video VAE keeps frame 0 and every 6th after it)
 NUM_FRAMES, HEIGHT, WIDTH = TOY.default_geometry

@@ -90,7 +90,7 @@ class MemoryConfig:
       bf16) and the VAE (~0.8 GB) - are parked on the CPU while the adapters train and moved to the GPU only
       to generate validation samples (a few seconds of transfer per validation). It matters when training
       from raw videos with ``monitor.validate_every``; training from a prepared cache never loads them at
-      all (``dreamrelation.models.loading.load_transformer`` loads the transformer alone). The frozen
+      all (``dreamrelation.backbones.loading.load_transformer`` loads the transformer alone). The frozen
       transformer base itself is not offloaded: its PEFT adapters live inside the blocks and train there;
       ``fp8_base`` is the way to halve it.
     """

@@ -13,9 +13,9 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from dreamrelation.adapters.triplet import adapter_parameters
+from dreamrelation.backbones.registry import get_backbone
 from dreamrelation.errors import UserError
-from dreamrelation.models.adapters import adapter_parameters
-from dreamrelation.models.backbones import get_backbone
 from dreamrelation.training.config import OPTIMIZERS, SDPA_KERNELS, MemoryConfig, OptimConfig
 
 _FP8_FLAG = "_dreamrelation_fp8_base"

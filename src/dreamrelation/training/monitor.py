@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dreamrelation.adapters.triplet import set_active_roles
+from dreamrelation.backbones.registry import model_profile
 from dreamrelation.errors import UserError
-from dreamrelation.models.adapters import set_active_roles
-from dreamrelation.models.backbones import model_profile
-from dreamrelation.sampling.generate import generate_videos
+from dreamrelation.inference.generate import generate_videos
 from dreamrelation.training.config import TrainConfig
 from dreamrelation.training.memory import frozen_parts_on
 from dreamrelation.training.trainer import lr_at

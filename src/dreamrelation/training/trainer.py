@@ -34,10 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from dreamrelation.core.roles import HMT_CHOICES
-from dreamrelation.core.samples import TrainingSample
-from dreamrelation.errors import UserError
-from dreamrelation.models.adapters import (
+from dreamrelation.adapters.triplet import (
     adapter_parameters,
     adapter_roles,
     add_relation_adapters,
@@ -45,7 +42,10 @@ from dreamrelation.models.adapters import (
     save_adapters,
     set_active_roles,
 )
-from dreamrelation.models.backbones import get_backbone
+from dreamrelation.backbones.registry import get_backbone
+from dreamrelation.core.roles import HMT_CHOICES
+from dreamrelation.core.samples import TrainingSample
+from dreamrelation.errors import UserError
 from dreamrelation.training.config import OptimConfig, TrainConfig
 from dreamrelation.training.distributed import (
     GatheredContrastiveLoss,

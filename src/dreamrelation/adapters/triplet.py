@@ -1,7 +1,7 @@
 """The relation LoRA triplet (relation / subject1 / subject2 + always-on output LoRA) as PEFT named adapters.
 
 Each role is one PEFT LoRA adapter on the backbone's transformer (``MochiTransformer3DModel``,
-``WanTransformer3DModel``, see :mod:`dreamrelation.models.backbones`). A role lists projection kinds among
+``WanTransformer3DModel``, see :mod:`dreamrelation.backbones.registry`). A role lists projection kinds among
 {"q", "k", "v", "out"}; the same kind on the visual and the text stream are different modules, so each stream
 gets its own weights. Only the adapters made active by :func:`set_active_roles` are computed in a forward.
 """
@@ -24,8 +24,8 @@ from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from dreamrelation.backbones.registry import MOCHI, Backbone, get_backbone
 from dreamrelation.core.roles import PROJECTIONS, STREAMS, AdapterConfig
-from dreamrelation.models.backbones import MOCHI, Backbone, get_backbone
 from dreamrelation.utils.io import atomic_path
 
 METADATA_KEY = "dreamrelation_metadata"

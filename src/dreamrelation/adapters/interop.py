@@ -1,6 +1,6 @@
 """LoRA interoperability: import public DreamRelation / genmo fine-tuner checkpoints, export for ComfyUI / genmo.
 
-Our format is one diffusers-LoRA safetensors file per role (see :mod:`dreamrelation.models.adapters`): keys
+Our format is one diffusers-LoRA safetensors file per role (see :mod:`dreamrelation.adapters.triplet`): keys
 ``transformer.transformer_blocks.{i}.attn1.{module}.lora_A.weight`` (r x in) / ``lora_B.weight`` (out x r),
 the PEFT ``LoraConfig`` in the header (``lora_adapter_metadata``) and our own metadata beside it.
 
@@ -43,8 +43,8 @@ from peft import LoraConfig
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from dreamrelation.adapters.triplet import METADATA_KEY, role_of, write_adapter_file
 from dreamrelation.errors import UserError
-from dreamrelation.models.adapters import METADATA_KEY, role_of, write_adapter_file
 from dreamrelation.utils.io import atomic_path, atomic_write_json
 
 __all__ = [

@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dreamrelation.adapters.interop import check_adapter_file
+from dreamrelation.adapters.triplet import read_adapter_metadata, role_of
+from dreamrelation.backbones.loading import load_pipeline
+from dreamrelation.backbones.registry import get_backbone, model_dir, model_profile
 from dreamrelation.core.roles import PAPER_ROLES
 from dreamrelation.errors import UserError
-from dreamrelation.models.adapters import read_adapter_metadata, role_of
-from dreamrelation.models.backbones import get_backbone, model_dir, model_profile
-from dreamrelation.models.interop import check_adapter_file
-from dreamrelation.models.loading import load_pipeline
 from dreamrelation.utils.io import atomic_write_json
 from dreamrelation.utils.media import contact_sheet, save_png, write_gif, write_video
 
@@ -48,6 +48,12 @@ DTYPES = {
 }
 #: A CFG value of exactly 1 inside a schedule that uses CFG elsewhere is run as this (see `guidance_values`).
 CFG_ONE = 1.0 + 1e-6
+
+
+def video_geometry(pipe) -> tuple[int, int, int]:
+    """Default ``(num_frames, height, width)`` of a loaded pipeline: the toy world's (25 x 64 x 64) for a toy
+    model, else its backbone's (Mochi 61 x 480 x 848, Wan 81 x 480 x 832); see :func:`model_profile`."""
+    return model_profile(pipe).default_geometry
 
 
 def prepare_mochi_sampling(pipe) -> None:
@@ -156,7 +162,7 @@ def generate_videos(
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds must have equal length")
     values = guidance_values(guidance_schedule, num_inference_steps, guidance_scale)
-    default_frames, default_height, default_width = model_profile(pipe).default_geometry
+    default_frames, default_height, default_width = video_geometry(pipe)
     text_length = get_backbone(pipe).text_length(pipe)
     videos = []
     for prompt, seed in zip(prompts, seeds, strict=True):

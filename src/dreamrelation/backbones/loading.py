@@ -2,7 +2,7 @@
 
 Training from a prepared cache needs neither the text encoder (T5-XXL, ~9.5 GB in bf16) nor the VAE, so
 :func:`load_transformer` reads ``transformer/`` alone; the backbone comes from ``model_index.json``. An empty
-model argument means the shipped toy bundle (:func:`~dreamrelation.models.backbones.model_dir`).
+model argument means the shipped toy bundle (:func:`~dreamrelation.backbones.registry.model_dir`).
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from pathlib import Path
 
 import torch
 
-from dreamrelation.errors import UserError
-from dreamrelation.models.backbones import (
+from dreamrelation.backbones.registry import (
     TOY,
     Backbone,
     backbone_of_model_dir,
     model_dir,
     text_length_of_model_dir,
 )
+from dreamrelation.errors import UserError
 
 
 def model_backbone_dir(model: str | os.PathLike | None) -> tuple[Path, Backbone]:
@@ -40,7 +40,7 @@ def load_pipeline(
     ``WanPipeline``; default: the shipped toy bundle).
 
     ``pipe.prompt_length`` is the text length the transformer reads
-    (:func:`~dreamrelation.models.backbones.text_length_of_model_dir`). ``device=None`` leaves it on the CPU
+    (:func:`~dreamrelation.backbones.registry.text_length_of_model_dir`). ``device=None`` leaves it on the CPU
     without moving (for CPU offloading).
     """
     path = model_dir(path)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import typer
 
+from dreamrelation.adapters.interop import ExportResult, ImportResult, export_adapters, import_checkpoint
+from dreamrelation.backbones.registry import model_dir
 from dreamrelation.errors import UserError
-from dreamrelation.models.backbones import model_dir
-from dreamrelation.models.interop import ExportResult, ImportResult, export_adapters, import_checkpoint
-from dreamrelation.sampling.generate import GenerationConfig, GenerationResult, generate_to_folder
+from dreamrelation.inference.generate import GenerationConfig, GenerationResult, generate_to_folder
 
 
 def parse_roles(specs: Sequence[str] | None) -> dict[str, float] | None:

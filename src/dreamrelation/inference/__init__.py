@@ -1,0 +1,1 @@
+"""Generation: sampler setup, GenerationConfig, outputs with sidecars (generate), CLI bodies (run)."""
