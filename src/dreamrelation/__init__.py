@@ -1,3 +1,3 @@
-"""DreamRelation: relation-centric video customization on Mochi-architecture video diffusion transformers."""
+"""DreamRelation: relation-centric video customization on Mochi 1 and Wan 2.1 video diffusion transformers."""
 
 __version__ = "0.1.0"

@@ -16,11 +16,11 @@ from dreamrelation.errors import UserError
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="Relation-centric video customization (DreamRelation) on Mochi-architecture video models.\n\n"
+    help="Relation-centric video customization (DreamRelation) on Mochi 1 and Wan 2.1 video models.\n\n"
     "Start with `dreamrelation demo`: it learns a relation from toy exemplar videos and generates new "
     "subjects doing it, on a CPU in minutes.",
 )
-toy_app = typer.Typer(no_args_is_help=True, help="The toy world: rendered relation videos and a small Mochi.")
+toy_app = typer.Typer(no_args_is_help=True, help="The toy world: rendered relation videos and small Mochi / Wan backbones.")
 app.add_typer(toy_app, name="toy")
 data_app = typer.Typer(no_args_is_help=True, help="Data sets: select exemplar videos from local downloads.")
 app.add_typer(data_app, name="data")

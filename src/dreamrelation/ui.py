@@ -153,7 +153,7 @@ def model_defaults(model: str | os.PathLike | None) -> tuple[int, float]:
 class PipelineCache:
     """Loaded pipelines keyed by resolved model path, least recently used dropped beyond ``max_models``.
 
-    The default of one model keeps memory bounded (a real Mochi pipeline is tens of GB); :attr:`lock`
+    The default of one model keeps memory bounded (a real Mochi or Wan pipeline is tens of GB); :attr:`lock`
     serialises generations, which load adapters onto the shared pipeline.
     """
 
@@ -646,11 +646,11 @@ def build_app(
         return sheet, [(_servable(v), v.name) for v in s.videos]
 
     with gr.Blocks(title="DreamRelation") as app:
-        gr.Markdown("## DreamRelation: relation adapters on Mochi-architecture video models")
+        gr.Markdown("## DreamRelation: relation adapters on Mochi 1 and Wan 2.1 video models")
         with gr.Tab("Generate"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    model = gr.Textbox(model0, label="Model directory (diffusers Mochi; default: toy bundle)")
+                    model = gr.Textbox(model0, label="Model directory (diffusers Mochi or Wan; default: toy bundle)")
                     adapters = gr.Textbox(
                         run0, label="Adapters folder or training run folder (empty: bare model)"
                     )

@@ -35,7 +35,7 @@ def target_regex(kinds: Sequence[str], streams: Sequence[str], backbone: Backbon
     """Anchored regex matching the attention projections of ``kinds`` on ``streams`` in every block.
 
     PEFT applies a string ``target_modules`` with ``re.fullmatch``; the explicit anchors keep it exact anywhere.
-    The module names come from ``backbone`` (default Mochi).
+    The module names come from ``backbone`` (Mochi 1 or Wan 2.1; default Mochi).
     """
     bad = [k for k in kinds if k not in PROJECTIONS] + [s for s in streams if s not in STREAMS]
     if bad or not kinds or not streams:

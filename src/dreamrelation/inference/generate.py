@@ -1,4 +1,5 @@
-"""Sampling: load a pipeline (a toy bundle, Mochi 1 or Wan 2.1), pick adapters, generate.
+"""Generation: set a pipeline (a toy bundle, Mochi 1 or Wan 2.1) up to sample as its release does, pick
+adapters, generate, write outputs with sidecars (:class:`GenerationConfig`, :func:`generate_to_folder`).
 
 Each backbone samples as its release does (:func:`prepare_sampling`), with classifier-free guidance
 (optionally a per-step schedule, applied through ``callback_on_step_end``):
