@@ -542,30 +542,14 @@ def _import_gradio():
     return gr
 
 
-def build_app(
-    default_model: str | os.PathLike | None = None,
-    default_run: str | os.PathLike | None = None,
-    out_dir: str | os.PathLike = DEFAULT_OUT,
-    cache: PipelineCache | None = None,
-) -> gr.Blocks:
-    """The two-tab Gradio app. API endpoints: ``/generate``, ``/load_run`` and ``/show_step``."""
-    gr = _import_gradio()
-    from dreamrelation.backbones.registry import model_dir
+class _Callbacks:
+    """The app's event handlers (Gradio errors for user errors), sharing the pipeline cache."""
 
-    for name, path in (("model", default_model), ("run folder", default_run)):
-        if path and not Path(path).is_dir():
-            raise UserError(f"{name} not found: {path}")
-    cache = cache or PipelineCache()
-    out_root = Path(out_dir)
-    model0 = str(model_dir(default_model))
-    run0 = str(default_run or "")
-    steps0, guidance0 = model_defaults(model0)
-    try:
-        roles0, active0 = adapter_roles_in(run0) if run0 else ([], [])
-    except UserError:
-        roles0, active0 = [], []
+    def __init__(self, gr: Any, cache: PipelineCache, out_root: Path) -> None:
+        self.gr, self.cache, self.out_root = gr, cache, out_root
 
-    def slot_updates(roles: Sequence[str], active: Sequence[str]) -> list:
+    def slot_updates(self, roles: Sequence[str], active: Sequence[str]) -> list:
+        gr = self.gr
         checks = [
             gr.update(
                 visible=i < len(roles),
@@ -577,27 +561,29 @@ def build_app(
         sliders = [gr.update(visible=i < len(roles), value=1.0) for i in range(MAX_ROLE_SLOTS)]
         return checks + sliders
 
-    def scan_adapters(adapters: str) -> list:
+    def scan_adapters(self, adapters: str) -> list:
         try:
             roles, active = adapter_roles_in(adapters)
         except UserError as exc:
-            raise gr.Error(str(exc)) from exc
+            raise self.gr.Error(str(exc)) from exc
         roles = roles[:MAX_ROLE_SLOTS]
         spec = role_spec(roles, [r in active for r in roles], [1.0] * len(roles)) if roles else ""
-        return [roles, spec, *slot_updates(roles, active)]
+        return [roles, spec, *self.slot_updates(roles, active)]
 
+    @staticmethod
     def spec_from_slots(roles: list[str], *values: Any) -> str:
         active, strengths = values[:MAX_ROLE_SLOTS], values[MAX_ROLE_SLOTS:]
         return role_spec(roles or [], active, strengths) if roles else ""
 
+    @staticmethod
     def on_model(model: str) -> tuple[int, float]:
         return model_defaults(model)
 
     def generate(
-        model: str, adapters: str, roles: str, prompt: str, seed: float, steps: float, guidance: float
+        self, model: str, adapters: str, roles: str, prompt: str, seed: float, steps: float, guidance: float
     ) -> tuple[str, dict, str]:
         try:
-            loaded = model in cache
+            loaded = model in self.cache
             made = generate_one(
                 prompt,
                 model=model or None,
@@ -606,11 +592,11 @@ def build_app(
                 seed=int(seed),
                 steps=int(steps),
                 guidance=float(guidance),
-                out_dir=out_root,
-                cache=cache,
+                out_dir=self.out_root,
+                cache=self.cache,
             )
         except UserError as exc:
-            raise gr.Error(str(exc)) from exc
+            raise self.gr.Error(str(exc)) from exc
         active = (
             ", ".join(f"{a['role']}={a['scale']:g}" for a in made.info["adapters"]) or "none (bare model)"
         )
@@ -620,7 +606,8 @@ def build_app(
         )
         return _servable(made.video), made.info, note
 
-    def load_run(run: str) -> tuple[Any, str, Any, list]:
+    def load_run(self, run: str) -> tuple[Any, str, Any, list]:
+        gr = self.gr
         path = Path(str(run).strip()).expanduser()
         if not str(run).strip() or not path.is_dir():
             raise gr.Error(f"run folder not found: {run!r}")
@@ -636,6 +623,7 @@ def build_app(
         picked = gr.update(choices=choices, value=choices[-1] if choices else None)
         return curve, run_summary(path), picked, sheets
 
+    @staticmethod
     def show_step(run: str, step: str | None) -> tuple[str | None, list]:
         path = Path(str(run).strip()).expanduser()
         match = [s for s in list_validation_steps(path) if str(s.step) == str(step)]
@@ -645,80 +633,128 @@ def build_app(
         sheet = _servable(s.contact_sheet) if s.contact_sheet else None
         return sheet, [(_servable(v), v.name) for v in s.videos]
 
+
+@dataclass
+class _Start:
+    """What the app shows when it opens."""
+
+    model: str
+    run: str
+    roles: list[str]
+    active: list[str]
+    steps: int
+    guidance: float
+
+
+def _role_slots(gr: Any, start: _Start) -> tuple[list, list]:
+    """One checkbox and strength slider per role slot (hidden beyond the run's roles)."""
+    checks, sliders = [], []
+    for i in range(MAX_ROLE_SLOTS):
+        with gr.Row():
+            name = start.roles[i] if i < len(start.roles) else ""
+            checks.append(gr.Checkbox(name in start.active, label=name, visible=bool(name), scale=1))
+            sliders.append(gr.Slider(0.0, 2.0, 1.0, step=0.05, label="strength", visible=bool(name), scale=3))
+    return checks, sliders
+
+
+def _generate_tab(gr: Any, cb: _Callbacks, start: _Start) -> tuple[Any, list]:
+    """The Generate tab and its events; returns the adapters box and what a scan updates."""
+    with gr.Row():
+        with gr.Column(scale=1):
+            model = gr.Textbox(
+                start.model, label="Model directory (diffusers Mochi or Wan; default: toy bundle)"
+            )
+            adapters = gr.Textbox(
+                start.run, label="Adapters folder or training run folder (empty: bare model)"
+            )
+            scan = gr.Button("Scan adapters", size="sm")
+            role_names = gr.State(start.roles[:MAX_ROLE_SLOTS])
+            checks, sliders = _role_slots(gr, start)
+            spec = role_spec(start.roles, [r in start.active for r in start.roles], [1.0] * len(start.roles))
+            roles = gr.Textbox(
+                spec if start.roles else "",
+                label="Active roles (role=strength, ...; 'none' = bare model; empty = the folder's default)",
+            )
+            prompt = gr.Textbox("A red circle is high-fiving a blue square.", label="Prompt", lines=2)
+            with gr.Row():
+                seed = gr.Number(0, label="Seed", precision=0)
+                steps = gr.Slider(1, 128, start.steps, step=1, label="Steps")
+                guidance = gr.Slider(1.0, 12.0, start.guidance, step=0.1, label="CFG")
+            go = gr.Button("Generate", variant="primary")
+        with gr.Column(scale=1):
+            video = gr.Video(label="Video", autoplay=True, loop=True)
+            status = gr.Markdown()
+            sidecar = gr.JSON(label="Sidecar (JSON)")
+    scan_outputs = [role_names, roles, *checks, *sliders]
+    scan.click(cb.scan_adapters, adapters, scan_outputs, api_visibility="private")
+    adapters.submit(cb.scan_adapters, adapters, scan_outputs, api_visibility="private")
+    for widget in (*checks, *sliders):
+        widget.input(  # user edits only, not the updates made by a scan
+            cb.spec_from_slots, [role_names, *checks, *sliders], roles, api_visibility="private"
+        )
+    model.submit(cb.on_model, model, [steps, guidance], api_visibility="private")
+    go.click(
+        cb.generate,
+        [model, adapters, roles, prompt, seed, steps, guidance],
+        [video, sidecar, status],
+        api_name="generate",
+    )
+    return adapters, scan_outputs
+
+
+def _run_tab(gr: Any, cb: _Callbacks, start: _Start, adapters: Any, scan_outputs: list) -> tuple[Any, list]:
+    """The Training run tab and its events; returns the run box and what loading a run updates."""
+    with gr.Row():
+        run = gr.Textbox(start.run, label="Run folder (from `dreamrelation train`)", scale=4)
+        load = gr.Button("Load", variant="primary", scale=1)
+        use = gr.Button("Use its adapters in Generate", scale=1)
+    with gr.Row():
+        curve = gr.Image(label="Loss", type="pil", format="png", interactive=False)
+        summary = gr.Markdown()
+    sheets = gr.Gallery(label="Validation contact sheets", columns=3, height="auto")
+    with gr.Row():
+        step = gr.Dropdown([], label="Validation step", interactive=True, scale=1)
+        sheet = gr.Image(label="Contact sheet", type="filepath", interactive=False, scale=3)
+    videos = gr.Gallery(label="Validation videos", columns=4, height="auto")
+    loaded = [curve, summary, step, sheets]
+    load.click(cb.load_run, run, loaded, api_name="load_run")
+    run.submit(cb.load_run, run, loaded, api_visibility="private")
+    step.change(cb.show_step, [run, step], [sheet, videos], api_name="show_step")
+    use.click(lambda r: r, run, adapters, api_visibility="private").then(
+        cb.scan_adapters, adapters, scan_outputs, api_visibility="private"
+    )
+    return run, loaded
+
+
+def build_app(
+    default_model: str | os.PathLike | None = None,
+    default_run: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike = DEFAULT_OUT,
+    cache: PipelineCache | None = None,
+) -> gr.Blocks:
+    """The two-tab Gradio app. API endpoints: ``/generate``, ``/load_run`` and ``/show_step``."""
+    gr = _import_gradio()
+    from dreamrelation.backbones.registry import model_dir
+
+    for name, path in (("model", default_model), ("run folder", default_run)):
+        if path and not Path(path).is_dir():
+            raise UserError(f"{name} not found: {path}")
+    model0 = str(model_dir(default_model))
+    run0 = str(default_run or "")
+    try:
+        roles0, active0 = adapter_roles_in(run0) if run0 else ([], [])
+    except UserError:
+        roles0, active0 = [], []
+    start = _Start(model0, run0, list(roles0), list(active0), *model_defaults(model0))
+    cb = _Callbacks(gr, cache or PipelineCache(), Path(out_dir))
     with gr.Blocks(title="DreamRelation") as app:
         gr.Markdown("## DreamRelation: relation adapters on Mochi 1 and Wan 2.1 video models")
         with gr.Tab("Generate"):
-            with gr.Row():
-                with gr.Column(scale=1):
-                    model = gr.Textbox(model0, label="Model directory (diffusers Mochi or Wan; default: toy bundle)")
-                    adapters = gr.Textbox(
-                        run0, label="Adapters folder or training run folder (empty: bare model)"
-                    )
-                    scan = gr.Button("Scan adapters", size="sm")
-                    role_names = gr.State(roles0[:MAX_ROLE_SLOTS])
-                    checks, sliders = [], []
-                    for i in range(MAX_ROLE_SLOTS):
-                        with gr.Row():
-                            name = roles0[i] if i < len(roles0) else ""
-                            checks.append(
-                                gr.Checkbox(name in active0, label=name, visible=bool(name), scale=1)
-                            )
-                            sliders.append(
-                                gr.Slider(
-                                    0.0, 2.0, 1.0, step=0.05, label="strength", visible=bool(name), scale=3
-                                )
-                            )
-                    roles = gr.Textbox(
-                        role_spec(roles0, [r in active0 for r in roles0], [1.0] * len(roles0))
-                        if roles0
-                        else "",
-                        label="Active roles (role=strength, ...; 'none' = bare model; empty = the folder's default)",
-                    )
-                    prompt = gr.Textbox("A red circle is high-fiving a blue square.", label="Prompt", lines=2)
-                    with gr.Row():
-                        seed = gr.Number(0, label="Seed", precision=0)
-                        steps = gr.Slider(1, 128, steps0, step=1, label="Steps")
-                        guidance = gr.Slider(1.0, 12.0, guidance0, step=0.1, label="CFG")
-                    go = gr.Button("Generate", variant="primary")
-                with gr.Column(scale=1):
-                    video = gr.Video(label="Video", autoplay=True, loop=True)
-                    status = gr.Markdown()
-                    sidecar = gr.JSON(label="Sidecar (JSON)")
-            scan_outputs = [role_names, roles, *checks, *sliders]
-            scan.click(scan_adapters, adapters, scan_outputs, api_visibility="private")
-            adapters.submit(scan_adapters, adapters, scan_outputs, api_visibility="private")
-            for widget in (*checks, *sliders):
-                widget.input(  # user edits only, not the updates made by a scan
-                    spec_from_slots, [role_names, *checks, *sliders], roles, api_visibility="private"
-                )
-            model.submit(on_model, model, [steps, guidance], api_visibility="private")
-            go.click(
-                generate,
-                [model, adapters, roles, prompt, seed, steps, guidance],
-                [video, sidecar, status],
-                api_name="generate",
-            )
+            adapters, scan_outputs = _generate_tab(gr, cb, start)
         with gr.Tab("Training run"):
-            with gr.Row():
-                run = gr.Textbox(run0, label="Run folder (from `dreamrelation train`)", scale=4)
-                load = gr.Button("Load", variant="primary", scale=1)
-                use = gr.Button("Use its adapters in Generate", scale=1)
-            with gr.Row():
-                curve = gr.Image(label="Loss", type="pil", format="png", interactive=False)
-                summary = gr.Markdown()
-            sheets = gr.Gallery(label="Validation contact sheets", columns=3, height="auto")
-            with gr.Row():
-                step = gr.Dropdown([], label="Validation step", interactive=True, scale=1)
-                sheet = gr.Image(label="Contact sheet", type="filepath", interactive=False, scale=3)
-            videos = gr.Gallery(label="Validation videos", columns=4, height="auto")
-            load.click(load_run, run, [curve, summary, step, sheets], api_name="load_run")
-            run.submit(load_run, run, [curve, summary, step, sheets], api_visibility="private")
-            step.change(show_step, [run, step], [sheet, videos], api_name="show_step")
-            use.click(lambda r: r, run, adapters, api_visibility="private").then(
-                scan_adapters, adapters, scan_outputs, api_visibility="private"
-            )
+            run, loaded = _run_tab(gr, cb, start, adapters, scan_outputs)
         if run0:
-            app.load(load_run, run, [curve, summary, step, sheets], api_visibility="private")
+            app.load(cb.load_run, run, loaded, api_visibility="private")
     return app
 
 
