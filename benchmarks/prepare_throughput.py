@@ -29,7 +29,7 @@ import torch
 
 from dreamrelation.backbones.loading import load_pipeline
 from dreamrelation.data.mask_io import write_colour_masks
-from dreamrelation.data.prepare_folder import load_prepared, prepare_folder, read_example
+from dreamrelation.data.prepare_folder import PrepareConfig, load_prepared, prepare_folder, read_example
 from dreamrelation.toy import world
 from dreamrelation.toy.backbone import (
     ToyBackboneConfig,
@@ -81,15 +81,15 @@ def bench_prepare(src: Path, out: Path, bundle: Path, n: int) -> dict:
     """First run, decode-only pass and up-to-date re-run of one folder."""
     pipe = load_pipeline(bundle)
     t = time.perf_counter()
-    report = prepare_folder(src, out, pipe, **GEOMETRY, progress=False)
+    report = prepare_folder(src, out, pipe, PrepareConfig(**GEOMETRY), progress=False)
     first = time.perf_counter() - t
     assert report.ok and len(report.prepared) == n, report.problems
     t = time.perf_counter()
     for i in range(n):
-        read_example(src, f"v{i:03d}", **GEOMETRY)
+        read_example(src, f"v{i:03d}", PrepareConfig(**GEOMETRY))
     decode = time.perf_counter() - t
     t = time.perf_counter()
-    again = prepare_folder(src, out, bundle, **GEOMETRY, progress=False)
+    again = prepare_folder(src, out, bundle, PrepareConfig(**GEOMETRY), progress=False)
     rerun = time.perf_counter() - t
     assert len(again.skipped) == n
     frames = n * GEOMETRY["num_frames"]

@@ -15,7 +15,7 @@ from PIL import Image
 from dreamrelation.backbones.loading import load_pipeline
 from dreamrelation.data.latent_masks import latent_masks
 from dreamrelation.data.mask_io import write_colour_masks
-from dreamrelation.data.prepare_folder import load_prepared, prepare_folder, read_example
+from dreamrelation.data.prepare_folder import PrepareConfig, load_prepared, prepare_folder, read_example
 from dreamrelation.errors import UserError
 from dreamrelation.toy.render import RenderedVideo, render_video
 from dreamrelation.toy.world import sample_video_spec
@@ -69,7 +69,7 @@ def _write(
 def test_mask_formats_read_back_aligned(tmp_path, fmt):
     video = _toy(1)
     _write(tmp_path, "clip", video, fmt, scale=4)  # 256x256 on disk, prepared at 64x64
-    frames, masks, chosen = read_example(tmp_path, "clip", **TOY)
+    frames, masks, chosen = read_example(tmp_path, "clip", PrepareConfig(**TOY))
     assert frames.shape == (25, 64, 64, 3) and masks.shape == (2, 25, 64, 64) and chosen == list(range(25))
     agreement = (masks == video.masks).mean()
     assert agreement == 1.0 if fmt in ("colour", "binary") else agreement > 0.995
@@ -89,7 +89,9 @@ def test_crop_and_pad_keep_masks_on_their_pixels(tmp_path):
     # pad: 2x upscale (128x128) into a 64x128 frame -> 64x64 in the middle, 32 black columns either side
     _write(tmp_path, "square", video, "binary", scale=2)
 
-    frames, masks, _ = read_example(tmp_path, "wide", **TOY, subjects={"subject1": RED, "subject2": GREEN})
+    frames, masks, _ = read_example(
+        tmp_path, "wide", PrepareConfig(**TOY, subjects={"subject1": RED, "subject2": GREEN})
+    )
     assert (masks == video.masks).all()
     assert np.abs(frames.astype(int) - video.frames).mean() < 4
     for k, subject in enumerate(video.spec.subjects):  # the subject's colour is where its mask says
@@ -97,7 +99,7 @@ def test_crop_and_pad_keep_masks_on_their_pixels(tmp_path):
         assert np.abs(inside - subject.rgb).max() < 25
 
     frames, masks, _ = read_example(
-        tmp_path, "square", num_frames=25, height=64, width=128, fps=8, resize="pad"
+        tmp_path, "square", PrepareConfig(num_frames=25, height=64, width=128, fps=8, resize="pad")
     )
     assert (
         (masks[..., 32:96] == video.masks).all() and not masks[..., :32].any() and not masks[..., 96:].any()
@@ -113,17 +115,17 @@ def test_masks_resampled_to_the_video_timeline_or_rejected(tmp_path):
     write_video(tmp_path / "a.mp4", video.frames, fps=8, scale=1)
     twice = np.repeat(upscale_nearest(video.masks[..., None], 2)[..., 0], 2, axis=1)  # 50 frames, 128x128
     write_colour_masks(tmp_path / "masks" / "a", twice)
-    _, masks, _ = read_example(tmp_path, "a", **TOY)
+    _, masks, _ = read_example(tmp_path, "a", PrepareConfig(**TOY))
     assert (masks == video.masks).all()
 
     write_video(tmp_path / "b.mp4", video.frames, fps=8, scale=1)
     write_colour_masks(tmp_path / "masks" / "b", np.repeat(video.masks, 5, axis=1))  # 125 frames
     with pytest.raises(Exception, match=r"masks[/\\]b: 125 mask frames for a video of 25 frames"):
-        read_example(tmp_path, "b", **TOY)
+        read_example(tmp_path, "b", PrepareConfig(**TOY))
     write_video(tmp_path / "c.mp4", video.frames, fps=8, scale=1)
     write_colour_masks(tmp_path / "masks" / "c", video.masks[:, :, :, :40])
     with pytest.raises(Exception, match="another aspect ratio"):
-        read_example(tmp_path, "c", **TOY)
+        read_example(tmp_path, "c", PrepareConfig(**TOY))
 
 
 def _squares_video(path: Path, n: int = 75, fps: int = 30, h: int = 96, w: int = 160) -> np.ndarray:
@@ -153,7 +155,11 @@ def test_real_video_with_fps_resampling(tmp_path, tiny_bundle):
         _binary_pngs(tmp_path / "masks" / "squares" / f"subject{k + 1}", masks[k])
     out = tmp_path / "out"
     report = prepare_folder(
-        tmp_path, out, tiny_bundle, num_frames=25, height=64, width=64, fps=11, start=0.1, progress=False
+        tmp_path,
+        out,
+        tiny_bundle,
+        PrepareConfig(num_frames=25, height=64, width=64, fps=11, start=0.1),
+        progress=False,
     )
     assert report.ok and report.prepared == ["squares"], report.problems
     entry = json.loads((out / "manifest.json").read_text())["videos"]["squares"]
@@ -162,7 +168,7 @@ def test_real_video_with_fps_resampling(tmp_path, tiny_bundle):
     assert sample.latents.shape == (12, 5, 8, 8) and sample.masks.shape == (2, 5, 8, 8)
     assert sample.latent_logvar.shape == sample.latents.shape and sample.prompt_mask.any()
     frames, pixel_masks, chosen = read_example(
-        tmp_path, "squares", num_frames=25, height=64, width=64, fps=11, start=0.1
+        tmp_path, "squares", PrepareConfig(num_frames=25, height=64, width=64, fps=11, start=0.1)
     )
     assert chosen == entry["source_frames"]
     assert torch.equal(sample.masks, latent_masks(torch.from_numpy(pixel_masks)))
@@ -175,18 +181,18 @@ def test_rerun_skips_up_to_date_and_redoes_changed(tmp_path, tiny_bundle):
     src, out = tmp_path / "src", tmp_path / "out"
     for i in range(3):
         _write(src, f"v{i}", _toy(10 + i))
-    first = prepare_folder(src, out, tiny_bundle, **TOY, preview=True, progress=False)
+    first = prepare_folder(src, out, tiny_bundle, PrepareConfig(**TOY, preview=True), progress=False)
     assert first.ok and first.prepared == ["v0", "v1", "v2"] and first.frames == 75
     assert all((out / "previews" / f"v{i}.png").is_file() for i in range(3))
     samples = load_prepared(out)
     assert [s.name for s in samples] == ["v0", "v1", "v2"] and samples[0].prompt_embeds.ndim == 2
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "samples").iterdir()}
 
-    second = prepare_folder(src, out, tiny_bundle, **TOY, progress=False)
+    second = prepare_folder(src, out, tiny_bundle, PrepareConfig(**TOY), progress=False)
     assert second.prepared == [] and second.skipped == ["v0", "v1", "v2"]
 
     (src / "v1.txt").write_text("A red star is passing a blue circle.\n")
-    third = prepare_folder(src, out, tiny_bundle, **TOY, progress=False)
+    third = prepare_folder(src, out, tiny_bundle, PrepareConfig(**TOY), progress=False)
     assert third.prepared == ["v1"] and third.skipped == ["v0", "v2"]
     assert {p.name: p.stat().st_mtime_ns for p in (out / "samples").iterdir()}["v0.safetensors"] == stamps[
         "v0.safetensors"
@@ -196,7 +202,9 @@ def test_rerun_skips_up_to_date_and_redoes_changed(tmp_path, tiny_bundle):
 
     (src / "v2.txt").touch()  # same content: hashes decide, so nothing to redo
     (src / "v0.mp4").unlink()  # a removed video leaves the manifest and its sample is deleted
-    fourth = prepare_folder(src, out, tiny_bundle, **TOY, resize="pad", progress=False)  # new settings
+    fourth = prepare_folder(
+        src, out, tiny_bundle, PrepareConfig(**TOY, resize="pad"), progress=False
+    )  # new settings
     assert fourth.prepared == ["v1", "v2"] and not (out / "samples" / "v0.safetensors").exists()
     assert [s.name for s in load_prepared(out)] == ["v1", "v2"]
     with pytest.raises(UserError, match="run `dreamrelation prepare`"):
@@ -213,7 +221,11 @@ def test_large_frames_encode_tiled_and_gif_input(tmp_path, tiny_bundle):
     encode = pipe.vae.encode
     pipe.vae.encode = lambda x: seen.append((pipe.vae.use_tiling, tuple(x.shape))) or encode(x)
     report = prepare_folder(
-        tmp_path, tmp_path / "out", pipe, num_frames=7, height=272, width=272, fps=8, progress=False
+        tmp_path,
+        tmp_path / "out",
+        pipe,
+        PrepareConfig(num_frames=7, height=272, width=272, fps=8),
+        progress=False,
     )
     assert report.ok, report.problems
     assert seen == [(True, (1, 3, 7, 272, 272))] and not pipe.vae.use_tiling
@@ -230,13 +242,13 @@ def test_captions_from_argument_or_template(tmp_path, tiny_bundle):
         json.dumps({**json.loads(meta.read_text()), "subject1_name": "cat", "subject2_name": "dog"})
     )
 
-    missing = prepare_folder(src, tmp_path / "a", tiny_bundle, **TOY, progress=False)
+    missing = prepare_folder(src, tmp_path / "a", tiny_bundle, PrepareConfig(**TOY), progress=False)
     assert sorted(missing.problems) == [
         f"{src / name}.txt: missing caption file; write one line describing the video."
         for name in ("v0", "v1")
     ]
     given = prepare_folder(
-        src, tmp_path / "b", tiny_bundle, **TOY, caption="A cat is near a dog.", progress=False
+        src, tmp_path / "b", tiny_bundle, PrepareConfig(**TOY, caption="A cat is near a dog."), progress=False
     )
     assert given.ok and len(given.prepared) == 2
     # a loaded pipeline (transformer included) encodes exactly like a model path (VAE + T5 only)
@@ -244,8 +256,7 @@ def test_captions_from_argument_or_template(tmp_path, tiny_bundle):
         src,
         tmp_path / "b2",
         load_pipeline(tiny_bundle),
-        **TOY,
-        caption="A cat is near a dog.",
+        PrepareConfig(**TOY, caption="A cat is near a dog."),
         progress=False,
     )
     for a, b in zip(load_prepared(tmp_path / "b"), load_prepared(tmp_path / "b2"), strict=True):
@@ -255,9 +266,11 @@ def test_captions_from_argument_or_template(tmp_path, tiny_bundle):
         src,
         tmp_path / "c",
         tiny_bundle,
-        **TOY,
-        caption_template="A {subject1} is with a {subject2}.",
-        subjects={"subject1_name": "fox", "subject2_name": "owl"},
+        PrepareConfig(
+            **TOY,
+            caption_template="A {subject1} is with a {subject2}.",
+            subjects={"subject1_name": "fox", "subject2_name": "owl"},
+        ),
         progress=False,
     )
     assert templ.ok
@@ -297,7 +310,7 @@ def test_bad_inputs_each_get_one_clear_line(tmp_path, tiny_bundle):
             )
     shutil.rmtree(src / "masks" / "nomask")
 
-    report = prepare_folder(src, out, tiny_bundle, **TOY, progress=False)
+    report = prepare_folder(src, out, tiny_bundle, PrepareConfig(**TOY), progress=False)
     assert report.prepared == ["good"] and not report.ok
     problems = report.problems
     assert all("\n" not in p for p in problems) and len(problems) == 9, problems

@@ -20,7 +20,13 @@ from dreamrelation.backbones.loading import load_pipeline
 from dreamrelation.backbones.registry import TOY, WAN, model_profile
 from dreamrelation.core.samples import TrainingSample
 from dreamrelation.data.prepare import null_prompt_for
-from dreamrelation.data.prepare_folder import load_null_prompt, load_prepared, prepare_folder, read_example
+from dreamrelation.data.prepare_folder import (
+    PrepareConfig,
+    load_null_prompt,
+    load_prepared,
+    prepare_folder,
+    read_example,
+)
 from dreamrelation.errors import UserError
 from dreamrelation.evaluation.toy_study import write_exemplar_videos
 from dreamrelation.inference.generate import GenerationConfig, generate_to_folder, generate_videos
@@ -167,7 +173,8 @@ def test_a_wan_release_directory_gets_wan_defaults(tiny_wan_bundle: Path, tmp_pa
     assert profile.sampling_defaults == (50, 5.0, 16.0) and profile.default_geometry == (81, 480, 832)
     assert WAN.text_length(pipe) == 512
     assert (
-        model_defaults(str(release)) == (50, 5.0) and model_defaults(str(tiny_wan_bundle)) == TOY.sampling_defaults[:2]
+        model_defaults(str(release)) == (50, 5.0)
+        and model_defaults(str(tiny_wan_bundle)) == TOY.sampling_defaults[:2]
     )
 
 
@@ -177,12 +184,18 @@ def test_prepare_encodes_with_the_wan_vae_masks_and_prompt_encoding(
     src = tmp_path / "exemplars"
     write_exemplar_videos("high_fiving", 2, 0, src)
     report = prepare_folder(
-        src, tmp_path / "cache", tiny_wan_bundle, num_frames=25, height=64, width=64, progress=False
+        src,
+        tmp_path / "cache",
+        tiny_wan_bundle,
+        PrepareConfig(num_frames=25, height=64, width=64),
+        progress=False,
     )
     assert report.ok and len(report.prepared) == 2
     pipe = load_pipeline(tiny_wan_bundle)
     for sample in load_prepared(tmp_path / "cache"):
-        frames, masks, _ = read_example(src, sample.name, num_frames=25, height=64, width=64, backbone="wan")
+        frames, masks, _ = read_example(
+            src, sample.name, PrepareConfig(num_frames=25, height=64, width=64), backbone="wan"
+        )
         assert sample.latents.shape == (12, 7, 8, 8) and sample.masks.shape == (2, 7, 8, 8)
         video = torch.from_numpy(frames).float().div(127.5).sub(1).permute(3, 0, 1, 2)[None]
         with torch.no_grad():
@@ -202,7 +215,11 @@ def test_prepare_encodes_with_the_wan_vae_masks_and_prompt_encoding(
         assert torch.allclose(trained, sampled[0], atol=1e-5)
     with pytest.raises(UserError, match="4k\\+1"):
         prepare_folder(
-            src, tmp_path / "bad", tiny_wan_bundle, num_frames=23, height=64, width=64, progress=False
+            src,
+            tmp_path / "bad",
+            tiny_wan_bundle,
+            PrepareConfig(num_frames=23, height=64, width=64),
+            progress=False,
         )
     # a dropped caption becomes WanPipeline's encoded empty prompt, kept in the cache for training
     null = load_null_prompt(tmp_path / "cache")
@@ -242,9 +259,11 @@ def test_dropped_captions_become_the_samplers_unconditional_input(
     # a Mochi prepare into a cache that held Wan samples removes the Wan null prompt with them
     src, cache = tmp_path / "exemplars", tmp_path / "cache"
     write_exemplar_videos("high_fiving", 1, 0, src)
-    prepare_folder(src, cache, tiny_wan_bundle, num_frames=25, height=64, width=64, progress=False)
+    prepare_folder(
+        src, cache, tiny_wan_bundle, PrepareConfig(num_frames=25, height=64, width=64), progress=False
+    )
     assert load_null_prompt(cache) is not None
-    prepare_folder(src, cache, tiny_bundle, num_frames=25, height=64, width=64, progress=False)
+    prepare_folder(src, cache, tiny_bundle, PrepareConfig(num_frames=25, height=64, width=64), progress=False)
     assert load_null_prompt(cache) is None
 
 

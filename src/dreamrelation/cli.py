@@ -20,7 +20,9 @@ app = typer.Typer(
     "Start with `dreamrelation demo`: it learns a relation from toy exemplar videos and generates new "
     "subjects doing it, on a CPU in minutes.",
 )
-toy_app = typer.Typer(no_args_is_help=True, help="The toy world: rendered relation videos and small Mochi / Wan backbones.")
+toy_app = typer.Typer(
+    no_args_is_help=True, help="The toy world: rendered relation videos and small Mochi / Wan backbones."
+)
 app.add_typer(toy_app, name="toy")
 data_app = typer.Typer(no_args_is_help=True, help="Data sets: select exemplar videos from local downloads.")
 app.add_typer(data_app, name="data")
@@ -170,7 +172,7 @@ def prepare(
     """Encode videos, captions and masks into a training cache; one line per bad input, good files kept."""
     from dreamrelation.backbones.loading import model_backbone_dir
     from dreamrelation.backbones.registry import model_profile
-    from dreamrelation.data.prepare_folder import prepare_folder
+    from dreamrelation.data.prepare_folder import PrepareConfig, prepare_folder
 
     model_path, _ = model_backbone_dir(model)
     profile = model_profile(model_path)  # the toy's geometry, else the backbone's
@@ -179,16 +181,18 @@ def prepare(
         src,
         out,
         model_path,
-        num_frames=num_frames or d_frames,
-        height=height or d_height,
-        width=width or d_width,
-        fps=fps or profile.clip_fps,
-        start=start,
-        resize=resize,
-        caption=caption,
-        caption_template=caption_template,
-        subjects=str(subjects) if subjects else None,
-        preview=preview,
+        PrepareConfig(
+            num_frames=num_frames or d_frames,
+            height=height or d_height,
+            width=width or d_width,
+            fps=fps or profile.clip_fps,
+            start=start,
+            resize=resize,
+            caption=caption,
+            caption_template=caption_template,
+            subjects=str(subjects) if subjects else None,
+            preview=preview,
+        ),
     )
     _report_and_exit(report)
 

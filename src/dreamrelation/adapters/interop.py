@@ -443,8 +443,7 @@ def import_checkpoint(
         "inference_roles": inference,
     }
     files = [
-        write_factors(out / f"{role}.safetensors", role, factors, meta)
-        for role, factors in roles.items()
+        write_factors(out / f"{role}.safetensors", role, factors, meta) for role, factors in roles.items()
     ]
     if transformer is not None:
         for file in files:

@@ -62,6 +62,7 @@ from dreamrelation.utils.media import (
 
 __all__ = [
     "VIDEO_SUFFIXES",
+    "PrepareConfig",
     "PrepareReport",
     "load_null_prompt",
     "load_prepared",
@@ -106,6 +107,30 @@ class PrepareReport:
             f"prepared {len(self.prepared)}, up to date {len(self.skipped)}, problems {len(self.problems)} "
             f"-> {self.out} ({self.seconds:.1f} s)"
         )
+
+
+@dataclass
+class PrepareConfig:
+    """How :func:`prepare_folder` (and :func:`read_example`) turns each video into a clip.
+
+    ``num_frames`` must suit the backbone's VAE (Mochi 6k+1, Wan 4k+1); frames are picked at ``fps`` from
+    ``start`` seconds, resized to ``height`` x ``width`` by centre-crop or pad (``resize``). ``caption``
+    replaces every caption file; ``caption_template`` (e.g. ``"A {subject1} is high-fiving with a
+    {subject2}."``) is filled from the per-video subjects.json's ``subject1_name``/``subject2_name`` (falling
+    back to ``subjects``). ``subjects`` (mapping or JSON file) gives defaults for every video's
+    subjects.json. ``preview`` writes previews/NAME.png with the masks overlaid.
+    """
+
+    num_frames: int
+    height: int
+    width: int
+    fps: float = 30
+    start: float = 0.0
+    resize: Resize = "crop"
+    caption: str | None = None
+    caption_template: str | None = None
+    subjects: Mapping[str, Any] | str | os.PathLike[str] | None = None
+    preview: bool = False
 
 
 @dataclass
@@ -715,33 +740,135 @@ def _normalise_subjects(subjects: Mapping[str, Any] | str | os.PathLike[str] | N
 # -------------------------------------------------------------------------------------------------- main
 
 
+@dataclass
+class _Cache:
+    """The output folder's manifest: entries of this run, and old entries kept while their video may stay."""
+
+    out: Path
+    manifest: dict[str, Any]
+    settings: str
+    entries: dict[str, Any] = field(default_factory=dict)
+    keep: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.old: dict[str, Any] = self.manifest["videos"]  # as found: saving replaces the manifest's
+
+    def save(self) -> None:
+        self.manifest["videos"] = {**{k: v for k, v in self.old.items() if k in self.keep}, **self.entries}
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.out / MANIFEST, self.manifest)
+
+
+def _inputs(
+    src: Path, cfg: PrepareConfig, problems: list[str]
+) -> tuple[list[_Item], dict[str, dict[str, Any]]]:
+    """The usable videos of ``src`` with their captions, and each one's subjects metadata."""
+    defaults = _normalise_subjects(cfg.subjects)
+    metas: dict[str, dict[str, Any]] = {}
+    valid = []
+    for item in _discover(src, problems):
+        try:
+            metas[item.name] = {**defaults, **(_read_json(item.meta_file) if item.meta_file else {})}
+            valid.append(item)
+        except UserError as exc:
+            problems.append(str(exc))
+    return _captions(valid, metas, src, cfg.caption, cfg.caption_template, problems), metas
+
+
+def _entry(item: _Item, prev: dict[str, Any], src: Path, settings: str) -> dict[str, Any]:
+    """The manifest entry of ``item`` (the video's hash reused while its size and time are unchanged)."""
+    stat = item.video.stat()
+    vstat = [stat.st_size, stat.st_mtime_ns]
+    vsha = prev.get("video_sha256") if prev.get("video_stat") == vstat else None
+    return {
+        "video": _rel(item.video, src),
+        "video_sha256": vsha or _sha256_file(item.video),
+        "video_stat": vstat,
+        "masks": _rel(item.masks, src) if item.masks else None,
+        "masks_sha256": _sha256_files(_mask_files(item), src),
+        "caption": item.caption,
+        "settings": settings,
+        "file": f"samples/{item.name}.safetensors",
+    }
+
+
+class _Preparer:
+    """One :func:`prepare_folder` run: the model (loaded when first needed), the cache and the report."""
+
+    def __init__(self, src: Path, model: Any, st: _Settings, cache: _Cache, report: PrepareReport) -> None:
+        self.src, self.model, self.st, self.cache, self.report = src, model, st, cache, report
+        self.pipe = None if isinstance(model, (str, os.PathLike)) else model
+        self.device: str | None = None
+        self.preview = False
+
+    def one(self, item: _Item, meta: dict[str, Any]) -> str:
+        """Encode ``item`` unless it is up to date (previews written as asked); returns a progress note."""
+        cache, out = self.cache, self.cache.out
+        prev = cache.old.get(item.name, {})
+        entry = _entry(item, prev, self.src, cache.settings)
+        up_to_date = all(
+            prev.get(k) == entry[k] for k in ("video_sha256", "masks_sha256", "caption", "settings")
+        )
+        up_to_date = up_to_date and (out / entry["file"]).is_file()
+        need_preview = self.preview and not (out / "previews" / f"{item.name}.png").is_file()
+        if up_to_date and not need_preview:
+            cache.entries[item.name] = {**prev, **entry}
+            self.report.skipped.append(item.name)
+            return "up to date"
+        t = time.perf_counter()
+        frames, chosen, n_video, size = _select_video(item.video, self.st)
+        masks = _select_masks(item, meta, self.st, chosen, n_video, size)
+        if need_preview or (self.preview and not up_to_date):
+            _write_preview(out / "previews" / f"{item.name}.png", frames, masks, item.caption or "")
+        if up_to_date:
+            cache.entries[item.name] = {**prev, **entry}
+            self.report.skipped.append(item.name)
+            return ""
+        if self.pipe is None:
+            self.pipe = _load(self.model, self.device)
+        sample = _encode(self.pipe, frames, masks, item.caption or "", item.name, self.st)
+        metadata = {"name": item.name, "caption": item.caption or "", "settings": cache.settings}
+        _save_sample(out / entry["file"], sample, metadata)
+        entry.update(
+            source_frames=[int(i) for i in chosen],
+            latent_shape=list(sample.latents.shape),
+            prepared_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        )
+        cache.entries[item.name] = entry
+        self.report.prepared.append(item.name)
+        self.report.frames += self.st.num_frames
+        cache.save()
+        return f"encoded in {time.perf_counter() - t:.1f} s"
+
+    def finish(self, backbone: Backbone) -> None:
+        """Drop samples whose source disappeared or became bad (stale data), write the null prompt, save."""
+        cache, out = self.cache, self.cache.out
+        for name in cache.old:
+            if name not in cache.entries:
+                (out / "samples" / f"{Path(name).name}.safetensors").unlink(missing_ok=True)
+        if backbone.empty_prompt_zeroed or not cache.entries:
+            (out / NULL_PROMPT).unlink(missing_ok=True)  # training zeroes dropped captions
+        else:
+            _save_null_prompt(out, self.pipe, self.model, self.device, cache.settings)
+        cache.keep = set()
+        cache.save()
+
+
 def prepare_folder(
     src: str | os.PathLike[str],
     out: str | os.PathLike[str],
     pipe_or_model_path: Any,
+    cfg: PrepareConfig,
     *,
-    num_frames: int,
-    height: int,
-    width: int,
-    fps: float = 30,
-    start: float = 0.0,
-    resize: Resize = "crop",
-    caption: str | None = None,
-    caption_template: str | None = None,
-    subjects: Mapping[str, Any] | str | os.PathLike[str] | None = None,
-    preview: bool = False,
     progress: bool = True,
     device: str | None = None,
 ) -> PrepareReport:
-    """Encode every good video of ``src`` into ``out``; collect one line per bad input in the report.
+    """Encode every good video of ``src`` into ``out`` as ``cfg`` says; one line per bad input in the report.
 
     ``pipe_or_model_path`` is a loaded pipeline (``MochiPipeline``, ``WanPipeline``) or a diffusers-format
-    directory of a registered backbone (loaded only if something needs encoding); ``num_frames`` must suit
-    its VAE (Mochi 6k+1, Wan 4k+1). ``caption`` replaces every caption file; ``caption_template`` (e.g.
-    ``"A {subject1} is high-fiving with a {subject2}."``) is filled from the per-video subjects.json's
-    ``subject1_name``/``subject2_name`` (falling back to ``subjects``). ``subjects`` (mapping or JSON file)
-    gives defaults for every video's subjects.json. Re-running skips videos whose video, masks, caption and
-    settings are unchanged (content hashes) and drops samples whose source disappeared or turned bad.
+    directory of a registered backbone (loaded only if something needs encoding). Re-running skips videos
+    whose video, masks, caption and settings are unchanged (content hashes) and drops samples whose source
+    disappeared or turned bad.
     """
     began = time.perf_counter()
     src, out = Path(src), Path(out)
@@ -750,108 +877,30 @@ def prepare_folder(
             f"{src}: input folder not found; point to a folder of videos with masks/ beside them."
         )
     backbone = _model_backbone(pipe_or_model_path)
-    st = _check_settings(num_frames, height, width, fps, start, resize, backbone.temporal_compression)
-    defaults = _normalise_subjects(subjects)
+    st = _check_settings(cfg, backbone.temporal_compression)
     report = PrepareReport(out=out)
-    problems = report.problems
     log: Callable[[str], None] = (
         (lambda s: print(s, file=sys.stderr, flush=True)) if progress else (lambda s: None)
     )
-
-    items = _discover(src, problems)
-    metas: dict[str, dict[str, Any]] = {}
-    valid = []
-    for item in items:
-        try:
-            metas[item.name] = {**defaults, **(_read_json(item.meta_file) if item.meta_file else {})}
-            valid.append(item)
-        except UserError as exc:
-            problems.append(str(exc))
-    items = _captions(valid, metas, src, caption, caption_template, problems)
-
-    manifest = _read_manifest(out)
-    old: dict[str, Any] = manifest["videos"]
-    settings = _settings_hash(st, _model_fingerprint(pipe_or_model_path))
-    pipe = None if isinstance(pipe_or_model_path, (str, os.PathLike)) else pipe_or_model_path
-    entries: dict[str, Any] = {}
-
-    def save_manifest() -> None:
-        manifest["videos"] = {**{k: v for k, v in old.items() if k in keep}, **entries}
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / MANIFEST, manifest)
-
-    keep = {item.name for item in items}
+    items, metas = _inputs(src, cfg, report.problems)
+    cache = _Cache(out, _read_manifest(out), _settings_hash(st, _model_fingerprint(pipe_or_model_path)))
+    cache.keep = {item.name for item in items}
+    run = _Preparer(src, pipe_or_model_path, st, cache, report)
+    run.device, run.preview = device, cfg.preview
     for n, item in enumerate(items, 1):
         try:
-            prev = old.get(item.name, {})
-            stat = item.video.stat()
-            vstat = [stat.st_size, stat.st_mtime_ns]
-            vsha = prev.get("video_sha256") if prev.get("video_stat") == vstat else None
-            vsha = vsha or _sha256_file(item.video)
-            msha = _sha256_files(_mask_files(item), src)
-            entry = {
-                "video": _rel(item.video, src),
-                "video_sha256": vsha,
-                "video_stat": vstat,
-                "masks": _rel(item.masks, src) if item.masks else None,
-                "masks_sha256": msha,
-                "caption": item.caption,
-                "settings": settings,
-                "file": f"samples/{item.name}.safetensors",
-            }
-            up_to_date = all(
-                prev.get(k) == entry[k] for k in ("video_sha256", "masks_sha256", "caption", "settings")
-            )
-            up_to_date = up_to_date and (out / entry["file"]).is_file()
-            need_preview = preview and not (out / "previews" / f"{item.name}.png").is_file()
-            if up_to_date and not need_preview:
-                entries[item.name] = {**prev, **entry}
-                report.skipped.append(item.name)
-                log(f"[{n}/{len(items)}] {item.name}: up to date")
-                continue
-            t = time.perf_counter()
-            frames, chosen, n_video, size = _select_video(item.video, st)
-            masks = _select_masks(item, metas[item.name], st, chosen, n_video, size)
-            if need_preview or (preview and not up_to_date):
-                _write_preview(out / "previews" / f"{item.name}.png", frames, masks, item.caption or "")
-            if up_to_date:
-                entries[item.name] = {**prev, **entry}
-                report.skipped.append(item.name)
-                continue
-            if pipe is None:
-                pipe = _load(pipe_or_model_path, device)
-            sample = _encode(pipe, frames, masks, item.caption or "", item.name, st)
-            _save_sample(
-                out / entry["file"],
-                sample,
-                {"name": item.name, "caption": item.caption or "", "settings": settings},
-            )
-            entry.update(
-                source_frames=[int(i) for i in chosen],
-                latent_shape=list(sample.latents.shape),
-                prepared_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
-            )
-            entries[item.name] = entry
-            report.prepared.append(item.name)
-            report.frames += st.num_frames
-            save_manifest()
-            log(f"[{n}/{len(items)}] {item.name}: encoded in {time.perf_counter() - t:.1f} s")
+            note = run.one(item, metas[item.name])
+            if note:
+                log(f"[{n}/{len(items)}] {item.name}: {note}")
         except _ModelLoadError:
             raise
         except (UserError, OSError, ValueError, av.FFmpegError) as exc:
-            problems.append(str(exc) if isinstance(exc, UserError) else f"{item.video}: {_one_line(exc)}")
-            keep.discard(item.name)
+            report.problems.append(
+                str(exc) if isinstance(exc, UserError) else f"{item.video}: {_one_line(exc)}"
+            )
+            cache.keep.discard(item.name)
             log(f"[{n}/{len(items)}] {item.name}: {exc}")
-    # drop samples whose source disappeared or became bad (they would train on stale data)
-    for name in old:
-        if name not in entries:
-            (out / "samples" / f"{Path(name).name}.safetensors").unlink(missing_ok=True)
-    if backbone.empty_prompt_zeroed or not entries:
-        (out / NULL_PROMPT).unlink(missing_ok=True)  # training zeroes dropped captions
-    else:
-        _save_null_prompt(out, pipe, pipe_or_model_path, device, settings)
-    keep = set()
-    save_manifest()
+    run.finish(backbone)
     report.seconds = time.perf_counter() - began
     return report  # the caller prints report.summary() (the CLI does, once)
 
@@ -871,15 +920,15 @@ def _model_backbone(pipe_or_model_path: Any) -> Backbone:
         raise UserError(f"{exc}; use a Mochi 1 or Wan 2.1 diffusers directory.") from None
 
 
-def _check_settings(
-    num_frames: int,
-    height: int,
-    width: int,
-    fps: float,
-    start: float,
-    resize: str,
-    temporal: int = MOCHI.temporal_compression,
-) -> _Settings:
+def _check_settings(cfg: PrepareConfig, temporal: int = MOCHI.temporal_compression) -> _Settings:
+    num_frames, height, width, fps, start, resize = (
+        cfg.num_frames,
+        cfg.height,
+        cfg.width,
+        cfg.fps,
+        cfg.start,
+        cfg.resize,
+    )
     if resize not in ("crop", "pad"):
         raise UserError(f"resize={resize!r}: choose 'crop' or 'pad'.")
     try:
@@ -894,33 +943,22 @@ def _check_settings(
 
 
 def read_example(
-    src: str | os.PathLike[str],
-    name: str,
-    *,
-    num_frames: int,
-    height: int,
-    width: int,
-    fps: float = 30,
-    start: float = 0.0,
-    resize: Resize = "crop",
-    subjects: Mapping[str, Any] | str | os.PathLike[str] | None = None,
-    backbone: str = "mochi",
+    src: str | os.PathLike[str], name: str, cfg: PrepareConfig, backbone: str = "mochi"
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """One video of ``src`` as :func:`prepare_folder` sees it, before encoding (``num_frames`` checked
-    against ``backbone``'s VAE).
+    """One video of ``src`` as :func:`prepare_folder` sees it with ``cfg``, before encoding (``num_frames``
+    checked against ``backbone``'s VAE).
 
     Returns frames uint8 ``(T, H, W, 3)``, masks bool ``(2, T, H, W)`` (same frames, same resize) and the
     chosen source frame indices.
     """
-    temporal = get_backbone(backbone).temporal_compression
-    st = _check_settings(num_frames, height, width, fps, start, resize, temporal)
+    st = _check_settings(cfg, get_backbone(backbone).temporal_compression)
     src = Path(src)
     item = next((i for i in _discover(src, []) if i.name == name), None)
     if item is None:
         raise UserError(
             f"{src}: no video {name!r} with masks; check the names of the video and masks/{name}."
         )
-    meta = {**_normalise_subjects(subjects), **(_read_json(item.meta_file) if item.meta_file else {})}
+    meta = {**_normalise_subjects(cfg.subjects), **(_read_json(item.meta_file) if item.meta_file else {})}
     frames, chosen, n_video, size = _select_video(item.video, st)
     return frames, _select_masks(item, meta, st, chosen, n_video, size), chosen
 

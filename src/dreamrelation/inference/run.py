@@ -109,7 +109,6 @@ def transformer_skeleton(model: Path | None):
     """The model's ``MochiTransformer3DModel`` built from its config on the meta device (no weights)."""
     from diffusers import MochiTransformer3DModel
 
-
     root = model_dir(model)
     config_dir = root / "transformer" if (root / "transformer" / "config.json").is_file() else root
     if not (config_dir / "config.json").is_file():
