@@ -14,6 +14,7 @@ from tiny import TINY_TRANSFORMER
 from dreamrelation.adapters.triplet import add_relation_adapters, save_adapters, set_active_roles
 from dreamrelation.core.roles import AdapterConfig
 from dreamrelation.evaluation.analysis import (
+    AnalysisConfig,
     adapter_similarity,
     base_qkv_similarity,
     heatmap_image,
@@ -289,10 +290,12 @@ def test_run_analysis_writes_sheets_and_json(pipe, tiny_bundle, tmp_path) -> Non
         pipe,
         out,
         [paths[0], (paths[1], "a blue square is approaching a red circle")],
-        adapters=tmp_path / "adapters",
-        roles=["relation", "subject1", "output"],
-        words=["circle", "approaching"],
-        rank=8,
+        AnalysisConfig(
+            adapters=tmp_path / "adapters",
+            roles=["relation", "subject1", "output"],
+            words=["circle", "approaching"],
+            rank=8,
+        ),
     )
     data = json.loads((out / "analysis.json").read_text())
     for name in ("qkv_features", "base_qkv_similarity", "adapter_similarity", "attention_00", "attention_01"):

@@ -13,6 +13,7 @@ import torch
 from dreamrelation.errors import UserError
 from dreamrelation.evaluation.metrics import (
     ClipScorer,
+    EvaluationConfig,
     VideoFeatureExtractor,
     VlmJudge,
     _pixels,
@@ -254,7 +255,7 @@ def test_missing_weights_user_error(tmp_path) -> None:  # noqa: ANN001
         ClipScorer(missing)
     (tmp_path / "gen").mkdir()
     with pytest.raises(UserError, match="videomae"):
-        evaluate_folder(tmp_path / "gen", metrics=["fvd"], weights={})
+        evaluate_folder(tmp_path / "gen", EvaluationConfig(metrics=["fvd"], weights={}))
 
 
 def test_evaluate_folder_report(weights, tmp_path) -> None:  # noqa: ANN001
@@ -274,14 +275,16 @@ def test_evaluate_folder_report(weights, tmp_path) -> None:  # noqa: ANN001
     only_yes = [i for i in range(len(vtok)) if i != yes]
     data = evaluate_folder(
         gen,
-        prompts=prompts,
-        metrics=["clip_t", "temporal_consistency", "fvd", "relation_accuracy"],
-        weights=weights,
-        reference_dir=ref,
-        relation="approaching",
-        out_dir=tmp_path / "report",
-        n_repeats=2,
-        vlm_options={"max_new_tokens": 2, "generate_kwargs": {"suppress_tokens": only_yes}},
+        EvaluationConfig(
+            prompts=prompts,
+            metrics=["clip_t", "temporal_consistency", "fvd", "relation_accuracy"],
+            weights=weights,
+            reference_dir=ref,
+            relation="approaching",
+            out_dir=tmp_path / "report",
+            n_repeats=2,
+            vlm_options={"max_new_tokens": 2, "generate_kwargs": {"suppress_tokens": only_yes}},
+        ),
     )
     rows = data["per_video"]
     assert [r["video"] for r in rows] == ["video8.mp4", "video9.mp4", "video10.mp4"]  # natural order

@@ -328,7 +328,7 @@ def test_cross_attention_probs_reproduce_wan_attn2() -> None:
 
 
 def test_analysis_runs_on_a_wan_model(tiny_wan_bundle: Path, tmp_path: Path) -> None:
-    from dreamrelation.evaluation.analysis import run_analysis, text_to_video_attention
+    from dreamrelation.evaluation.analysis import AnalysisConfig, run_analysis, text_to_video_attention
 
     pipe = load_pipeline(tiny_wan_bundle)
     latents = torch.randn(12, 7, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -337,7 +337,7 @@ def test_analysis_runs_on_a_wan_model(tiny_wan_bundle: Path, tmp_path: Path) -> 
     for m in att.maps.values():  # per visual token: the share of its cross-attention on the word
         assert m.shape == (7, 4, 4) and (m >= 0).all() and (m <= 1 + 1e-6).all() and m.sum() > 0
     summary = run_analysis(
-        pipe, tmp_path / "analysis", [PROMPT], words=["circle"], rank=8, steps=2, sigma=0.2
+        pipe, tmp_path / "analysis", [PROMPT], AnalysisConfig(words=["circle"], rank=8, steps=2, sigma=0.2)
     )
     assert summary["timestep"] == pytest.approx(200.0)  # Wan's timestep is sigma * 1000 (Mochi's 800)
     assert summary["inputs"][0]["token_grid"] == [7, 4, 4]

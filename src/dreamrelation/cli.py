@@ -368,7 +368,7 @@ def analyze(
     """Q/K/V feature maps, subspace similarity of Q/K/V and adapters, text-to-video attention (paper sec. 3.3)."""
     import torch
 
-    from dreamrelation.evaluation.analysis import run_analysis
+    from dreamrelation.evaluation.analysis import AnalysisConfig, run_analysis
     from dreamrelation.inference.generate import resolve_dtype
     from dreamrelation.inference.run import parse_roles
 
@@ -378,16 +378,18 @@ def analyze(
         model,
         out,
         inputs,
-        adapters=chosen,
-        roles=parse_roles(role),
-        words=word or None,
-        sigma=sigma,
-        rank=rank,
-        seed=seed,
-        steps=steps,
-        max_frames=max_frames,
-        device=device,
-        dtype=resolve_dtype(dtype, device),
+        AnalysisConfig(
+            adapters=chosen,
+            roles=parse_roles(role),
+            words=word or None,
+            sigma=sigma,
+            rank=rank,
+            seed=seed,
+            steps=steps,
+            max_frames=max_frames,
+            device=device,
+            dtype=resolve_dtype(dtype, device),
+        ),
     )
     for name, path in summary["files"].items():
         typer.echo(f"{name}: {path}")
@@ -421,7 +423,7 @@ def evaluate(
     device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
 ) -> None:
     """CLIP-T, temporal consistency, FVD and VLM relation accuracy of a folder of videos (mean, 95% CI)."""
-    from dreamrelation.evaluation.metrics import evaluate_folder
+    from dreamrelation.evaluation.metrics import EvaluationConfig, evaluate_folder
 
     prompts = None
     if prompts_file is not None:
@@ -431,16 +433,18 @@ def evaluate(
     weights = {k: v for k, v in {"clip": clip, "videomae": videomae, "vlm": vlm}.items() if v is not None}
     data = evaluate_folder(
         videos,
-        prompts=prompts,
-        metrics=metric,
-        weights=weights,
-        reference_dir=reference,
-        relation=relation,
-        out_dir=out,
-        n_repeats=repeats,
-        seed=seed,
-        device=device,
-        max_frames=max_frames,
+        EvaluationConfig(
+            prompts=prompts,
+            metrics=metric,
+            weights=weights,
+            reference_dir=reference,
+            relation=relation,
+            out_dir=out,
+            n_repeats=repeats,
+            seed=seed,
+            device=device,
+            max_frames=max_frames,
+        ),
     )
     for name, s in data["metrics"].items():
         typer.echo(

@@ -889,55 +889,81 @@ def _pixel_frames_for_latents(frames: np.ndarray, latent_frames: int) -> np.ndar
     return frames[picks]
 
 
+@dataclass
+class AnalysisConfig:
+    """Settings of :func:`run_analysis`. ``adapters``/``roles`` as for ``dreamrelation generate``; ``words``:
+    the prompt words whose attention is drawn (default: :func:`default_words`); ``sigma``: the noise level
+    the videos are analysed at; ``rank``: the subspace rank of the base-weight similarity; ``steps``,
+    ``seed``: for videos generated from prompts; ``max_frames``: cut longer videos."""
+
+    adapters: str | os.PathLike | Sequence[str | os.PathLike] | None = None
+    roles: Mapping[str, float] | Sequence[str] | None = None
+    words: Sequence[str] | None = None
+    sigma: float = 0.5
+    rank: int = 64
+    seed: int = 0
+    steps: int | None = None
+    max_frames: int | None = None
+    frames_per_cell: int = 8
+    device: str | None = None
+    dtype: torch.dtype = torch.float32
+
+
 def run_analysis(
     model_dir_or_pipe: Any,
     out_dir: str | os.PathLike,
     videos_or_prompts: Sequence[str | os.PathLike | tuple[str | os.PathLike, str]],
-    adapters: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-    roles: Mapping[str, float] | Sequence[str] | None = None,
-    words: Sequence[str] | None = None,
-    sigma: float = 0.5,
-    rank: int = 64,
-    seed: int = 0,
-    steps: int | None = None,
-    max_frames: int | None = None,
-    frames_per_cell: int = 8,
-    device: str | None = None,
-    dtype: torch.dtype = torch.float32,
+    cfg: AnalysisConfig | None = None,
 ) -> dict[str, Any]:
     """Run the paper's Q/K/V analysis and write PNGs + ``analysis.json`` to ``out_dir``; return the summary.
 
     ``videos_or_prompts``: video files (caption from a same-name ``.txt``/``.json``), ``(video, caption)``
-    pairs, or prompts (a video is generated first). Each video is VAE-encoded and noised to ``sigma``
-    (timestep ``(1 - sigma) * 1000``). ``adapters``/``roles`` as for ``dreamrelation generate``. Writes
-    ``qkv_features.png`` (video / Q / K / V rows per input, PCA fitted jointly over inputs),
-    ``base_qkv_similarity.png``, ``adapter_similarity.png`` (with adapters), ``attention_NN.png`` (per input,
-    one row per word) and ``analysis.json``.
+    pairs, or prompts (a video is generated first). Each video is VAE-encoded and noised to ``cfg.sigma``
+    (Mochi: timestep ``(1 - sigma) * 1000``; Wan: ``sigma * 1000``). Writes ``qkv_features.png`` (video /
+    Q / K / V rows per input, PCA fitted jointly over inputs), ``base_qkv_similarity.png``,
+    ``adapter_similarity.png`` (with adapters), ``attention_NN.png`` (per input, one row per word) and
+    ``analysis.json``.
     """
-
-    if not 0.0 <= sigma < 1.0:
-        raise UserError(f"sigma must be in [0, 1), got {sigma}")
+    cfg = cfg or AnalysisConfig()
+    if not 0.0 <= cfg.sigma < 1.0:
+        raise UserError(f"sigma must be in [0, 1), got {cfg.sigma}")
     if not videos_or_prompts:
         raise UserError("nothing to analyse: give videos or prompts")
     if isinstance(model_dir_or_pipe, (str, os.PathLike)) or model_dir_or_pipe is None:
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        pipe = load_pipeline(model_dir_or_pipe, dtype=dtype, device=device)
+        device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        pipe = load_pipeline(model_dir_or_pipe, dtype=cfg.dtype, device=device)
     else:
         pipe = model_dir_or_pipe
-    load_adapter_choices(pipe, resolve_adapters(adapters, roles))
+    load_adapter_choices(pipe, resolve_adapters(cfg.adapters, cfg.roles))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    inputs = _resolve_inputs(pipe, videos_or_prompts, seed, steps, max_frames)
-
-    summary: dict[str, Any] = {"sigma": sigma, "timestep": _timestep(pipe, sigma), "inputs": [], "files": {}}
+    inputs = _resolve_inputs(pipe, videos_or_prompts, cfg.seed, cfg.steps, cfg.max_frames)
+    summary: dict[str, Any] = {
+        "sigma": cfg.sigma,
+        "timestep": _timestep(pipe, cfg.sigma),
+        "inputs": [],
+        "files": {},
+    }
     summary["adapters"] = adapter_roles(pipe.transformer)
+    features, attentions = _collect(pipe, inputs, cfg, summary)
+    _qkv_figures(out, inputs, features, cfg.frames_per_cell, summary)  # (a) Q/K/V features, cross-video CKA
+    _similarity_figures(pipe, out, cfg.rank, summary)  # (b) subspace similarity of base weights and adapters
+    _attention_figures(out, inputs, attentions, cfg.frames_per_cell, summary)  # (c) attention overlays
+    atomic_write_json(out / "analysis.json", summary)
+    return summary
+
+
+def _collect(
+    pipe: Any, inputs: Sequence[Any], cfg: AnalysisConfig, summary: dict[str, Any]
+) -> tuple[list[dict[str, torch.Tensor]], list[WordAttention]]:
+    """One forward per input at ``cfg.sigma``: its mean Q/K/V features and its words' attention maps."""
     features: list[dict[str, torch.Tensor]] = []
     attentions: list[WordAttention] = []
     length = get_backbone(pipe).text_length(pipe)
     for k, item in enumerate(inputs):
-        latents, timestep = _noised_latents(pipe, item.frames, sigma, seed + k)
+        latents, timestep = _noised_latents(pipe, item.frames, cfg.sigma, cfg.seed + k)
         embeds, mask = encode_prompts(pipe, [item.caption])
-        item_words = list(words) if words else default_words(item.caption)
+        item_words = list(cfg.words) if cfg.words else default_words(item.caption)
         tokens = word_token_indices(pipe.tokenizer, item.caption, item_words, length)
         qkv, att = _QKVCollector(), _WordAttentionCollector(tokens)
         grid = _forward(pipe.transformer, [qkv, att], latents, embeds, mask, timestep)
@@ -955,8 +981,17 @@ def run_analysis(
                 "words_not_found": attentions[-1].missing,
             }
         )
+    return features, attentions
 
-    # (a) Q/K/V features: PCA jointly over inputs per kind; cross-video CKA
+
+def _qkv_figures(
+    out: Path,
+    inputs: Sequence[Any],
+    features: list[dict[str, torch.Tensor]],
+    frames_per_cell: int,
+    summary: dict,
+) -> None:
+    """PCA of the Q/K/V features jointly over inputs per kind; cross-video CKA with several inputs."""
     rgb = {kind: pca_rgb([f[kind] for f in features]) for kind in KINDS}
     rows, labels = [], []
     for k, item in enumerate(inputs):
@@ -981,7 +1016,9 @@ def run_analysis(
             cka[kind] = float(np.mean(vals)) if vals else None
         summary["cross_video_cka"] = cka
 
-    # (b) subspace similarity of base weights and of adapters
+
+def _similarity_figures(pipe: Any, out: Path, rank: int, summary: dict) -> None:
+    """Subspace similarity of the base Q/K/V weights per block, and of the adapters (if any)."""
     base = base_qkv_similarity(pipe.transformer, r=rank)
     summary["base_qkv_similarity"] = base
     streams = [s for s in ("visual", "text") if s in base]
@@ -1002,7 +1039,11 @@ def run_analysis(
         )
         summary["files"]["adapter_similarity"] = str(save_png(out / "adapter_similarity.png", img))
 
-    # (c) attention overlays
+
+def _attention_figures(
+    out: Path, inputs: Sequence[Any], attentions: list[WordAttention], frames_per_cell: int, summary: dict
+) -> None:
+    """Per input: the video above one heat-map overlay per found word; their visual attention mass."""
     for k, (item, att) in enumerate(zip(inputs, attentions, strict=True)):
         if not att.maps:
             continue
@@ -1010,5 +1051,3 @@ def run_analysis(
         sheet = contact_sheet(rows, row_labels=["video", *att.maps], frames_per_cell=frames_per_cell)
         summary["files"][f"attention_{k:02d}"] = str(save_png(out / f"attention_{k:02d}.png", sheet))
         summary["inputs"][k]["attention_visual_mass"] = {w: float(m.sum()) for w, m in att.maps.items()}
-    atomic_write_json(out / "analysis.json", summary)
-    return summary

@@ -28,6 +28,7 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -431,39 +432,52 @@ def _summary(values: Sequence[float]) -> dict[str, float | int]:
     return {"mean": mean, "ci_low": low, "ci_high": high, "n": sum(not math.isnan(v) for v in values)}
 
 
-def evaluate_folder(
-    videos_dir: str | os.PathLike,
-    prompts: Mapping[str, str] | Sequence[str] | None = None,
-    metrics: Sequence[str] = ("clip_t", "temporal_consistency"),
-    weights: Mapping[str, str | os.PathLike] | None = None,
-    reference_dir: str | os.PathLike | None = None,
-    relation: Mapping[str, str] | Sequence[str] | str | None = None,
-    out_dir: str | os.PathLike | None = None,
-    n_repeats: int = 10,
-    seed: int = 0,
-    device: str | None = None,
-    max_frames: int | None = None,
-    vlm_options: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Score every video in ``videos_dir``; write ``report.md``/``report.json`` to ``out_dir``; return the data.
+@dataclass
+class EvaluationConfig:
+    """What :func:`evaluate_folder` scores and with what.
 
     ``prompts`` (for CLIP-T): mapping by file stem, a list in the folder's natural order, or None to read
     each video's ``.json`` sidecar / ``.txt`` caption. ``weights``: ``{"clip": dir, "videomae": dir,
     "vlm": dir}`` as the chosen ``metrics`` need. ``relation`` (for relation accuracy): the relation phrase,
     e.g. "shaking hands", one for all videos or per video. FVD compares with the videos in
-    ``reference_dir``. Per-video metrics get a mean with a 95% t-interval; FVD is one number for the set.
-    ``out_dir`` defaults to ``videos_dir/evaluation``; ``vlm_options`` are keyword arguments of
-    :class:`VlmJudge` (``temperature``, ``max_new_tokens``, ``generate_kwargs``).
+    ``reference_dir``. ``out_dir`` defaults to ``VIDEOS/evaluation``; ``vlm_options`` are keyword arguments
+    of :class:`VlmJudge` (``temperature``, ``max_new_tokens``, ``generate_kwargs``).
     """
 
-    metrics = list(dict.fromkeys(metrics))
+    prompts: Mapping[str, str] | Sequence[str] | None = None
+    metrics: Sequence[str] = ("clip_t", "temporal_consistency")
+    weights: Mapping[str, str | os.PathLike] | None = None
+    reference_dir: str | os.PathLike | None = None
+    relation: Mapping[str, str] | Sequence[str] | str | None = None
+    out_dir: str | os.PathLike | None = None
+    n_repeats: int = 10
+    seed: int = 0
+    device: str | None = None
+    max_frames: int | None = None
+    vlm_options: Mapping[str, Any] | None = None
+
+
+@dataclass
+class _Inputs:
+    """A checked evaluation: metrics, weight folders, videos with their prompts and relations, references."""
+
+    metrics: list[str]
+    paths: dict[str, Path | None]
+    videos: list[Path]
+    rows: list[dict[str, Any]]
+    references: list[Path]
+
+
+def _check_inputs(videos_dir: str | os.PathLike, cfg: EvaluationConfig) -> _Inputs:
+    """Everything the chosen metrics need, checked before any model is loaded."""
+    metrics = list(dict.fromkeys(cfg.metrics))
     bad = [m for m in metrics if m not in METRICS]
     if bad or not metrics:
         raise UserError(f"unknown metrics {bad}; choose from {', '.join(METRICS)}")
-    weights = dict(weights or {})
+    weights = dict(cfg.weights or {})
     paths = {key: check_weights(weights.get(key), key) for key in {WEIGHT_KEYS[m] for m in metrics}}
     videos = list_videos(videos_dir)
-    prompt_list = _per_video(prompts, videos, "prompts")
+    prompt_list = _per_video(cfg.prompts, videos, "prompts")
     prompt_list = [
         p if p is not None else _sidecar_prompt(v) for p, v in zip(prompt_list, videos, strict=True)
     ]
@@ -473,25 +487,31 @@ def evaluate_folder(
             raise UserError(
                 f"CLIP-T needs a prompt per video; none for {missing[:5]} (pass prompts or .txt files)"
             )
-    relations = _per_video(relation, videos, "relations")
+    relations = _per_video(cfg.relation, videos, "relations")
     if "relation_accuracy" in metrics and any(not r for r in relations):
         raise UserError("relation accuracy needs the relation phrase (e.g. relation='shaking hands')")
+    reference_dir = cfg.reference_dir
     references = list_videos(reference_dir) if "fvd" in metrics and reference_dir is not None else []
     if "fvd" in metrics and reference_dir is None:
         raise UserError("FVD needs reference_dir: a folder of real videos of the relation")
-
-    def load(path: Path) -> np.ndarray:
-        return read_video(path, max_frames=max_frames)[0]
-
-    rows: list[dict[str, Any]] = [
+    rows = [
         {"video": v.name, "prompt": p, "relation": r}
         for v, p, r in zip(videos, prompt_list, relations, strict=True)
     ]
+    return _Inputs(metrics, paths, videos, rows, references)
+
+
+def _score(run: _Inputs, cfg: EvaluationConfig) -> float | None:
+    """Fill each row's per-video metrics (one model at a time, freed after use); returns the FVD."""
+    metrics, paths, videos, rows, device = run.metrics, run.paths, run.videos, run.rows, cfg.device
+
+    def load(path: Path) -> np.ndarray:
+        return read_video(path, max_frames=cfg.max_frames)[0]
+
     if "clip_t" in metrics or "temporal_consistency" in metrics:
         scorer = ClipScorer(paths["clip"], device=device)
         for row, v in zip(rows, videos, strict=True):
-            frames = load(v)
-            emb = scorer.image_embeds(frames)
+            emb = scorer.image_embeds(load(v))
             if "clip_t" in metrics:
                 row["clip_t"] = float((emb @ scorer.text_embeds([row["prompt"]])[0]).mean())
             if "temporal_consistency" in metrics:
@@ -504,19 +524,30 @@ def evaluate_folder(
     if "fvd" in metrics:
         extractor = VideoFeatureExtractor(paths["videomae"], device=device)
         gen = torch.stack([extractor.features(load(v)) for v in videos])
-        ref = torch.stack([extractor.features(load(v)) for v in references])
+        ref = torch.stack([extractor.features(load(v)) for v in run.references])
         fvd_value = frechet_distance(gen, ref)
         _free(extractor)
         extractor = None
     if "relation_accuracy" in metrics:
-        judge = VlmJudge(paths["vlm"], device=device, **dict(vlm_options or {}))
+        judge = VlmJudge(paths["vlm"], device=device, **dict(cfg.vlm_options or {}))
         for k, (row, v) in enumerate(zip(rows, videos, strict=True)):
-            answers = judge.answers(load(v), row["relation"], n_repeats=n_repeats, seed=seed + 1000 * k)
+            answers = judge.answers(
+                load(v), row["relation"], n_repeats=cfg.n_repeats, seed=cfg.seed + 1000 * k
+            )
             row["relation_accuracy"] = relation_accuracy(answers)
             row["vlm_answers"] = answers
         _free(judge)
         judge = None
+    return fvd_value
 
+
+def evaluate_folder(videos_dir: str | os.PathLike, cfg: EvaluationConfig | None = None) -> dict[str, Any]:
+    """Score every video in ``videos_dir``; write ``report.md``/``report.json`` to ``cfg.out_dir``; return
+    the data. Per-video metrics get a mean with a 95% t-interval; FVD is one number for the set."""
+    cfg = cfg or EvaluationConfig()
+    run = _check_inputs(videos_dir, cfg)
+    fvd_value = _score(run, cfg)
+    metrics, rows, videos = run.metrics, run.rows, run.videos
     summary: dict[str, Any] = {}
     for m in metrics:
         if m == "fvd":
@@ -525,13 +556,18 @@ def evaluate_folder(
             summary[m] = _summary([row[m] for row in rows])
     data = {
         "videos_dir": str(Path(videos_dir)),
-        "reference_dir": None if reference_dir is None else str(Path(reference_dir)),
+        "reference_dir": None if cfg.reference_dir is None else str(Path(cfg.reference_dir)),
         "n_videos": len(videos),
-        "n_reference": len(references),
-        "weights": {k: str(v) for k, v in paths.items()},
+        "n_reference": len(run.references),
+        "weights": {k: str(v) for k, v in run.paths.items()},
         "metrics": summary,
         "per_video": rows,
-        "settings": {"n_repeats": n_repeats, "seed": seed, "max_frames": max_frames, "question": QUESTION},
+        "settings": {
+            "n_repeats": cfg.n_repeats,
+            "seed": cfg.seed,
+            "max_frames": cfg.max_frames,
+            "question": QUESTION,
+        },
     }
     table = markdown_table(
         [{"metric": m, **s} for m, s in summary.items()],
@@ -543,9 +579,9 @@ def evaluate_folder(
     notes = (
         "Mean with 95% Student-t interval over videos. FVD: Fréchet distance of mean-pooled VideoMAE "
         "features against the reference folder (one value for the set). Relation accuracy: fraction of "
-        f"'yes' answers over {n_repeats} sampled VLM answers per video."
+        f"'yes' answers over {cfg.n_repeats} sampled VLM answers per video."
     )
-    out = Path(out_dir) if out_dir is not None else Path(videos_dir) / "evaluation"
+    out = Path(cfg.out_dir) if cfg.out_dir is not None else Path(videos_dir) / "evaluation"
     write_report(out, "Evaluation", [("Summary", table), ("Per video", per_video), ("Notes", notes)], data)
     data["report_dir"] = str(out)
     return data
