@@ -526,11 +526,25 @@ def export_adapters(
     missing = [r for r in strengths if r not in loaded]
     if missing:
         raise UserError(f"no adapter file for role(s) {missing}; found {sorted(loaded)}")
+    merged = _fuse(_genmo_targets({r: loaded[r][0] for r in strengths}, strengths))
+    header = {"dreamrelation_export": json.dumps({"roles": strengths, "format": format}, sort_keys=True)}
+    tensors = _comfyui_tensors(merged) if format == "comfyui" else _genmo_tensors(merged, header)
+    target = Path(out)
+    if target.is_dir() or not target.suffix:
+        target = target / f"dreamrelation_{format}.safetensors"
+    with atomic_path(target) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+    return ExportResult(target, format, strengths, len(merged))
 
-    # target (block, fused module) -> list of (chunk, A, B with every scale folded in), plus chunk count/out dim
-    targets: dict[tuple[int, str], list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
+
+_Targets = dict[tuple[int, str], list[tuple[int, torch.Tensor, torch.Tensor]]]
+
+
+def _genmo_targets(factors: dict[str, dict[str, LoraFactor]], strengths: dict[str, float]) -> _Targets:
+    """(block, genmo fused module) -> [(row chunk, A, B with every scale and the strength folded in)]."""
+    targets: _Targets = {}
     for role, strength in strengths.items():
-        for module, f in loaded[role][0].items():
+        for module, f in factors[role].items():
             m = _MODULE_RE.match(module)
             if m is None or m["name"] not in _TO_GENMO:
                 hint = (
@@ -543,6 +557,11 @@ def export_adapters(
             targets.setdefault((int(m["block"]), fused), []).append(
                 (chunk, f.a.float(), f.b.float() * (f.scale * strength))
             )
+    return targets
+
+
+def _fuse(targets: _Targets) -> dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]:
+    """One LoRA per fused module: A stacked, B block-diagonal over the row chunks (a missing one is zero)."""
     merged: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
     for (block, fused), parts in targets.items():
         n_chunks = len(_FUSED[fused])
@@ -556,41 +575,47 @@ def export_adapters(
             b[chunk * out_dim : (chunk + 1) * out_dim, col : col + pb.shape[1]] = pb
             col += pb.shape[1]
         merged[(block, fused)] = (a, b)
+    return merged
 
+
+def _comfyui_tensors(
+    merged: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]],
+) -> dict[str, torch.Tensor]:
+    """ComfyUI's Mochi LoRA keys, ``alpha`` = rank (scale 1)."""
     tensors: dict[str, torch.Tensor] = {}
-    header = {"dreamrelation_export": json.dumps({"roles": strengths, "format": format}, sort_keys=True)}
-    if format == "comfyui":
-        for (block, fused), (a, b) in sorted(merged.items()):
-            key = f"diffusion_model.blocks.{block}.attn.{fused}"
-            tensors[f"{key}.lora_A.weight"] = a.contiguous()
-            tensors[f"{key}.lora_B.weight"] = b.contiguous()
-            tensors[f"{key}.alpha"] = torch.tensor(float(a.shape[0]))
-    else:
-        rank = {"qkv": 0, "out": 0}
-        for (_, fused), (a, _) in merged.items():
-            kind = "qkv" if fused.startswith("qkv") else "out"
-            rank[kind] = max(rank[kind], a.shape[0])
-        for (block, fused), (a, b) in sorted(merged.items()):
-            r = rank["qkv" if fused.startswith("qkv") else "out"]
-            pad = r - a.shape[0]
-            tensors[f"blocks.{block}.attn.{fused}.lora_A"] = torch.cat(
-                [a, a.new_zeros(pad, a.shape[1])]
-            ).contiguous()
-            tensors[f"blocks.{block}.attn.{fused}.lora_B"] = torch.cat(
-                [b, b.new_zeros(b.shape[0], pad)], 1
-            ).contiguous()
-        kwargs = {
-            "qkv_proj_lora_rank": rank["qkv"],
-            "qkv_proj_lora_alpha": rank["qkv"],
-            "qkv_proj_lora_dropout": 0.0,
-            "out_proj_lora_rank": rank["out"],
-            "out_proj_lora_alpha": rank["out"],
-            "out_proj_lora_dropout": 0.0,
-        }
-        header["kwargs"] = json.dumps(kwargs)
-    target = Path(out)
-    if target.is_dir() or not target.suffix:
-        target = target / f"dreamrelation_{format}.safetensors"
-    with atomic_path(target) as tmp:
-        save_file(tensors, str(tmp), metadata=header)
-    return ExportResult(target, format, strengths, len(merged))
+    for (block, fused), (a, b) in sorted(merged.items()):
+        key = f"diffusion_model.blocks.{block}.attn.{fused}"
+        tensors[f"{key}.lora_A.weight"] = a.contiguous()
+        tensors[f"{key}.lora_B.weight"] = b.contiguous()
+        tensors[f"{key}.alpha"] = torch.tensor(float(a.shape[0]))
+    return tensors
+
+
+def _genmo_tensors(
+    merged: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]], header: dict[str, str]
+) -> dict[str, torch.Tensor]:
+    """genmo fine-tuner keys with uniform ranks per kind (zero-padded); its ``kwargs`` go into ``header``."""
+    tensors: dict[str, torch.Tensor] = {}
+    rank = {"qkv": 0, "out": 0}
+    for (_, fused), (a, _) in merged.items():
+        kind = "qkv" if fused.startswith("qkv") else "out"
+        rank[kind] = max(rank[kind], a.shape[0])
+    for (block, fused), (a, b) in sorted(merged.items()):
+        r = rank["qkv" if fused.startswith("qkv") else "out"]
+        pad = r - a.shape[0]
+        tensors[f"blocks.{block}.attn.{fused}.lora_A"] = torch.cat(
+            [a, a.new_zeros(pad, a.shape[1])]
+        ).contiguous()
+        tensors[f"blocks.{block}.attn.{fused}.lora_B"] = torch.cat(
+            [b, b.new_zeros(b.shape[0], pad)], 1
+        ).contiguous()
+    kwargs = {
+        "qkv_proj_lora_rank": rank["qkv"],
+        "qkv_proj_lora_alpha": rank["qkv"],
+        "qkv_proj_lora_dropout": 0.0,
+        "out_proj_lora_rank": rank["out"],
+        "out_proj_lora_alpha": rank["out"],
+        "out_proj_lora_dropout": 0.0,
+    }
+    header["kwargs"] = json.dumps(kwargs)
+    return tensors
