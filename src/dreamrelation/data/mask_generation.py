@@ -486,6 +486,32 @@ def _preview(path: Path, frames: np.ndarray, masks: np.ndarray, label: str) -> N
     save_png(path, contact_sheet([[frames, overlay]], col_labels=["video", label], frames_per_cell=6))
 
 
+class _NotFound(Exception):
+    """A subject found in no frame of a video (the message is the report line)."""
+
+
+def _track(
+    path: Path, texts: Sequence[str], detector: Detector, segmenter: Segmenter, max_frames: int | None
+) -> tuple[np.ndarray, int, np.ndarray]:
+    """``(frames, prompt frame, masks (subjects, T, H, W))`` of one video: detect every subject on the first
+    frame that shows them all, then propagate the boxes through the video."""
+    frames, _ = read_video(path, max_frames=max_frames)
+    found = find_prompt_frame(frames, texts, detector)
+    if isinstance(found, list):
+        missing = ", ".join(f"subject{k + 1} {texts[k]!r}" for k in found) or "subject1 and subject2 together"
+        raise _NotFound(
+            f"{path}: {missing} not found in any of its {len(frames)} frames; check the subject text "
+            "or lower the detection threshold."
+        )
+    start, boxes = found
+    masks = np.asarray(segmenter.propagate(frames, boxes, start=start), dtype=bool)
+    if masks.shape != (len(texts), *frames.shape[:3]):
+        raise ValueError(
+            f"segmenter returned masks of shape {masks.shape}, expected {(len(texts), *frames.shape[:3])}"
+        )
+    return frames, start, masks
+
+
 def generate_masks(
     videos_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -526,25 +552,10 @@ def generate_masks(
             report.skipped.append(name)
             continue
         try:
-            frames, _ = read_video(path, max_frames=max_frames)
-            found = find_prompt_frame(frames, texts, detector)
-            if isinstance(found, list):
-                missing = (
-                    ", ".join(f"subject{k + 1} {texts[k]!r}" for k in found)
-                    or "subject1 and subject2 together"
-                )
-                report.problems.append(
-                    f"{path}: {missing} not found in any of its {len(frames)} frames; check the subject text "
-                    "or lower the detection threshold."
-                )
-                continue
-            start, boxes = found
-            masks = np.asarray(segmenter.propagate(frames, boxes, start=start), dtype=bool)
-            if masks.shape != (len(texts), *frames.shape[:3]):
-                raise ValueError(
-                    f"segmenter returned masks of shape {masks.shape}, expected "
-                    f"{(len(texts), *frames.shape[:3])}"
-                )
+            frames, start, masks = _track(path, texts, detector, segmenter, max_frames)
+        except _NotFound as exc:
+            report.problems.append(str(exc))
+            continue
         except (UserError, RuntimeError, ValueError) as exc:
             message = " ".join(str(exc).split()) or type(exc).__name__
             report.problems.append(message if str(path) in message else f"{path}: {message}")
