@@ -21,7 +21,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -29,6 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from dreamrelation.data.mask_io import DEFAULT_MASK_COLOURS, SUBJECTS_FILE, write_colour_masks
+from dreamrelation.data.report import FolderReport
 from dreamrelation.errors import UserError
 from dreamrelation.utils.media import (
     VIDEO_SUFFIXES,  # noqa: E402,I001
@@ -129,6 +130,17 @@ def _require_dir(path: str | os.PathLike[str], what: str, hint: str, model_type:
 # ----------------------------------------------------------------------------------------------- detectors
 
 
+def _from_pretrained(load: Callable[[Path], Any], path: Path, what: str, hint: str) -> Any:
+    """``load(path)``, a one-line :class:`UserError` naming the expected checkpoint when it fails."""
+    try:
+        return load(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(
+            f"Cannot load {what} from {path} ({' '.join(str(exc).split())[:300]}); it must hold a "
+            f"transformers-format checkpoint such as {hint}."
+        ) from None
+
+
 class GroundingDinoDetector:
     """Text-prompted boxes from Grounding DINO (``GroundingDinoForObjectDetection`` + its processor).
 
@@ -222,14 +234,12 @@ def load_grounding_dino(
     from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
     p = _require_dir(path, "Grounding DINO", GROUNDING_DINO_HINT, "grounding-dino")
-    try:
-        model = AutoModelForZeroShotObjectDetection.from_pretrained(p)
-        processor = AutoProcessor.from_pretrained(p)
-    except (OSError, ValueError, KeyError) as exc:
-        raise UserError(
-            f"Cannot load Grounding DINO from {p} ({' '.join(str(exc).split())[:300]}); it must hold a "
-            f"transformers-format checkpoint such as {GROUNDING_DINO_HINT} (model and processor files)."
-        ) from None
+    model, processor = _from_pretrained(
+        lambda d: (AutoModelForZeroShotObjectDetection.from_pretrained(d), AutoProcessor.from_pretrained(d)),
+        p,
+        "Grounding DINO",
+        f"{GROUNDING_DINO_HINT} (model and processor files)",
+    )
     return GroundingDinoDetector(model, processor, box_threshold=box_threshold, device=device)
 
 
@@ -372,13 +382,7 @@ def load_sam2_video(path: str | os.PathLike[str], device: str = "cpu") -> Sam2Vi
     from transformers import Sam2VideoModel
 
     p = _require_dir(path, "SAM 2 video", SAM2_HINT, "sam2_video")
-    try:
-        model = Sam2VideoModel.from_pretrained(p)
-    except (OSError, ValueError, KeyError) as exc:
-        raise UserError(
-            f"Cannot load SAM 2 video from {p} ({' '.join(str(exc).split())[:300]}); it must hold a "
-            f"transformers-format checkpoint such as {SAM2_HINT}."
-        ) from None
+    model = _from_pretrained(Sam2VideoModel.from_pretrained, p, "SAM 2 video", SAM2_HINT)
     mean, std = _json_stats(p)
     return Sam2VideoSegmenter(model, mean, std, device=device)
 
@@ -433,21 +437,12 @@ class ColourTrackSegmenter:
 
 
 @dataclass
-class MaskReport:
+class MaskReport(FolderReport):
     """What a :func:`generate_masks` run did: videos written, skipped (masks exist), problems, warnings."""
 
-    out: Path
     written: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     prompt_frames: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        """True when every video got masks (or already had them)."""
-        return not self.problems
 
     def summary(self) -> str:
         """One line: counts and time."""

@@ -51,6 +51,7 @@ from dreamrelation.core.samples import TrainingSample
 from dreamrelation.data.latent_masks import latent_frame_count, latent_masks
 from dreamrelation.data.mask_io import IMAGE_SUFFIXES, SUBJECTS_FILE, _frame_files
 from dreamrelation.data.prepare import encode_prompts, encode_video, null_prompt_for
+from dreamrelation.data.report import FolderReport
 from dreamrelation.errors import UserError
 from dreamrelation.utils.io import atomic_path, atomic_write_json
 from dreamrelation.utils.media import (
@@ -86,20 +87,11 @@ Resize = Literal["crop", "pad"]
 
 
 @dataclass
-class PrepareReport:
+class PrepareReport(FolderReport):
     """What a :func:`prepare_folder` run did: videos encoded, skipped (up to date) and one line per problem."""
 
-    out: Path
     prepared: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
     frames: int = 0
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        """True when every input was usable."""
-        return not self.problems
 
     def summary(self) -> str:
         """One line: counts and time."""
