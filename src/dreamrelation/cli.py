@@ -282,6 +282,7 @@ def generate(
     """Generate videos with relation adapters: MP4 (+GIF) and a JSON sidecar per video, a contact sheet."""
     from dreamrelation.inference.run import cli_generation_config, run_generate
 
+    # each command hands its options on by name (parse -> config -> one call): such keyword lists look alike
     cfg = cli_generation_config(
         prompts,
         prompts_file,

@@ -217,6 +217,7 @@ def _wan_prompts(pipe: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch
 
 # ----------------------------------------------------------------------------------------------- registry
 
+# One entry per architecture: the entries share their shape by design (duplicates lists them as a pair).
 MOCHI = Backbone(
     name="mochi",
     transformer_class="MochiTransformer3DModel",

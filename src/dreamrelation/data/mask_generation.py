@@ -28,8 +28,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from dreamrelation.data.folder_run import FolderReport, video_files
 from dreamrelation.data.mask_io import DEFAULT_MASK_COLOURS, SUBJECTS_FILE, write_colour_masks
-from dreamrelation.data.report import FolderReport
 from dreamrelation.errors import UserError
 from dreamrelation.utils.media import (
     VIDEO_SUFFIXES,  # noqa: E402,I001
@@ -465,17 +465,6 @@ def find_prompt_frame(
     return [k for k, f in enumerate(found) if not f]
 
 
-def _videos(src: Path, problems: list[str]) -> list[Path]:
-    seen: dict[str, Path] = {}
-    for p in sorted(src.iterdir()):
-        if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES:
-            if p.stem in seen:
-                problems.append(f"{p}: two videos named {p.stem!r}; rename one of them.")
-                continue
-            seen[p.stem] = p
-    return list(seen.values())
-
-
 def _preview(path: Path, frames: np.ndarray, masks: np.ndarray, label: str) -> None:
     overlay = overlay_masks(frames, masks, colours=[tuple(c) for c in DEFAULT_MASK_COLOURS])
     save_png(path, contact_sheet([[frames, overlay]], col_labels=["video", label], frames_per_cell=6))
@@ -538,7 +527,7 @@ def generate_masks(
     previews = Path(preview_dir) if preview_dir is not None else out.parent / f"{out.name}_previews"
     texts = [subject1, subject2]
     report = MaskReport(out)
-    videos = _videos(src, report.problems)
+    videos = video_files(src, report.problems)
     if not videos and not report.problems:
         report.problems.append(f"{src}: no videos ({', '.join(VIDEO_SUFFIXES)}).")
     for path in videos:

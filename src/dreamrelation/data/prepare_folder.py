@@ -48,10 +48,10 @@ from dreamrelation.backbones.registry import (
     text_length_of_model_dir,
 )
 from dreamrelation.core.samples import TrainingSample
+from dreamrelation.data.folder_run import FolderReport, video_files
 from dreamrelation.data.latent_masks import latent_frame_count, latent_masks
 from dreamrelation.data.mask_io import IMAGE_SUFFIXES, SUBJECTS_FILE, _frame_files
 from dreamrelation.data.prepare import encode_prompts, encode_video, null_prompt_for
-from dreamrelation.data.report import FolderReport
 from dreamrelation.errors import UserError
 from dreamrelation.utils.io import atomic_path, atomic_write_json
 from dreamrelation.utils.media import (
@@ -507,13 +507,7 @@ def _select_masks(
 def _discover(src: Path, problems: list[str]) -> list[_Item]:
     """Pair videos with their mask entries; report unpaired names and duplicates."""
     vdir = src / "videos" if (src / "videos").is_dir() else src
-    videos: dict[str, Path] = {}
-    for p in sorted(vdir.iterdir()):
-        if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES:
-            if p.stem in videos:
-                problems.append(f"{p}: two videos named {p.stem!r}; rename one of them.")
-                continue
-            videos[p.stem] = p
+    videos = {p.stem: p for p in video_files(vdir, problems)}
     mdir = src / "masks"
     entries: dict[str, Path] = {}
     if mdir.is_dir():

@@ -387,7 +387,7 @@ def pca_rgb(features: Sequence[torch.Tensor | np.ndarray], clip_percent: float =
     return out
 
 
-def qkv_feature_maps(
+def qkv_feature_maps(  # the arguments of qkv_features, passed on unchanged
     pipe_or_transformer: Any,
     latents: torch.Tensor,
     prompt_embeds: torch.Tensor,
