@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image, ImageDraw, ImageFont
 
 from dreamrelation.errors import UserError
+from dreamrelation.utils.extras import require
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -535,11 +536,7 @@ def _servable(path: Path) -> str:
 
 def _import_gradio():
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local tool: no usage reporting
-    try:
-        import gradio as gr
-    except ImportError as exc:
-        raise UserError("the web UI needs Gradio: pip install 'dreamrelation[ui]'") from exc
-    return gr
+    return require("gradio", "the web UI needs Gradio: pip install 'dreamrelation[ui]'")
 
 
 class _Callbacks:

@@ -17,6 +17,7 @@ from dreamrelation.adapters.triplet import adapter_parameters
 from dreamrelation.backbones.registry import get_backbone
 from dreamrelation.errors import UserError
 from dreamrelation.training.config import OPTIMIZERS, SDPA_KERNELS, MemoryConfig, OptimConfig
+from dreamrelation.utils.extras import require
 
 _FP8_FLAG = "_dreamrelation_fp8_base"
 
@@ -89,13 +90,11 @@ def make_optimizer(
     if mem.optimizer == "adamw":
         return torch.optim.AdamW(params, **kwargs)
     if mem.optimizer == "adamw8bit":
-        try:
-            import bitsandbytes as bnb
-        except ImportError as exc:
-            raise UserError(
-                "memory.optimizer=adamw8bit needs bitsandbytes (pip install bitsandbytes, CUDA); "
-                "or use memory.optimizer=adamw"
-            ) from exc
+        bnb = require(
+            "bitsandbytes",
+            "memory.optimizer=adamw8bit needs bitsandbytes (pip install bitsandbytes, CUDA); "
+            "or use memory.optimizer=adamw",
+        )
         return bnb.optim.AdamW8bit(params, **kwargs)
     raise UserError(f"memory.optimizer={mem.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
 

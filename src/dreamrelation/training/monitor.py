@@ -16,6 +16,7 @@ from dreamrelation.inference.generate import generate_videos
 from dreamrelation.training.config import TrainConfig
 from dreamrelation.training.memory import frozen_parts_on
 from dreamrelation.training.trainer import lr_at
+from dreamrelation.utils.extras import require
 from dreamrelation.utils.media import contact_sheet, save_png, write_video
 
 
@@ -37,18 +38,13 @@ class TrainingMonitor:
         if rank != 0:
             return
         if mon.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise UserError(
-                    "monitor.tensorboard needs the tensorboard package: pip install tensorboard"
-                ) from None
-            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+            tensorboard = require(
+                "torch.utils.tensorboard",
+                "monitor.tensorboard needs the tensorboard package: pip install tensorboard",
+            )
+            self.writer = tensorboard.SummaryWriter(str(self.out / "tensorboard"))
         if mon.wandb:
-            try:
-                import wandb
-            except ImportError:
-                raise UserError("monitor.wandb needs the wandb package: pip install wandb") from None
+            wandb = require("wandb", "monitor.wandb needs the wandb package: pip install wandb")
             self.run = wandb.init(
                 project=mon.wandb_project,
                 mode=mon.wandb_mode,
