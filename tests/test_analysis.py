@@ -17,7 +17,6 @@ from dreamrelation.evaluation.analysis import (
     AnalysisConfig,
     adapter_similarity,
     base_qkv_similarity,
-    heatmap_image,
     linear_cka,
     overlay_heat,
     pca_rgb,
@@ -30,6 +29,7 @@ from dreamrelation.evaluation.analysis import (
     upsample_maps,
     word_token_indices,
 )
+from dreamrelation.utils.plots import heatmap_image
 
 TINY_T = TINY_TRANSFORMER
 

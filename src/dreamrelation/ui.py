@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from dreamrelation.errors import UserError
 from dreamrelation.utils.extras import require
+from dreamrelation.utils.plots import default_font
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -341,13 +342,6 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}" if value == 0 or 1e-3 <= abs(value) < 1e4 else f"{value:.1e}"
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError, ImportError):  # old Pillow / no FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
 def _panel(
     draw: ImageDraw.ImageDraw,
     box: tuple[int, int, int, int],
@@ -357,10 +351,10 @@ def _panel(
     robust: bool = True,
 ) -> None:
     """Draw one line chart (axes, ticks, grid, ``series`` of ``(values, colour, width)``) into ``box``."""
-    font = _font(12)
+    font = default_font(12)
     left, top, right, bottom = box
     plot = (left + 58, top + 22, right - 12, bottom - 22)
-    draw.text((left + 58, top + 3), title, fill=(30, 30, 30), font=_font(14))
+    draw.text((left + 58, top + 3), title, fill=(30, 30, 30), font=default_font(14))
     finite = sorted(v for vals, _, _ in series[:1] for v in vals if math.isfinite(v))
     x_lo, x_hi = (min(steps), max(steps)) if steps else (0, 1)
     if x_hi == x_lo:
@@ -422,7 +416,7 @@ def loss_curve_image(
     draw = ImageDraw.Draw(image)
     loss = log.columns.get("loss")
     if loss is None:
-        draw.text((20, 20), "loss.csv has no 'loss' column", fill=(150, 0, 0), font=_font(14))
+        draw.text((20, 20), "loss.csv has no 'loss' column", fill=(150, 0, 0), font=default_font(14))
         return image
     n = len(loss)
     weight = smoothing if smoothing is not None else (0.0 if n < 10 else min(0.97, 1 - 3 / math.sqrt(n)))

@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
 
 from dreamrelation.adapters.triplet import adapter_roles
 from dreamrelation.backbones.loading import load_pipeline
@@ -42,12 +41,12 @@ from dreamrelation.errors import UserError
 from dreamrelation.inference.generate import generate_videos, load_adapter_choices, resolve_adapters
 from dreamrelation.utils.io import atomic_write_json
 from dreamrelation.utils.media import VIDEO_SUFFIXES, contact_sheet, read_video, save_png
+from dreamrelation.utils.plots import INFERNO, colour_map, heatmap_image
 
 __all__ = [
     "AnalysisInput",
     "adapter_similarity",
     "base_qkv_similarity",
-    "heatmap_image",
     "linear_cka",
     "overlay_heat",
     "pca_rgb",
@@ -68,15 +67,6 @@ STOP_WORDS = frozenset(
     ["a", "an", "the", "is", "are", "was", "be", "being", "with", "in", "on", "at", "of", "and", "to", "by"]
     + ["for", "from", "each", "other", "its", "their", "his", "her"]
 )
-# viridis-like colour map anchors (value, RGB) for heat-maps
-_VIRIDIS = np.array(
-    [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64
-)
-# inferno-like anchors for attention overlays
-_INFERNO = np.array(
-    [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float64
-)
-
 Matrix = torch.Tensor | np.ndarray
 Factorised = tuple[Matrix, Matrix]
 
@@ -577,93 +567,6 @@ def warnings_off() -> Iterator[None]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _colour_map(values: np.ndarray, anchors: np.ndarray = _VIRIDIS) -> np.ndarray:
-    """Map values in [0, 1] (NaN -> grey) through piecewise-linear colour ``anchors``: uint8 ``(..., 3)``."""
-    v = np.asarray(values, dtype=np.float64)
-    nan = ~np.isfinite(v)
-    x = np.clip(np.nan_to_num(v), 0.0, 1.0) * (len(anchors) - 1)
-    lo = np.clip(np.floor(x).astype(int), 0, len(anchors) - 2)
-    frac = (x - lo)[..., None]
-    rgb = anchors[lo] * (1 - frac) + anchors[lo + 1] * frac
-    rgb[nan] = 200.0
-    return np.rint(rgb).astype(np.uint8)
-
-
-def _font(size: int = 12) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):
-        return ImageFont.load_default()
-
-
-def heatmap_image(
-    values: np.ndarray | Sequence[Sequence[float]],
-    row_labels: Sequence[str],
-    col_labels: Sequence[str],
-    title: str = "",
-    vmin: float = 0.0,
-    vmax: float = 1.0,
-    cell: int = 36,
-) -> Image.Image:
-    """A labelled heat-map (viridis-like colours, values printed in cells, colour bar) as a PIL image."""
-    mat = np.asarray(values, dtype=np.float64)
-    if mat.ndim != 2 or mat.shape != (len(row_labels), len(col_labels)):
-        raise ValueError(f"values {mat.shape} do not match {len(row_labels)} x {len(col_labels)} labels")
-    font = _font(12)
-    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-
-    def size(text: str) -> tuple[int, int]:
-        box = scratch.textbbox((0, 0), text, font=font)
-        return box[2] - box[0], box[3] - box[1]
-
-    pad = 8
-    left = max((size(t)[0] for t in row_labels), default=0) + 2 * pad
-    col_h = max((size(t)[0] for t in col_labels), default=0) + 2 * pad  # labels drawn vertically
-    title_h = size(title)[1] + 2 * pad if title else pad
-    n_r, n_c = mat.shape
-    bar_w = 16
-    width = left + n_c * cell + 3 * pad + bar_w + 48
-    height = title_h + col_h + n_r * cell + pad
-    img = Image.new("RGB", (width, max(height, title_h + col_h + 120)), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    if title:
-        draw.text((pad, pad), title, fill=(0, 0, 0), font=font)
-    top = title_h + col_h
-    scaled = (mat - vmin) / (vmax - vmin) if vmax > vmin else np.zeros_like(mat)
-    colours = _colour_map(scaled)
-    for i in range(n_r):
-        for j in range(n_c):
-            x0, y0 = left + j * cell, top + i * cell
-            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=tuple(int(c) for c in colours[i, j]))
-            if cell >= 28:
-                text = "nan" if not np.isfinite(mat[i, j]) else f"{mat[i, j]:.2f}"
-                tw, th = size(text)
-                bright = float(np.dot(colours[i, j], [0.299, 0.587, 0.114])) > 140
-                draw.text(
-                    (x0 + (cell - tw) / 2, y0 + (cell - th) / 2 - 1),
-                    text,
-                    fill=(0, 0, 0) if bright else (255, 255, 255),
-                    font=font,
-                )
-    for i, label in enumerate(row_labels):
-        th = size(label)[1]
-        draw.text((pad, top + i * cell + (cell - th) / 2), label, fill=(0, 0, 0), font=font)
-    for j, label in enumerate(col_labels):
-        tw, th = size(label)
-        txt = Image.new("RGB", (tw + 4, th + 6), (255, 255, 255))
-        ImageDraw.Draw(txt).text((2, 0), label, fill=(0, 0, 0), font=font)
-        rotated = txt.rotate(90, expand=True)
-        img.paste(rotated, (left + j * cell + (cell - rotated.width) // 2, top - rotated.height - pad // 2))
-    # colour bar
-    bx = left + n_c * cell + 2 * pad
-    bar_h = max(n_r * cell, 100)
-    ramp = _colour_map(np.linspace(1.0, 0.0, bar_h))[:, None, :].repeat(bar_w, axis=1)
-    img.paste(Image.fromarray(ramp), (bx, top))
-    draw.text((bx + bar_w + 4, top), f"{vmax:.2f}", fill=(0, 0, 0), font=font)
-    draw.text((bx + bar_w + 4, top + bar_h - size("0")[1] - 2), f"{vmin:.2f}", fill=(0, 0, 0), font=font)
-    return img
-
-
 def latent_frame_index(num_frames: int, latent_frames: int) -> np.ndarray:
     """Latent frame of each pixel frame: the first frame alone, then groups of ``(T-1)/(f-1)`` frames."""
     if latent_frames <= 1:
@@ -687,7 +590,7 @@ def overlay_heat(frames: np.ndarray, maps: np.ndarray | torch.Tensor, alpha: flo
     up = upsample_maps(maps, t, h, w)
     lo, hi = float(up.min()), float(up.max())
     norm = (up - lo) / (hi - lo) if hi > lo else np.zeros_like(up)
-    heat = _colour_map(norm, _INFERNO).astype(np.float32)
+    heat = colour_map(norm, INFERNO).astype(np.float32)
     weight = alpha * np.sqrt(norm)[..., None]
     out = (1.0 - weight) * video.astype(np.float32) + weight * heat
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)

@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from dreamrelation.errors import UserError
 from dreamrelation.utils.io import atomic_path
+from dreamrelation.utils.plots import default_font
 
 __all__ = [
     "DEFAULT_MASK_COLOURS",
@@ -294,15 +295,6 @@ def overlay_masks(
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-@functools.lru_cache(maxsize=4)
-def _font(size: int = 14) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """PIL's default font at ``size`` px (the fixed bitmap font where FreeType is missing)."""
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, ImportError, OSError):
-        return ImageFont.load_default()
-
-
 def _text_size(
     draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont
 ) -> tuple[int, int]:
@@ -403,7 +395,7 @@ def contact_sheet(
     else:
         cell_w = cell_h = SHEET_FRAME_HEIGHT
 
-    font = _font()
+    font = default_font()
     scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     line_h = _text_size(scratch, "Ag|", font)[1] + 2
     label_w = 0
