@@ -10,14 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Known exceptions, each with its reason; the test fails when one is fixed so that the list only shrinks.
-KNOWN: dict[str, str] = {
-    # toy/pretrain.py and toy/backbone.py are being changed on main; their imports move after that merge
-    "function-local: dreamrelation.toy.backbone -> dreamrelation.toy.world": "concurrent change",
-    "function-local: dreamrelation.toy.pretrain -> dreamrelation.backbones.registry": "concurrent change",
-    "function-local: dreamrelation.toy.pretrain -> dreamrelation.toy.render": "concurrent change",
-    "function-local: dreamrelation.toy.pretrain -> dreamrelation.toy.world": "concurrent change",
-    "function-local: dreamrelation.toy.pretrain -> dreamrelation.training.losses": "concurrent change",
-}
+KNOWN: dict[str, str] = {}
 
 
 def _metrics():

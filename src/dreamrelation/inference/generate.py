@@ -154,33 +154,39 @@ def generate_videos(
     height: int | None = None,
     width: int | None = None,
     guidance_schedule: str | Sequence[float] | None = None,
+    *,
+    batch_size: int = 1,
 ) -> list[np.ndarray]:
     """One uint8 ``(T, H, W, 3)`` video per (prompt, seed) pair, in order; the active adapters apply.
 
     The initial noise comes from a CPU generator seeded with ``seed``: the same seed gives the same video
-    on the same device. ``guidance_schedule``: see :func:`guidance_values`.
+    on the same device, whatever the batch it is in (up to float rounding, within 1/255); ``batch_size``
+    pairs go through the pipeline per call (on a CPU 16 is 1.2-1.5x faster than 1 for toy models).
+    ``guidance_schedule``: see :func:`guidance_values`.
     """
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds must have equal length")
     values = guidance_values(guidance_schedule, num_inference_steps, guidance_scale)
     default_frames, default_height, default_width = video_geometry(pipe)
     text_length = get_backbone(pipe).text_length(pipe)
+    step = max(1, int(batch_size))
     videos = []
-    for prompt, seed in zip(prompts, seeds, strict=True):
+    for start in range(0, len(prompts), step):
+        chunk = range(start, min(start + step, len(prompts)))
         out = pipe(
-            prompt=prompt,
-            negative_prompt="",
+            prompt=[prompts[i] for i in chunk],
+            negative_prompt=[""] * len(chunk),
             num_frames=num_frames or default_frames,
             height=height or default_height,
             width=width or default_width,
             num_inference_steps=num_inference_steps,
             guidance_scale=values[0],
-            generator=torch.Generator().manual_seed(int(seed)),
+            generator=[torch.Generator().manual_seed(int(seeds[i])) for i in chunk],
             max_sequence_length=text_length,
             output_type="np",
             callback_on_step_end=GuidanceSchedule(values) if len(set(values)) > 1 else None,
         )
-        videos.append((np.clip(out.frames[0], 0, 1) * 255).round().astype(np.uint8))
+        videos += [(np.clip(v, 0, 1) * 255).round().astype(np.uint8) for v in out.frames]
     return videos
 
 

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dreamrelation.toy import world
+
 SPATIAL_FACTOR = 8  # Mochi and Wan VAEs: 8x8 pixels per latent cell (hard-coded in diffusers' MochiPipeline)
 TEMPORAL_FACTOR = 6  # Mochi: 6 frames per latent frame, the first frame alone
 TEMPORAL_FACTORS = {"mochi": 6, "wan": 4}
@@ -76,8 +78,6 @@ class ToyBackboneConfig:
 
 def toy_words() -> list[str]:
     """Every word of the toy world's captions (articles, colours, shapes, relation phrases)."""
-    from dreamrelation.toy import world
-
     return sorted(world.caption_words())
 
 

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from dreamrelation.backbones.registry import get_backbone
 from dreamrelation.errors import UserError
+from dreamrelation.toy import world
 from dreamrelation.toy.backbone import (
     LATENT_CHANNELS,
     MAX_SEQUENCE_LENGTH,
@@ -33,6 +35,8 @@ from dreamrelation.toy.backbone import (
     save_bundle,
     toy_words,
 )
+from dreamrelation.toy.render import render_video
+from dreamrelation.training.losses import flow_matching_inputs
 
 VAE_LOGVAR_TARGET = -10.0  # near-deterministic posterior: the analytic latent is the mean
 
@@ -180,7 +184,6 @@ def extend_vae(vae, cfg: PretrainConfig, out_dir: Path, progress: bool = True):
     0.05 on the first 9 frames, about 0.2 after frame 13); a short phase on full-length clips stabilises it.
     Returns ``(vae, seconds)`` and writes ``vae_long_log.json``; a no-op for 0 steps.
     """
-    from dreamrelation.toy import world
 
     steps = long_clip_steps(cfg)
     if steps <= 0:
@@ -206,7 +209,6 @@ def extend_vae(vae, cfg: PretrainConfig, out_dir: Path, progress: bool = True):
 
 def vae_report(vae) -> dict:
     """:func:`vae_quality` on 16 held-out 13-frame clips and, under ``toy_length``, on 25-frame ones."""
-    from dreamrelation.toy import world
 
     clips = random_shape_clips(16, 13, 64, torch.Generator().manual_seed(10_000))
     full = random_shape_clips(8, world.NUM_FRAMES, 64, torch.Generator().manual_seed(10_001))
@@ -216,7 +218,6 @@ def vae_report(vae) -> dict:
 @torch.no_grad()
 def vae_quality(vae, clips: torch.Tensor) -> dict:
     """L1 errors (pixels in [-1, 1]) of decode(analytic), decode(encode) and a per-clip mean-colour guess."""
-    from dreamrelation.backbones.registry import get_backbone
 
     target = analytic_latents(clips, get_backbone(vae).temporal_compression)
     moments = vae_moments(vae, clips)[:, :LATENT_CHANNELS]
@@ -235,8 +236,6 @@ def render_pretraining_set(
 ) -> tuple[torch.Tensor, list[str]]:
     """Render base-relation videos (never held-out ones) -> analytic latents ``(N, 12, F, h, w)`` with
     ``temporal`` frames per latent frame, and captions."""
-    from dreamrelation.toy import world
-    from dreamrelation.toy.render import render_video
 
     rng = np.random.default_rng(seed)
     base = list(world.BASE_RELATIONS)
@@ -271,7 +270,6 @@ def cached_pretraining_set(
 
 def with_made_up_words(captions: list[str], probability: float, seed: int) -> list[str]:
     """``captions`` with the relation phrase of a random ``probability`` share replaced by made-up words."""
-    from dreamrelation.toy import world
 
     if probability <= 0:
         return list(captions)
@@ -389,8 +387,6 @@ def train_transformer(
     continues from it exactly (same weights and losses as an uninterrupted run).
     Returns ``(transformer, seconds, losses)``; ``text_encoder`` is trained in place.
     """
-    from dreamrelation.backbones.registry import get_backbone
-    from dreamrelation.training.losses import flow_matching_inputs
 
     backbone = get_backbone(cfg.backbone.architecture)
     torch.manual_seed(cfg.seed)
@@ -513,7 +509,6 @@ def snapshot_bundle(out_dir: Path, cfg: PretrainConfig, work_dir: Path) -> Path:
 
 def _assemble(out_dir: Path, cfg: PretrainConfig, work: Path, tokenizer, stage: Path | None = None) -> Path:
     """Write the bundle from the work dir's VAE and the transformer stage in ``stage`` (default: ``work``)."""
-    from dreamrelation.backbones.registry import get_backbone
 
     arch = cfg.backbone.architecture
     stage = stage or work
