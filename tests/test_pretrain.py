@@ -67,6 +67,11 @@ def test_an_interrupted_run_resumes_exactly(tmp_path: Path) -> None:
     for a, b in ((whole_tr, resumed_tr), (whole_te, resumed_te)):
         for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
             assert torch.equal(p, q), name
+    # a setting added to the code later matches at its default, so an upgrade does not strand a run
+    state = torch.load(work / "transformer_checkpoint.pt", weights_only=False)
+    del state["config"]["unknown_word_prob"], state["config"]["backbone"]["text_local_attention"]
+    torch.save(state, work / "transformer_checkpoint.pt")
+    assert _run(config(), work, 8)[2] == whole_log
     # other settings refuse the checkpoint instead of silently mixing two runs
     other = config()
     other.transformer_lr = 1e-3

@@ -359,12 +359,27 @@ def _save_checkpoint(
     tmp.replace(path)
 
 
+def _same_settings(saved: dict, current: dict, defaults: dict) -> bool:
+    """Whether a checkpoint's settings equal ``current``; a setting added to the code after the checkpoint
+    was written matches when it is at its default (so an upgrade does not strand a run)."""
+    for key, value in current.items():
+        if key not in saved:
+            if value != defaults.get(key):
+                return False
+        elif isinstance(value, dict) and isinstance(saved[key], dict):
+            if not _same_settings(saved[key], value, defaults.get(key, {})):
+                return False
+        elif saved[key] != value:
+            return False
+    return set(saved) <= set(current)
+
+
 def _load_checkpoint(work: Path | None, cfg: PretrainConfig) -> dict | None:
     path = _checkpoint_path(work) if work is not None else None
     if path is None or not path.is_file():
         return None
     state = torch.load(path, weights_only=False)
-    if state["config"] != _resumable_config(cfg):
+    if not _same_settings(state["config"], _resumable_config(cfg), _resumable_config(PretrainConfig())):
         raise UserError(
             f"{path}: a checkpoint of other pretraining settings; resume with the same settings, "
             "or use another --work-dir"
