@@ -9,6 +9,7 @@ from tiny import TINY_MOCHI_TOY
 
 from dreamrelation.backbones.loading import load_pipeline
 from dreamrelation.errors import UserError
+from dreamrelation.toy.backbone import tokenize_captions
 from dreamrelation.toy.pretrain import (
     CaptionSet,
     PretrainConfig,
@@ -17,7 +18,6 @@ from dreamrelation.toy.pretrain import (
     build_tokenizer,
     pretrain,
     snapshot_bundle,
-    tokenize_captions,
     toy_words,
     train_transformer,
 )

@@ -99,6 +99,14 @@ def build_tokenizer(words: list[str]):
     return T5Tokenizer(vocab=toy_vocabulary(words), extra_ids=0)
 
 
+def tokenize_captions(tokenizer, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention masks ``(N, L)`` at the toy sequence length."""
+    tokens = tokenizer(
+        captions, padding="max_length", max_length=MAX_SEQUENCE_LENGTH, truncation=True, return_tensors="pt"
+    )
+    return tokens.input_ids, tokens.attention_mask
+
+
 def build_text_encoder(vocab_size: int, cfg: ToyBackboneConfig, seed: int = 0):
     """A small randomly initialised ``T5EncoderModel`` (Wan: ``UMT5EncoderModel``), frozen: the
     transformer learns to read it."""

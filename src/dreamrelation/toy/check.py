@@ -34,6 +34,7 @@ from dreamrelation.errors import UserError
 from dreamrelation.evaluation.report import markdown_table, wilson_interval, write_report
 from dreamrelation.inference.generate import generate_videos, prepare_sampling
 from dreamrelation.toy import world
+from dreamrelation.toy.backbone import tokenize_captions
 from dreamrelation.toy.tracker import (
     TrackResult,
     colour_mask,
@@ -325,13 +326,8 @@ def caption_binding(pipe, n: int = 32, seed: int = 0) -> float:
         swapped = world.VideoSpec(
             spec.relation, world.SubjectSpec(s2.shape, s1.colour), world.SubjectSpec(s1.shape, s2.colour)
         )
-        tokens = pipe.tokenizer(
-            [world.caption(spec), world.caption(swapped)],
-            padding="max_length",
-            max_length=32,
-            return_tensors="pt",
-        )
-        states = pipe.text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0].float()
+        ids, mask = tokenize_captions(pipe.tokenizer, [world.caption(spec), world.caption(swapped)])
+        states = pipe.text_encoder(ids, attention_mask=mask)[0].float()
         sims.append(torch.nn.functional.cosine_similarity(states[0, 1], states[1, 1], dim=0).item())
     return float(np.mean(sims))
 

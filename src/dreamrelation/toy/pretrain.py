@@ -24,7 +24,6 @@ from dreamrelation.errors import UserError
 from dreamrelation.toy import world
 from dreamrelation.toy.backbone import (
     LATENT_CHANNELS,
-    MAX_SEQUENCE_LENGTH,
     ToyBackboneConfig,
     analytic_latents,
     build_text_encoder,
@@ -33,6 +32,7 @@ from dreamrelation.toy.backbone import (
     build_vae,
     frames_to_tensor,
     save_bundle,
+    tokenize_captions,
     toy_words,
 )
 from dreamrelation.toy.render import render_video
@@ -279,25 +279,6 @@ def with_made_up_words(captions: list[str], probability: float, seed: int) -> li
         world.with_relation_word(text, world.made_up_word(rng)) if swap else text
         for text, swap in zip(captions, replace, strict=True)
     ]
-
-
-def tokenize_captions(tokenizer, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and attention masks ``(N, L)`` at the toy sequence length."""
-    tokens = tokenizer(
-        captions, padding="max_length", max_length=MAX_SEQUENCE_LENGTH, truncation=True, return_tensors="pt"
-    )
-    return tokens.input_ids, tokens.attention_mask
-
-
-@torch.no_grad()
-def encode_captions(tokenizer, text_encoder, captions: list[str], batch: int = 256):
-    """T5 embeddings ``(N, L, D)`` and attention masks ``(N, L)`` at the toy sequence length."""
-    embeds, masks = [], []
-    for i in range(0, len(captions), batch):
-        ids, mask = tokenize_captions(tokenizer, captions[i : i + batch])
-        embeds.append(text_encoder(ids, attention_mask=mask)[0])
-        masks.append(mask)
-    return torch.cat(embeds), torch.cat(masks)
 
 
 @dataclass

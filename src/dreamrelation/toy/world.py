@@ -7,6 +7,7 @@ placement step then mirrors it left/right at random, fits it inside the frame an
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -332,12 +333,13 @@ _VOWELS = ("a", "e", "i", "o", "u", "oo", "ee")
 _CODAS = ("", "b", "m", "n", "r", "sh", "x", "z")
 
 
-def caption_words() -> set[str]:
+@functools.cache
+def caption_words() -> frozenset[str]:
     """Every word the toy captions use (articles, colours, shapes, relation phrases)."""
     words = {"a", "an", "is", "person", "with", *COLOURS, *SHAPES}
     for relation in RELATIONS.values():
         words.update(relation.phrase.split())
-    return words
+    return frozenset(words)
 
 
 def made_up_word(rng: np.random.Generator) -> str:
