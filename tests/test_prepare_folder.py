@@ -202,10 +202,12 @@ def test_rerun_skips_up_to_date_and_redoes_changed(tmp_path, tiny_bundle):
 
     (src / "v2.txt").touch()  # same content: hashes decide, so nothing to redo
     (src / "v0.mp4").unlink()  # a removed video leaves the manifest and its sample is deleted
-    fourth = prepare_folder(
-        src, out, tiny_bundle, PrepareConfig(**TOY, resize="pad"), progress=False
-    )  # new settings
-    assert fourth.prepared == ["v1", "v2"] and not (out / "samples" / "v0.safetensors").exists()
+    fourth = prepare_folder(src, out, tiny_bundle, PrepareConfig(**TOY), progress=False)
+    assert fourth.prepared == [] and not (out / "samples" / "v0.safetensors").exists()
+    assert [s.name for s in load_prepared(out)] == ["v1", "v2"]
+    # other settings never replace (or drop) a cache's samples: a new folder, or delete this one
+    with pytest.raises(UserError, match=r"other settings \(resize crop -> pad\); prepare into a new folder"):
+        prepare_folder(src, out, tiny_bundle, PrepareConfig(**TOY, resize="pad"), progress=False)
     assert [s.name for s in load_prepared(out)] == ["v1", "v2"]
     with pytest.raises(UserError, match="run `dreamrelation prepare`"):
         load_prepared(tmp_path / "nothing")

@@ -6,12 +6,15 @@ line naming the problem and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+import warnings
 from pathlib import Path
 
 import typer
 
-from dreamrelation.errors import UserError
+from dreamrelation.errors import InputWarning, UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -30,6 +33,43 @@ benchmark_app = typer.Typer(no_args_is_help=True, help="Benchmarks that reproduc
 app.add_typer(benchmark_app, name="benchmark")
 
 OVERRIDES_HELP = "Config overrides such as train_steps=200 or seeds=[0,1]."
+
+
+@app.callback()
+def _options(
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Show library warnings, logs and loading bars (hidden by default)."
+    ),
+) -> None:
+    """Global options."""
+    configure_output(verbose)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Our input warnings as one ``warning:`` line; any other (with --verbose) in Python's format."""
+    if issubclass(category, InputWarning):
+        typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def configure_output(verbose: bool) -> None:
+    """Quiet by default: the project's input warnings (one line each, once) and nothing from the libraries
+    (deprecations, CPU-autocast notes, PEFT's, their loading bars); ``verbose`` shows everything."""
+    warnings.showwarning = _show_warning
+    if verbose:
+        warnings.simplefilter("default")
+        return
+    warnings.simplefilter("ignore")
+    warnings.simplefilter("default", InputWarning)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "--help" not in sys.argv[1:]:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.set_verbosity_error()
+        diffusers_logging.disable_progress_bar()  # "Loading pipeline components"
 
 
 @app.command()
@@ -79,48 +119,66 @@ def train(
         raise typer.Exit(launch_distributed(num_gpus, argv))
     import torch
 
-    from dreamrelation.backbones.loading import load_pipeline
+    from dreamrelation.backbones.loading import load_pipeline, load_transformer, model_backbone_dir
     from dreamrelation.config import load_config
-    from dreamrelation.data.folder import load_exemplar_folder
-    from dreamrelation.data.prepare import null_prompt_for, prepare_samples
-    from dreamrelation.training.config import PRESET_NAMES, preset
+    from dreamrelation.data.prepare_folder import load_null_prompt, load_prepared
+    from dreamrelation.training.config import PRESET_NAMES, check_optim_config, preset
     from dreamrelation.training.monitor import TrainingMonitor
     from dreamrelation.training.trainer import train_adapters
+    from dreamrelation.utils.io import RunLock, ensure_output_dir
 
     if method not in PRESET_NAMES:
         raise UserError(f"--method {method!r}: unknown preset; choose one of {', '.join(PRESET_NAMES)}")
     cfg = load_config(preset(method), config, overrides)
+    check_optim_config(cfg.optim)  # before any data or model is touched
+    model_path, _ = model_backbone_dir(model)
     ctx = init_distributed()
     device = ctx.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" and cfg.mixed_precision != "fp32" else torch.float32
-    pipe = None
-    if (data / "manifest.json").is_file():  # a `dreamrelation prepare` folder: load the transformer only
-        from dreamrelation.backbones.loading import load_transformer
-        from dreamrelation.data.prepare_folder import load_null_prompt, load_prepared
-
+    if ctx.is_main:
+        ensure_output_dir(out)
+    with RunLock(out) if ctx.is_main else contextlib.nullcontext():
+        if not (data / "manifest.json").is_file():  # raw videos: the same streaming decode as `prepare`
+            data = _prepare_for_training(data, out / "prepared", model_path, ctx)
         samples, null_prompt = load_prepared(data), load_null_prompt(data)
-        transformer = load_transformer(model, dtype=dtype, device=device)
-    else:
-        videos, captions, masks, names = load_exemplar_folder(data)  # check the user's data before the model
-        # loaded in the training dtype: from_pretrained keeps the modules a model wants in fp32 (Wan's norms)
-        pipe = load_pipeline(model, dtype=dtype, device=str(device))
-        samples = prepare_samples(pipe, videos, captions, masks, names)
-        null_prompt = null_prompt_for(pipe)
-        transformer = pipe.transformer
-        if not cfg.monitor.validate_every:
-            pipe = None  # the text encoder and VAE are only needed for validation samples
-        elif cfg.memory.offload_frozen and device.type != "cpu":
-            from dreamrelation.training.memory import park_frozen_parts
+        pipe = None
+        if cfg.monitor.validate_every:  # validation samples need the text encoder and the VAE
+            pipe = load_pipeline(model_path, dtype=dtype, device=str(device))
+            transformer = pipe.transformer
+            if cfg.memory.offload_frozen and device.type != "cpu":
+                from dreamrelation.training.memory import park_frozen_parts
 
-            park_frozen_parts(pipe)  # on the CPU until a validation needs them
-    monitor = TrainingMonitor(cfg, out, pipe=pipe, rank=ctx.rank)
-    try:
-        result = train_adapters(
-            transformer, samples, cfg, out, resume=resume, callback=monitor, null_prompt=null_prompt
-        )
-    finally:
-        monitor.close()
+                park_frozen_parts(pipe)  # on the CPU until a validation needs them
+        else:
+            transformer = load_transformer(model_path, dtype=dtype, device=device)
+        monitor = TrainingMonitor(cfg, out, pipe=pipe, rank=ctx.rank)
+        try:
+            result = train_adapters(
+                transformer, samples, cfg, out, resume=resume, callback=monitor, null_prompt=null_prompt
+            )
+        finally:
+            monitor.close()
     typer.echo(f"adapters: {result.adapter_dir}")
+
+
+def _prepare_for_training(data: Path, cache: Path, model_path: Path, ctx) -> Path:
+    """Encode a raw exemplar folder into ``cache`` (rank 0; re-runs reuse it) as ``prepare`` does with the
+    model's defaults; any bad input stops the run (training on a silent subset would mislead)."""
+    from dreamrelation.data.prepare_folder import PrepareConfig, prepare_folder
+
+    if ctx.is_main:
+        report = prepare_folder(data, cache, model_path, PrepareConfig.for_model(model_path))
+        for warning in report.warnings:
+            typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+        if not report.ok:
+            for problem in report.problems:
+                typer.secho(f"error: {problem}", fg=typer.colors.RED, err=True)
+            typer.secho(
+                f"fix the files above (or run `dreamrelation prepare {data} DIR` and train on DIR)", err=True
+            )
+            raise typer.Exit(2)
+    ctx.barrier()
+    return cache
 
 
 def _argv_without(option: str) -> list[str]:
@@ -161,7 +219,9 @@ def prepare(
     ),
     height: int = typer.Option(None, help="Height (default: 480, toy 64)."),
     width: int = typer.Option(None, help="Width (default: Mochi 848, Wan 832, toy 64)."),
-    fps: float = typer.Option(None, help="Resample the clip to this frame rate (default: Wan 16, else 30)."),
+    fps: float = typer.Option(
+        None, help="Resample the clip to this frame rate (default: Wan 16, toy 8, else 30)."
+    ),
     start: float = typer.Option(0.0, help="Clip start in seconds."),
     resize: str = typer.Option("crop", help="crop (centre-crop) or pad."),
     caption: str = typer.Option(None, help="One caption for every video (instead of .txt files)."),
@@ -171,29 +231,23 @@ def prepare(
 ) -> None:
     """Encode videos, captions and masks into a training cache; one line per bad input, good files kept."""
     from dreamrelation.backbones.loading import model_backbone_dir
-    from dreamrelation.backbones.registry import model_profile
     from dreamrelation.data.prepare_folder import PrepareConfig, prepare_folder
 
     model_path, _ = model_backbone_dir(model)
-    profile = model_profile(model_path)  # the toy's geometry, else the backbone's
-    d_frames, d_height, d_width = profile.default_geometry
-    report = prepare_folder(
-        src,
-        out,
+    settings = PrepareConfig.for_model(  # the toy's geometry and frame rate, else the backbone's
         model_path,
-        PrepareConfig(
-            num_frames=num_frames or d_frames,
-            height=height or d_height,
-            width=width or d_width,
-            fps=fps or profile.clip_fps,
-            start=start,
-            resize=resize,
-            caption=caption,
-            caption_template=caption_template,
-            subjects=str(subjects) if subjects else None,
-            preview=preview,
-        ),
+        num_frames=num_frames,
+        height=height,
+        width=width,
+        fps=fps,
+        start=start,
+        resize=resize,
+        caption=caption,
+        caption_template=caption_template,
+        subjects=str(subjects) if subjects else None,
+        preview=preview,
     )
+    report = prepare_folder(src, out, model_path, settings)
     _report_and_exit(report)
 
 
@@ -303,6 +357,7 @@ def generate(
         height=height,
         width=width,
         fps=fps,
+        progress=True,
     )
     run_generate(cfg)
 

@@ -53,7 +53,7 @@ def load_pipeline(
     except ValueError as exc:
         raise UserError(str(exc)) from None
     pipeline_cls = backbone.classes()[1]
-    pipe = pipeline_cls.from_pretrained(path, torch_dtype=dtype)
+    pipe = pipeline_cls.from_pretrained(path, dtype=dtype)
     pipe.prompt_length = text_length_of_model_dir(path, backbone)
     if device is not None:
         pipe = pipe.to(device)
@@ -77,7 +77,7 @@ def load_transformer(
         )
     transformer_cls = backbone.classes()[0]
     try:
-        transformer = transformer_cls.from_pretrained(path, subfolder="transformer", torch_dtype=dtype)
+        transformer = transformer_cls.from_pretrained(path, subfolder="transformer", dtype=dtype)
     except (OSError, ValueError, RuntimeError) as exc:
         raise UserError(f"{path}: cannot load the {backbone.name} transformer ({exc})") from None
     if device is not None:

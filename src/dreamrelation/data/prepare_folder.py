@@ -45,6 +45,7 @@ from dreamrelation.backbones.registry import (
     Backbone,
     backbone_of_model_dir,
     get_backbone,
+    model_profile,
     text_length_of_model_dir,
 )
 from dreamrelation.core.samples import TrainingSample
@@ -53,7 +54,7 @@ from dreamrelation.data.latent_masks import latent_frame_count, latent_masks
 from dreamrelation.data.mask_io import IMAGE_SUFFIXES, SUBJECTS_FILE, _frame_files
 from dreamrelation.data.prepare import encode_prompts, encode_video, null_prompt_for
 from dreamrelation.errors import UserError
-from dreamrelation.utils.io import atomic_path, atomic_write_json
+from dreamrelation.utils.io import atomic_path, atomic_write_json, ensure_output_dir, remove_partial_writes
 from dreamrelation.utils.media import (
     VIDEO_SUFFIXES,  # noqa: E402,I001
     contact_sheet,
@@ -92,11 +93,13 @@ class PrepareReport(FolderReport):
 
     prepared: list[str] = field(default_factory=list)
     frames: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line: counts and time."""
         return (
-            f"prepared {len(self.prepared)}, up to date {len(self.skipped)}, problems {len(self.problems)} "
+            f"prepared {len(self.prepared)}, up to date {len(self.skipped)}, problems {len(self.problems)}, "
+            f"warnings {len(self.warnings)} "
             f"-> {self.out} ({self.seconds:.1f} s)"
         )
 
@@ -123,6 +126,15 @@ class PrepareConfig:
     caption_template: str | None = None
     subjects: Mapping[str, Any] | str | os.PathLike[str] | None = None
     preview: bool = False
+
+    @classmethod
+    def for_model(cls, model: str | os.PathLike[str], **given: Any) -> PrepareConfig:
+        """The model's clip geometry and frame rate (the toy world's for a toy model, else the backbone's)
+        for every field not ``given`` (``None`` counts as not given)."""
+        profile = model_profile(model)
+        frames, height, width = profile.default_geometry
+        defaults = {"num_frames": frames, "height": height, "width": width, "fps": profile.clip_fps}
+        return cls(**{**defaults, **{k: v for k, v in given.items() if v is not None}})
 
 
 @dataclass
@@ -279,15 +291,50 @@ def _frames(path: Path) -> Iterator[tuple[float | None, Any]]:
         container.close()
 
 
-def _stream_rate(path: Path) -> float:
+def _stream_info(path: Path) -> tuple[float, int]:
+    """The video stream's frame rate (25 when unknown) and its frame count from the container's header
+    (0 when the container does not say)."""
     container = _open(path)
     try:
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else 0.0
+        fps = fps if fps > 0 and math.isfinite(fps) else 25.0
+        expected = int(stream.frames or 0)
+        if not expected and stream.duration and stream.time_base:
+            expected = round(float(stream.duration * stream.time_base) * fps)
     finally:
         container.close()
-    return fps if fps > 0 and math.isfinite(fps) else 25.0
+    return fps, expected
+
+
+@dataclass
+class _Clip:
+    """The frames :func:`_select_video` picked and what it learned about the source on the way."""
+
+    frames: np.ndarray  # uint8 (T, H, W, 3), resized to the settings
+    chosen: list[int]  # source frame index per clip frame
+    n_video: int  # frames decoded
+    size: tuple[int, int]  # source (height, width)
+    source_fps: float
+    expected: int  # frames the container's header announces (0: unknown)
+
+    def warnings(self, path: Path, st: _Settings) -> list[str]:
+        """A truncated source (fewer frames decode than the header announces) and repeated frames (a clip
+        rate above the source's), each with the fix."""
+        out = []
+        if self.expected and self.n_video < self.expected - max(2, 0.02 * self.expected):
+            out.append(
+                f"{path}: only {self.n_video} of {self.expected} frames decode (truncated file?); prepared from "
+                "the decodable part; re-export the video to use the rest."
+            )
+        repeats = len(self.chosen) - len(set(self.chosen))
+        if repeats:
+            out.append(
+                f"{path}: a {self.source_fps:g} fps source sampled at {st.fps:g} fps repeats {repeats} of "
+                f"{len(self.chosen)} frames; pass --fps {self.source_fps:g} (or lower) to use distinct frames."
+            )
+        return out
 
 
 def _count_frames(path: Path) -> int:
@@ -301,13 +348,10 @@ def _count_frames(path: Path) -> int:
         container.close()
 
 
-def _select_video(path: Path, st: _Settings) -> tuple[np.ndarray, list[int], int, tuple[int, int]]:
-    """Pick ``num_frames`` frames at ``fps`` from ``start`` (nearest timestamp), resize/crop them.
-
-    Returns frames uint8 (T, H, W, 3), the chosen source frame indices, the source frame count and the
-    source ``(height, width)``.
-    """
-    src_fps = _stream_rate(path)
+def _select_video(path: Path, st: _Settings) -> _Clip:
+    """Pick ``num_frames`` frames at ``fps`` from ``start`` (nearest timestamp), resize/crop them, decoding
+    one frame at a time (memory: the clip, not the video)."""
+    src_fps, expected = _stream_info(path)
     targets = st.start + np.arange(st.num_frames) / st.fps
     chosen: list[int] = []
     out: list[np.ndarray] = []
@@ -353,7 +397,7 @@ def _select_video(path: Path, st: _Settings) -> tuple[np.ndarray, list[int], int
             f"{path}: too few frames: {n} frames ({have:.2f} s) but {st.num_frames} frames at {st.fps:g} fps "
             f"from {st.start:g} s need {need:.2f} s; use a longer video or lower num_frames/fps/start."
         )
-    return np.stack(out), chosen, n, size
+    return _Clip(np.stack(out), chosen, n, size, src_fps, expected)
 
 
 # --------------------------------------------------------------------------------------------------- masks
@@ -446,8 +490,10 @@ def _select_masks(
     chosen: Sequence[int],
     n_video: int,
     video_size: tuple[int, int],
+    warnings: list[str] | None = None,
 ) -> np.ndarray:
-    """Masks bool (2, T, H, W) on the chosen video frames, with the video's geometric transform."""
+    """Masks bool (2, T, H, W) on the chosen video frames, with the video's geometric transform; a mask
+    track of another length than the video is resampled in time (nearest), with a line in ``warnings``."""
     sources = _mask_sources(item)
     where = str(item.masks)
     cols = _subject_colours(meta, f"{where}") if sources[0].kind == "colour" else None
@@ -463,6 +509,11 @@ def _select_masks(
             raise UserError(
                 f"{src.path}: {m} mask frames for a video of {n_video} frames; masks must cover the whole "
                 f"video (at most {MAX_MASK_FRAME_RATIO:g}x more or fewer frames): export one mask per video frame."
+            )
+        if m != n_video and warnings is not None:
+            warnings.append(
+                f"{src.path}: {m} mask frames for {n_video} video frames; resampled in time (nearest frame) - "
+                "export one mask per video frame for exact masks."
             )
         mh, mw = src.size()
         if abs((mw / mh) / (vw / vh) - 1) > MAX_ASPECT_DIFFERENCE:
@@ -491,7 +542,7 @@ def _select_masks(
     if (area == 0).all():
         raise UserError(
             f"{where}: zero-area masks: no subject pixels in the selected frames; check the masks (and start/"
-            "resize: a centre crop may cut the subjects out, resize='pad' keeps the whole frame)."
+            "resize: a centre crop may cut the subjects out, --resize pad keeps the whole frame)."
         )
     for k in range(2):
         if area[k] == 0:
@@ -607,7 +658,13 @@ def _captions(
             if not txt.is_file():
                 problems.append(f"{txt}: missing caption file; write one line describing the video.")
                 continue
-            item.caption = txt.read_text(encoding="utf-8").strip()
+            try:
+                item.caption = txt.read_text(encoding="utf-8").strip()
+            except UnicodeDecodeError as exc:
+                problems.append(
+                    f"{txt}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the caption as UTF-8."
+                )
+                continue
             item.files.append(txt)
             if not item.caption:
                 problems.append(f"{txt}: empty caption file; write one line describing the video.")
@@ -800,28 +857,36 @@ class _Preparer:
         if up_to_date and not need_preview:
             cache.entries[item.name] = {**prev, **entry}
             self.report.skipped.append(item.name)
+            self.report.warnings += prev.get("warnings", [])
             return "up to date"
         t = time.perf_counter()
-        frames, chosen, n_video, size = _select_video(item.video, self.st)
-        masks = _select_masks(item, meta, self.st, chosen, n_video, size)
+        clip = _select_video(item.video, self.st)
+        warnings = clip.warnings(item.video, self.st)
+        masks = _select_masks(item, meta, self.st, clip.chosen, clip.n_video, clip.size, warnings)
         if need_preview or (self.preview and not up_to_date):
-            _write_preview(out / "previews" / f"{item.name}.png", frames, masks, item.caption or "")
+            caption = f"{item.caption or ''} ({clip.source_fps:g} -> {self.st.fps:g} fps)"
+            _write_preview(out / "previews" / f"{item.name}.png", clip.frames, masks, caption)
         if up_to_date:
             cache.entries[item.name] = {**prev, **entry}
             self.report.skipped.append(item.name)
+            self.report.warnings += prev.get("warnings", [])
             return ""
         if self.pipe is None:
             self.pipe = _load(self.model, self.device)
-        sample = _encode(self.pipe, frames, masks, item.caption or "", item.name, self.st)
+        sample = _encode(self.pipe, clip.frames, masks, item.caption or "", item.name, self.st)
         metadata = {"name": item.name, "caption": item.caption or "", "settings": cache.settings}
         _save_sample(out / entry["file"], sample, metadata)
         entry.update(
-            source_frames=[int(i) for i in chosen],
+            source_frames=[int(i) for i in clip.chosen],
+            source_fps=clip.source_fps,
+            clip_fps=self.st.fps,
+            warnings=warnings,
             latent_shape=list(sample.latents.shape),
             prepared_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
         )
         cache.entries[item.name] = entry
         self.report.prepared.append(item.name)
+        self.report.warnings += warnings
         self.report.frames += self.st.num_frames
         cache.save()
         return f"encoded in {time.perf_counter() - t:.1f} s"
@@ -869,7 +934,18 @@ def prepare_folder(
         (lambda s: print(s, file=sys.stderr, flush=True)) if progress else (lambda s: None)
     )
     items, metas = _inputs(src, cfg, report.problems)
-    cache = _Cache(out, _read_manifest(out), _settings_hash(st, _model_fingerprint(pipe_or_model_path)))
+    if not items and not report.problems:
+        report.problems.append(
+            f"{src}: no videos ({', '.join(VIDEO_SUFFIXES)}) found; put the exemplar videos (and masks/) in it."
+        )
+    fingerprint = _model_fingerprint(pipe_or_model_path)
+    cache = _Cache(out, _read_manifest(out), _settings_hash(st, fingerprint))
+    if not items and not cache.old:
+        return report  # nothing to prepare and nothing to update: write nothing
+    _check_same_settings(cache, {**st.__dict__, "model": fingerprint})
+    ensure_output_dir(out, "output folder")
+    remove_partial_writes(out / "samples")
+    cache.manifest["settings"] = {**st.__dict__, "model": fingerprint}
     cache.keep = {item.name for item in items}
     run = _Preparer(src, pipe_or_model_path, st, cache, report)
     run.device, run.preview = device, cfg.preview
@@ -889,6 +965,21 @@ def prepare_folder(
     run.finish(backbone)
     report.seconds = time.perf_counter() - began
     return report  # the caller prints report.summary() (the CLI does, once)
+
+
+def _check_same_settings(cache: _Cache, settings: dict[str, Any]) -> None:
+    """A cache holds one clip geometry and model: refuse to mix (or silently replace) samples made otherwise."""
+    other = {e["settings"] for e in cache.old.values()} - {cache.settings}
+    if not other:
+        return
+    before = cache.manifest.get("settings") or {}
+    changed = ", ".join(
+        f"{k} {before[k]} -> {v}" for k, v in settings.items() if k in before and before[k] != v
+    )
+    raise UserError(
+        f"{cache.out}: holds {len(cache.old)} samples prepared with other settings ({changed or 'an older version'}); "
+        "prepare into a new folder, or delete this one to re-prepare everything."
+    )
 
 
 def _model_backbone(pipe_or_model_path: Any) -> Backbone:
@@ -945,8 +1036,8 @@ def read_example(
             f"{src}: no video {name!r} with masks; check the names of the video and masks/{name}."
         )
     meta = {**_normalise_subjects(cfg.subjects), **(_read_json(item.meta_file) if item.meta_file else {})}
-    frames, chosen, n_video, size = _select_video(item.video, st)
-    return frames, _select_masks(item, meta, st, chosen, n_video, size), chosen
+    clip = _select_video(item.video, st)
+    return clip.frames, _select_masks(item, meta, st, clip.chosen, clip.n_video, clip.size), clip.chosen
 
 
 class _ModelLoadError(UserError):
@@ -962,7 +1053,7 @@ def _load(model: Any, device: str | None) -> Any:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     try:
-        pipe = pipeline_cls.from_pretrained(path, transformer=None, torch_dtype=dtype).to(device)
+        pipe = pipeline_cls.from_pretrained(path, transformer=None, dtype=dtype).to(device)
     except (OSError, ValueError, RuntimeError) as exc:
         raise _ModelLoadError(
             f"{path}: cannot load the {backbone.name} VAE/text encoder ({_one_line(exc)})."

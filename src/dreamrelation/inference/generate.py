@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import os
 import re
 import time
@@ -32,10 +33,10 @@ import torch
 from dreamrelation.adapters.interop import check_adapter_file
 from dreamrelation.adapters.triplet import read_adapter_metadata, role_of
 from dreamrelation.backbones.loading import load_pipeline
-from dreamrelation.backbones.registry import get_backbone, model_dir, model_profile
+from dreamrelation.backbones.registry import TOY, get_backbone, model_dir, model_profile
 from dreamrelation.core.roles import PAPER_ROLES
-from dreamrelation.errors import UserError
-from dreamrelation.utils.io import atomic_write_json
+from dreamrelation.errors import UserError, warn_user
+from dreamrelation.utils.io import atomic_write_json, ensure_output_dir
 from dreamrelation.utils.media import contact_sheet, save_png, write_gif, write_video
 
 OFFLOAD_MODES = ("none", "model", "sequential")
@@ -399,6 +400,7 @@ class GenerationConfig:
     height: int | None = None
     width: int | None = None
     fps: float | None = None
+    progress: bool = False  # a per-step progress bar on stderr (the CLI's)
 
 
 @dataclass
@@ -412,6 +414,37 @@ class _Run:
     jobs: list[tuple[str, int]]
     choices: list[AdapterChoice]
     out: Path
+    created_out: bool = False  # the output folder did not exist before this run
+
+
+def _check_numbers(cfg: GenerationConfig, jobs: Sequence[tuple[str, int]]) -> None:
+    """Steps, guidance, geometry and seeds a sampler can run with (one line naming the value otherwise)."""
+    for key in ("steps", "num_frames", "height", "width"):
+        value = getattr(cfg, key)
+        if value is not None and int(value) < 1:
+            raise UserError(f"{key}={value}: must be at least 1")
+    for key in ("guidance", "fps"):
+        value = getattr(cfg, key)
+        if value is not None and not (math.isfinite(float(value)) and float(value) >= 0):
+            raise UserError(f"{key}={value}: must be a finite number >= 0")
+    for _, seed in jobs:
+        if not 0 <= int(seed) < 2**63:
+            raise UserError(f"seed {seed}: must be between 0 and 2**63 - 1")
+
+
+def warn_unknown_words(pipe, prompts: Sequence[str]) -> list[str]:
+    """For a toy model: the prompt words its tokenizer has no whole-word token for (it reads them letter by
+    letter), with one warning naming them; real backbones' tokenizers know every word."""
+    if not TOY.is_pipeline(pipe) or getattr(pipe, "tokenizer", None) is None:
+        return []
+    words = {w.strip(".,;:!?\"'").lower() for prompt in prompts for w in prompt.split()}
+    unknown = sorted(w for w in words if w and len(pipe.tokenizer.tokenize(w)) > 1)
+    if unknown:
+        warn_user(
+            f"prompt words the toy model has no token for: {', '.join(unknown)} (read letter by letter); "
+            "toy prompts use its colours, shapes and relations, e.g. 'A red star is pushing a blue circle.'"
+        )
+    return unknown
 
 
 def _check(cfg: GenerationConfig) -> _Run:
@@ -428,8 +461,12 @@ def _check(cfg: GenerationConfig) -> _Run:
     if cfg.model and not model_path.exists():
         raise UserError(f"model path not found: {model_path}")
     jobs = read_jobs(cfg.prompts, cfg.seeds)
+    _check_numbers(cfg, jobs)
     choices = resolve_adapters(cfg.adapters, cfg.roles)
-    return _Run(cfg, device, torch_dtype, model_path, jobs, choices, Path(cfg.out_dir))
+    out = Path(cfg.out_dir)
+    created = not out.exists()
+    ensure_output_dir(out)  # before sampling: a bad --out must not cost the videos
+    return _Run(cfg, device, torch_dtype, model_path, jobs, choices, out, created)
 
 
 def _settings(run: _Run, pipe, sampler: dict) -> dict:
@@ -481,6 +518,8 @@ def _write_one(
     settings = record["settings"]
     geometry = {k: settings[k] for k in ("num_frames", "height", "width")}
     start = time.time()
+    if run.cfg.progress:
+        pipe.set_progress_bar_config(disable=False, desc=f"video {n + 1}/{len(run.jobs)}", leave=False)
     video = generate_videos(
         pipe,
         [prompt],
@@ -532,10 +571,22 @@ def generate_to_folder(cfg: GenerationConfig, pipe=None) -> GenerationResult:
     Everything the user gives is checked before sampling.
     """
     run = _check(cfg)
+    try:
+        return _generate(run, pipe)
+    except BaseException:
+        if run.created_out and run.out.is_dir() and not any(run.out.iterdir()):
+            run.out.rmdir()  # a failed run leaves no empty folder behind
+        raise
+
+
+def _generate(run: _Run, pipe) -> GenerationResult:
+    """The body of :func:`generate_to_folder` once the config is checked."""
+    cfg = run.cfg
     owned = pipe is None
     if owned:
         device = run.device if cfg.offload == "none" else None
         pipe = load_pipeline(run.model_path, dtype=run.dtype, device=device)
+    warn_unknown_words(pipe, [prompt for prompt, _ in run.jobs])
     settings = _settings(run, pipe, prepare_sampling(pipe))
     record = {"guidance": settings.pop("_guidance"), "values": settings.pop("_values"), "settings": settings}
     load_adapter_choices(pipe, run.choices)
@@ -549,6 +600,8 @@ def generate_to_folder(cfg: GenerationConfig, pipe=None) -> GenerationResult:
     finally:
         if not owned and run.choices:  # leave a caller's pipeline as it was given
             pipe.transformer.delete_adapters([c.role for c in run.choices])
+        if cfg.progress:
+            pipe.set_progress_bar_config(disable=True)
     labels = [f"seed {seed}: {prompt}" for prompt, seed in run.jobs]
     save_png(result.contact_sheet, contact_sheet([[v] for v in result.frames], row_labels=labels))
     manifest = {

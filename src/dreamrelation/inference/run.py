@@ -15,6 +15,7 @@ from dreamrelation.adapters.interop import ExportResult, ImportResult, export_ad
 from dreamrelation.backbones.registry import model_dir
 from dreamrelation.errors import UserError
 from dreamrelation.inference.generate import GenerationConfig, GenerationResult, generate_to_folder
+from dreamrelation.utils.io import ensure_output_dir
 
 
 def parse_roles(specs: Sequence[str] | None) -> dict[str, float] | None:
@@ -78,7 +79,7 @@ def run_export(
     roles: Sequence[str] | None = None,  # noqa: A002
 ) -> ExportResult:
     """Body of ``dreamrelation export``: merge roles into one ComfyUI- or genmo-format LoRA file."""
-
+    ensure_output_dir(out if out.is_dir() or not out.suffix else out.parent, "output path")
     result = export_adapters(adapters, out, format=format, roles=parse_roles(roles))
     strengths = ", ".join(f"{r}={s:g}" for r, s in result.roles.items())
     typer.echo(f"{result.format} LoRA ({strengths}; {result.modules} modules): {result.path}")
@@ -92,6 +93,7 @@ def run_import(checkpoint: Path, out: Path, model: Path | None = None) -> Import
     shapes; only the config is read (the model is built on the meta device, no weights are loaded).
     """
 
+    ensure_output_dir(out, "output folder")
     transformer = transformer_skeleton(model) if model is not None else None
     result = import_checkpoint(checkpoint, out, transformer=transformer)
     typer.echo(f"imported {result.source_format} checkpoint -> {result.out_dir}")

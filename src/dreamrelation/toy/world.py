@@ -18,7 +18,7 @@ from dreamrelation.errors import UserError
 
 # registered with the toy models: 25 = 6k + 1 frames (the video VAE keeps frame 0 and every 6th after it)
 NUM_FRAMES, HEIGHT, WIDTH = TOY.default_geometry
-FPS = 8  # for viewing only
+FPS = TOY.clip_fps  # what `toy render` writes and `prepare` samples a toy model's clips at
 
 # --------------------------------------------------------------------------------------------------
 # Appearance vocabulary

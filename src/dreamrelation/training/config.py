@@ -9,6 +9,7 @@ import copy
 from dataclasses import dataclass, field
 
 from dreamrelation.core.roles import AdapterConfig
+from dreamrelation.errors import UserError, warn_user
 
 
 @dataclass
@@ -52,6 +53,29 @@ class OptimConfig:
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     log_every: int = 10
+
+
+def check_optim_config(oc: OptimConfig) -> None:
+    """Refuse values that cannot train (one line naming the key) and warn about a schedule that would not
+    do what was meant (a warm-up as long as the run keeps the learning rate below ``lr`` throughout)."""
+    for key in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
+        if int(getattr(oc, key)) < 1:
+            raise UserError(
+                f"optim.{key}={getattr(oc, key)}: must be at least 1 (e.g. optim.{key}=500 for steps)."
+            )
+    if not (0 < oc.lr < float("inf")):
+        raise UserError(f"optim.lr={oc.lr}: must be a positive number (the paper uses 2e-4).")
+    if oc.warmup_steps < 0 or not 0 <= oc.caption_dropout < 1:
+        raise UserError(
+            f"optim.warmup_steps={oc.warmup_steps}, optim.caption_dropout={oc.caption_dropout}: need "
+            "warmup_steps >= 0 and 0 <= caption_dropout < 1."
+        )
+    if oc.warmup_steps >= oc.steps:
+        warn_user(
+            f"optim.warmup_steps={oc.warmup_steps} >= optim.steps={oc.steps}: the learning rate never leaves "
+            f"warm-up (it peaks at {oc.steps / oc.warmup_steps:.0%} of lr); set e.g. "
+            f"optim.warmup_steps={max(oc.steps // 10, 0)}."
+        )
 
 
 OPTIMIZERS = ("adamw", "adamw8bit")

@@ -46,7 +46,7 @@ from dreamrelation.backbones.registry import get_backbone
 from dreamrelation.core.roles import HMT_CHOICES
 from dreamrelation.core.samples import TrainingSample
 from dreamrelation.errors import UserError
-from dreamrelation.training.config import OptimConfig, TrainConfig
+from dreamrelation.training.config import OptimConfig, TrainConfig, check_optim_config
 from dreamrelation.training.distributed import (
     GatheredContrastiveLoss,
     all_reduce_gradients,
@@ -60,7 +60,7 @@ from dreamrelation.training.memory import (
     check_memory_config,
     make_optimizer,
 )
-from dreamrelation.utils.io import atomic_path
+from dreamrelation.utils.io import RunLock, atomic_path, remove_partial_writes
 
 CHOICES = (*HMT_CHOICES, "all")  # "all": HMT disabled, every adapter on, plain MSE
 CHECKPOINT_FORMAT = "dreamrelation-checkpoint-v1"
@@ -463,7 +463,8 @@ def train_adapters(
 
     Writes ``out_dir/checkpoints/step_N.safetensors`` every ``checkpoint_every`` steps and at the end,
     ``out_dir/loss.csv``, ``out_dir/config.json`` and the final adapters ``out_dir/adapters/{role}.safetensors``
-    (diffusers LoRA format). ``resume=True`` continues from the latest checkpoint. Ctrl-C (or a
+    (diffusers LoRA format); ``out_dir`` is locked while the run writes to it (:class:`RunLock`).
+    ``resume=True`` continues from the latest checkpoint. Ctrl-C (or a
     ``KeyboardInterrupt`` from ``callback(step, loss)``) saves a checkpoint and re-raises. A non-finite loss
     raises :class:`UserError` without overwriting the last good checkpoint. With ``mixed_precision`` bf16
     (the "auto" choice on CUDA) the base weights are cast to bf16 and the forward runs under autocast.
@@ -474,8 +475,9 @@ def train_adapters(
     :mod:`dreamrelation.training.distributed`.
     """
     trainer = Trainer(transformer, samples, _as_dataclass(cfg), Path(out_dir), null_prompt)
-    trainer.setup(resume)
-    return trainer.run(progress, callback)
+    with RunLock(out_dir) if trainer.ctx.is_main else contextlib.nullcontext():
+        trainer.setup(resume)
+        return trainer.run(progress, callback)
 
 
 class Trainer:
@@ -513,6 +515,7 @@ class Trainer:
         if cfg.mixed_precision not in ("auto", "bf16", "fp32"):
             raise UserError(f"mixed_precision must be auto, bf16 or fp32, not {cfg.mixed_precision!r}")
         check_memory_config(cfg.memory)
+        check_optim_config(cfg.optim)
         _check_samples(self.samples, need_masks=cfg.hmt.enabled)
         self.roles = list(cfg.adapter.placement)
         self._add_adapters()
@@ -520,6 +523,8 @@ class Trainer:
         apply_memory_modes(transformer, cfg.memory, cfg.gradient_checkpointing)
         transformer.train()
         self._optimizer()
+        if ctx.is_main:
+            remove_partial_writes(self.ckpt_dir)  # a killed run's half-written checkpoint is never read
         self.last_ckpt = latest_checkpoint(self.out) if resume else None
         if self.last_ckpt is not None:
             load_checkpoint(self.last_ckpt, transformer, self.optimizer, cfg, self.state)
