@@ -30,6 +30,11 @@ benchmark_app = typer.Typer(no_args_is_help=True, help="Benchmarks that reproduc
 app.add_typer(benchmark_app, name="benchmark")
 
 OVERRIDES_HELP = "Config overrides such as train_steps=200 or seeds=[0,1]."
+MODEL_HELP = (
+    "Mochi or Wan directory: diffusers format, or genmo's original Mochi layout (dit/encoder/decoder"
+    ".safetensors; default: toy bundle)."
+)
+T5_HELP = "T5 folder for a genmo-layout Mochi (default: t5-v1_1-xxl/ beside the model folder)."
 
 
 @app.command()
@@ -54,11 +59,15 @@ def train(
         ..., help="Folder of exemplar videos (.mp4 + same-name .txt captions) and masks/."
     ),
     overrides: list[str] = typer.Argument(None, help="Trainer overrides such as optim.steps=500."),
-    model: Path = typer.Option(
-        None, "--model", "-m", help="diffusers-format Mochi or Wan directory (default: toy bundle)."
-    ),
+    model: Path = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    text_encoder: Path = typer.Option(None, "--text-encoder", help=T5_HELP),
     method: str = typer.Option("dreamrelation", help="Method or ablation preset (e.g. direct_lora, wo_hmt)."),
-    config: Path = typer.Option(None, "--config", "-c", help="YAML file with TrainConfig fields."),
+    config: Path = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="YAML with TrainConfig fields, or the official DreamRelation training YAML.",
+    ),
     out: Path = typer.Option(
         Path("runs/train"), "--out", help="Run folder: checkpoints, adapters, loss.csv."
     ),
@@ -80,21 +89,28 @@ def train(
     import torch
 
     from dreamrelation.backbones.loading import load_pipeline
-    from dreamrelation.config import load_config
     from dreamrelation.data.folder import load_exemplar_folder
     from dreamrelation.data.prepare import null_prompt_for, prepare_samples
-    from dreamrelation.training.config import PRESET_NAMES, preset
+    from dreamrelation.training.config import PRESET_NAMES
     from dreamrelation.training.monitor import TrainingMonitor
+    from dreamrelation.training.official import load_train_config
     from dreamrelation.training.trainer import train_adapters
 
     if method not in PRESET_NAMES:
         raise UserError(f"--method {method!r}: unknown preset; choose one of {', '.join(PRESET_NAMES)}")
-    cfg = load_config(preset(method), config, overrides)
+    cfg, official = load_train_config(method, config, overrides)
+    prepared = (data / "manifest.json").is_file()
+    if official is not None and prepared and cfg.monitor.validate_every:
+        cfg.monitor.validate_every = 0  # validation samples need the VAE and T5, a prepared cache has neither
+        official.ignored.append("sample.interval (validation is off when training from a prepared cache)")
     ctx = init_distributed()
+    if official is not None and ctx.rank == 0:
+        typer.echo(official.summary())
+        official.write(out)
     device = ctx.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" and cfg.mixed_precision != "fp32" else torch.float32
     pipe = None
-    if (data / "manifest.json").is_file():  # a `dreamrelation prepare` folder: load the transformer only
+    if prepared:  # a `dreamrelation prepare` folder: load the transformer only
         from dreamrelation.backbones.loading import load_transformer
         from dreamrelation.data.prepare_folder import load_null_prompt, load_prepared
 
@@ -103,7 +119,7 @@ def train(
     else:
         videos, captions, masks, names = load_exemplar_folder(data)  # check the user's data before the model
         # loaded in the training dtype: from_pretrained keeps the modules a model wants in fp32 (Wan's norms)
-        pipe = load_pipeline(model, dtype=dtype, device=str(device))
+        pipe = load_pipeline(model, dtype=dtype, device=str(device), text_encoder=text_encoder)
         samples = prepare_samples(pipe, videos, captions, masks, names)
         null_prompt = null_prompt_for(pipe)
         transformer = pipe.transformer
@@ -153,9 +169,8 @@ def prepare(
     out: Path = typer.Argument(
         ..., help="Cache folder: samples/*.safetensors + manifest.json (re-runs skip)."
     ),
-    model: Path = typer.Option(
-        None, "--model", "-m", help="diffusers-format Mochi or Wan directory (default: toy bundle)."
-    ),
+    model: Path = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    text_encoder: Path = typer.Option(None, "--text-encoder", help=T5_HELP),
     num_frames: int = typer.Option(
         None, help="Frames per clip: Mochi 6k+1, Wan 4k+1 (default: Mochi 61, Wan 81, toy 25)."
     ),
@@ -193,6 +208,7 @@ def prepare(
             subjects=str(subjects) if subjects else None,
             preview=preview,
         ),
+        text_encoder=text_encoder,
     )
     _report_and_exit(report)
 
@@ -249,9 +265,8 @@ def generate(
         "-f",
         help="Text file, one prompt per line, or CSV with prompt[,seed] columns.",
     ),
-    model: Path = typer.Option(
-        None, "--model", "-m", help="diffusers-format Mochi or Wan directory (default: toy bundle)."
-    ),
+    model: Path = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    text_encoder: Path = typer.Option(None, "--text-encoder", help=T5_HELP),
     adapters: list[Path] = typer.Option(
         None, "--adapters", "-a", help="Adapter folder (e.g. runs/train/adapters) or adapter files (repeat)."
     ),
@@ -289,6 +304,7 @@ def generate(
         adapters,
         role,
         model=model,
+        text_encoder=text_encoder,
         seeds=list(seed or [0]),
         out_dir=out,
         steps=steps,
@@ -341,13 +357,29 @@ def import_(
 
 
 @app.command()
+def convert(
+    model: Path = typer.Argument(..., help="Mochi in genmo's layout, e.g. pretrained_models/mochi."),
+    out: Path = typer.Argument(..., help="New folder for the diffusers-format pipeline."),
+    text_encoder: Path = typer.Option(None, "--text-encoder", help=T5_HELP),
+    dtype: str = typer.Option("bfloat16", help="Weights dtype written: bfloat16, float16 or float32."),
+) -> None:
+    """Write genmo-layout Mochi weights (+ T5) once as a diffusers directory (loads faster than converting)."""
+    from dreamrelation.backbones.loading import convert_model
+    from dreamrelation.inference.generate import resolve_dtype
+
+    if dtype == "auto":
+        raise UserError("--dtype auto: choose bfloat16, float16 or float32 for the written weights")
+    path = convert_model(model, out, text_encoder=text_encoder, dtype=resolve_dtype(dtype, "cpu"))
+    typer.echo(f"diffusers-format Mochi: {path}")
+
+
+@app.command()
 def analyze(
     inputs: list[str] = typer.Argument(
         ..., help="Videos (caption in NAME.txt/.json) or prompts (generated first)."
     ),
-    model: Path = typer.Option(
-        None, "--model", "-m", help="diffusers-format Mochi or Wan directory (default: toy bundle)."
-    ),
+    model: Path = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    text_encoder: Path = typer.Option(None, "--text-encoder", help=T5_HELP),
     adapters: list[Path] = typer.Option(
         None, "--adapters", "-a", help="Adapter folder or adapter files (repeat)."
     ),
@@ -390,6 +422,7 @@ def analyze(
             max_frames=max_frames,
             device=device,
             dtype=resolve_dtype(dtype, device),
+            text_encoder=text_encoder,
         ),
     )
     for name, path in summary["files"].items():
@@ -456,9 +489,8 @@ def evaluate(
 
 @app.command()
 def ui(
-    model: Path = typer.Option(
-        None, "--model", "-m", help="diffusers-format Mochi or Wan directory (default: toy bundle)."
-    ),
+    model: Path = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    text_encoder: Path = typer.Option(None, "--text-encoder", help=T5_HELP),
     run: Path = typer.Option(
         None, "--run", help="Training run folder to inspect; its adapters are preselected."
     ),
@@ -472,7 +504,15 @@ def ui(
     """Web UI (Gradio, needs the ui extra): generate with adapters, inspect training runs."""
     from dreamrelation.ui import launch
 
-    launch(host=host, port=port, default_model=model, default_run=run, out_dir=out, open_browser=open_browser)
+    launch(
+        host=host,
+        port=port,
+        default_model=model,
+        default_run=run,
+        out_dir=out,
+        open_browser=open_browser,
+        text_encoder=text_encoder,
+    )
 
 
 @data_app.command("ntu")
