@@ -249,3 +249,32 @@ def test_text_encoder_errors_name_the_fix(genmo_dir, tmp_path):
     with pytest.raises(UserError, match="not a T5 folder"):
         load_pipeline(genmo_dir, text_encoder=tmp_path)
     assert text_encoder_dir(genmo_dir, genmo_dir.parent / "t5-v1_1-xxl").name == "t5-v1_1-xxl"
+
+
+def test_cli_from_the_official_layout(genmo_dir, tmp_path):
+    """render -> prepare -> train (official YAML) -> generate, all with --model pretrained_models/mochi."""
+    from test_official import OFFICIAL
+    from typer.testing import CliRunner
+
+    from dreamrelation.cli import app
+
+    def cli(*args: str) -> str:
+        result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    geometry = ("--num-frames", "7", "--height", "32", "--width", "32")
+    t5 = ("--text-encoder", genmo_dir.parent / "t5-v1_1-xxl")
+    cli("toy", "render", tmp_path / "data", "--relation", "pushing", "--num", "1")
+    cli("prepare", tmp_path / "data", tmp_path / "cache", "--model", genmo_dir, *t5, *geometry)
+    yaml = OFFICIAL.replace("num_steps: 2400", "num_steps: 1").replace("warmup_steps: 150", "warmup_steps: 1")
+    (tmp_path / "example.yaml").write_text(yaml.replace("_lora_rank: 8", "_lora_rank: 2"))
+    out = cli("train", tmp_path / "cache", "--model", genmo_dir, "--config", tmp_path / "example.yaml",
+              "--out", tmp_path / "run")  # fmt: skip
+    assert "official DreamRelation YAML" in out and "sample.interval (validation is off" in out
+    record = json.loads((tmp_path / "run" / "official_config.json").read_text())
+    assert record["mapped"]["model.kwargs.qkv_proj_lora_rank -> adapter.rank"] == 2
+    cli("generate", "A bear is pushing a raccoon.", "--model", genmo_dir, *t5, "--adapters",
+        tmp_path / "run" / "adapters", "--steps", "2", *geometry, "--out", tmp_path / "gen")  # fmt: skip
+    meta = json.loads(sorted((tmp_path / "gen").glob("*.json"))[0].read_text())  # before manifest.json
+    assert [a["role"] for a in meta["adapters"]] == ["relation", "output"]

@@ -136,7 +136,7 @@ def load_genmo_transformer(path: str | os.PathLike, dtype: torch.dtype = torch.f
         Path(tmp, "config.json").write_text(json.dumps({"_class_name": "MochiTransformer3DModel", **config}))
         try:
             return MochiTransformer3DModel.from_single_file(
-                str(dit), config=tmp, local_files_only=True, torch_dtype=dtype
+                str(dit), config=tmp, local_files_only=True, dtype=dtype
             )
         except (KeyError, RuntimeError, ValueError) as exc:
             raise UserError(f"{dit}: cannot load as a Mochi DiT ({exc})") from None
@@ -304,7 +304,7 @@ def load_text_encoder(folder: Path, dtype: torch.dtype = torch.float32) -> tuple
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        encoder = T5EncoderModel.from_pretrained(str(folder), torch_dtype=dtype)
+        encoder = T5EncoderModel.from_pretrained(str(folder), dtype=dtype)
     except (OSError, ValueError) as exc:
         raise UserError(f"{folder}: cannot load T5 and its tokenizer ({str(exc).splitlines()[0]})") from None
     return encoder.eval(), tokenizer
