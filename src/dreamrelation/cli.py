@@ -33,6 +33,11 @@ benchmark_app = typer.Typer(no_args_is_help=True, help="Benchmarks that reproduc
 app.add_typer(benchmark_app, name="benchmark")
 
 OVERRIDES_HELP = "Config overrides such as train_steps=200 or seeds=[0,1]."
+MODEL_HELP = (
+    "Mochi or Wan directory: diffusers format, or genmo's original Mochi layout (dit/encoder/decoder"
+    ".safetensors; default: toy bundle)."
+)
+T5_HELP = "T5 folder for a genmo-layout Mochi (default: t5-v1_1-xxl/ beside the model folder)."
 
 
 @app.callback()
@@ -94,11 +99,15 @@ def train(
         ..., help="Folder of exemplar videos (.mp4 + same-name .txt captions) and masks/."
     ),
     overrides: list[str] = typer.Argument(None, help="Trainer overrides such as optim.steps=500."),
-    model: Path = typer.Option(
-        None, "--model", "-m", help="diffusers-format Mochi or Wan directory (default: toy bundle)."
-    ),
+    model: Path = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    text_encoder: Path = typer.Option(None, "--text-encoder", help=T5_HELP),
     method: str = typer.Option("dreamrelation", help="Method or ablation preset (e.g. direct_lora, wo_hmt)."),
-    config: Path = typer.Option(None, "--config", "-c", help="YAML file with TrainConfig fields."),
+    config: Path = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="YAML with TrainConfig fields, or the official DreamRelation training YAML.",
+    ),
     out: Path = typer.Option(
         Path("runs/train"), "--out", help="Run folder: checkpoints, adapters, loss.csv."
     ),
@@ -120,30 +129,37 @@ def train(
     import torch
 
     from dreamrelation.backbones.loading import load_pipeline, load_transformer, model_backbone_dir
-    from dreamrelation.config import load_config
     from dreamrelation.data.prepare_folder import load_null_prompt, load_prepared
-    from dreamrelation.training.config import PRESET_NAMES, check_optim_config, preset
+    from dreamrelation.training.config import PRESET_NAMES, check_optim_config
     from dreamrelation.training.monitor import TrainingMonitor
+    from dreamrelation.training.official import load_train_config
     from dreamrelation.training.trainer import train_adapters
     from dreamrelation.utils.io import RunLock, ensure_output_dir
 
     if method not in PRESET_NAMES:
         raise UserError(f"--method {method!r}: unknown preset; choose one of {', '.join(PRESET_NAMES)}")
-    cfg = load_config(preset(method), config, overrides)
+    cfg, official = load_train_config(method, config, overrides)
     check_optim_config(cfg.optim)  # before any data or model is touched
     model_path, _ = model_backbone_dir(model)
+    prepared = (data / "manifest.json").is_file()
+    if official is not None and prepared and cfg.monitor.validate_every:
+        cfg.monitor.validate_every = 0  # validation samples need the VAE and T5, a prepared cache has neither
+        official.ignored.append("sample.interval (validation is off when training from a prepared cache)")
     ctx = init_distributed()
-    device = ctx.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" and cfg.mixed_precision != "fp32" else torch.float32
     if ctx.is_main:
         ensure_output_dir(out)
+    if official is not None and ctx.is_main:
+        typer.echo(official.summary())
+        official.write(out)
+    device = ctx.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" and cfg.mixed_precision != "fp32" else torch.float32
     with RunLock(out) if ctx.is_main else contextlib.nullcontext():
-        if not (data / "manifest.json").is_file():  # raw videos: the same streaming decode as `prepare`
-            data = _prepare_for_training(data, out / "prepared", model_path, ctx)
+        if not prepared:  # raw videos: the same streaming decode as `prepare`
+            data = _prepare_for_training(data, out / "prepared", model_path, text_encoder, ctx)
         samples, null_prompt = load_prepared(data), load_null_prompt(data)
         pipe = None
         if cfg.monitor.validate_every:  # validation samples need the text encoder and the VAE
-            pipe = load_pipeline(model_path, dtype=dtype, device=str(device))
+            pipe = load_pipeline(model_path, dtype=dtype, device=str(device), text_encoder=text_encoder)
             transformer = pipe.transformer
             if cfg.memory.offload_frozen and device.type != "cpu":
                 from dreamrelation.training.memory import park_frozen_parts
@@ -161,13 +177,14 @@ def train(
     typer.echo(f"adapters: {result.adapter_dir}")
 
 
-def _prepare_for_training(data: Path, cache: Path, model_path: Path, ctx) -> Path:
+def _prepare_for_training(data: Path, cache: Path, model_path: Path, text_encoder: Path | None, ctx) -> Path:
     """Encode a raw exemplar folder into ``cache`` (rank 0; re-runs reuse it) as ``prepare`` does with the
     model's defaults; any bad input stops the run (training on a silent subset would mislead)."""
     from dreamrelation.data.prepare_folder import PrepareConfig, prepare_folder
 
     if ctx.is_main:
-        report = prepare_folder(data, cache, model_path, PrepareConfig.for_model(model_path))
+        settings = PrepareConfig.for_model(model_path)
+        report = prepare_folder(data, cache, model_path, settings, text_encoder=text_encoder)
         for warning in report.warnings:
             typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
         if not report.ok:
@@ -211,9 +228,8 @@ def prepare(
     out: Path = typer.Argument(
         ..., help="Cache folder: samples/*.safetensors + manifest.json (re-runs skip)."
     ),
-    model: Path = typer.Option(
-        None, "--model", "-m", help="diffusers-format Mochi or Wan directory (default: toy bundle)."
-    ),
+    model: Path = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    text_encoder: Path = typer.Option(None, "--text-encoder", help=T5_HELP),
     num_frames: int = typer.Option(
         None, help="Frames per clip: Mochi 6k+1, Wan 4k+1 (default: Mochi 61, Wan 81, toy 25)."
     ),
@@ -303,9 +319,8 @@ def generate(
         "-f",
         help="Text file, one prompt per line, or CSV with prompt[,seed] columns.",
     ),
-    model: Path = typer.Option(
-        None, "--model", "-m", help="diffusers-format Mochi or Wan directory (default: toy bundle)."
-    ),
+    model: Path = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    text_encoder: Path = typer.Option(None, "--text-encoder", help=T5_HELP),
     adapters: list[Path] = typer.Option(
         None, "--adapters", "-a", help="Adapter folder (e.g. runs/train/adapters) or adapter files (repeat)."
     ),
@@ -343,6 +358,7 @@ def generate(
         adapters,
         role,
         model=model,
+        text_encoder=text_encoder,
         seeds=list(seed or [0]),
         out_dir=out,
         steps=steps,
@@ -396,13 +412,29 @@ def import_(
 
 
 @app.command()
+def convert(
+    model: Path = typer.Argument(..., help="Mochi in genmo's layout, e.g. pretrained_models/mochi."),
+    out: Path = typer.Argument(..., help="New folder for the diffusers-format pipeline."),
+    text_encoder: Path = typer.Option(None, "--text-encoder", help=T5_HELP),
+    dtype: str = typer.Option("bfloat16", help="Weights dtype written: bfloat16, float16 or float32."),
+) -> None:
+    """Write genmo-layout Mochi weights (+ T5) once as a diffusers directory (loads faster than converting)."""
+    from dreamrelation.backbones.loading import convert_model
+    from dreamrelation.inference.generate import resolve_dtype
+
+    if dtype == "auto":
+        raise UserError("--dtype auto: choose bfloat16, float16 or float32 for the written weights")
+    path = convert_model(model, out, text_encoder=text_encoder, dtype=resolve_dtype(dtype, "cpu"))
+    typer.echo(f"diffusers-format Mochi: {path}")
+
+
+@app.command()
 def analyze(
     inputs: list[str] = typer.Argument(
         ..., help="Videos (caption in NAME.txt/.json) or prompts (generated first)."
     ),
-    model: Path = typer.Option(
-        None, "--model", "-m", help="diffusers-format Mochi or Wan directory (default: toy bundle)."
-    ),
+    model: Path = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    text_encoder: Path = typer.Option(None, "--text-encoder", help=T5_HELP),
     adapters: list[Path] = typer.Option(
         None, "--adapters", "-a", help="Adapter folder or adapter files (repeat)."
     ),
@@ -445,6 +477,7 @@ def analyze(
             max_frames=max_frames,
             device=device,
             dtype=resolve_dtype(dtype, device),
+            text_encoder=text_encoder,
         ),
     )
     for name, path in summary["files"].items():
@@ -511,9 +544,8 @@ def evaluate(
 
 @app.command()
 def ui(
-    model: Path = typer.Option(
-        None, "--model", "-m", help="diffusers-format Mochi or Wan directory (default: toy bundle)."
-    ),
+    model: Path = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    text_encoder: Path = typer.Option(None, "--text-encoder", help=T5_HELP),
     run: Path = typer.Option(
         None, "--run", help="Training run folder to inspect; its adapters are preselected."
     ),
@@ -527,7 +559,15 @@ def ui(
     """Web UI (Gradio, needs the ui extra): generate with adapters, inspect training runs."""
     from dreamrelation.ui import launch
 
-    launch(host=host, port=port, default_model=model, default_run=run, out_dir=out, open_browser=open_browser)
+    launch(
+        host=host,
+        port=port,
+        default_model=model,
+        default_run=run,
+        out_dir=out,
+        open_browser=open_browser,
+        text_encoder=text_encoder,
+    )
 
 
 @data_app.command("ntu")

@@ -159,9 +159,16 @@ class PipelineCache:
     serialises generations, which load adapters onto the shared pipeline.
     """
 
-    def __init__(self, max_models: int = 1, device: str | None = None, dtype: str = "auto") -> None:
+    def __init__(
+        self,
+        max_models: int = 1,
+        device: str | None = None,
+        dtype: str = "auto",
+        text_encoder: str | os.PathLike | None = None,
+    ) -> None:
         import torch
 
+        self.text_encoder = text_encoder  # T5 folder for genmo-layout Mochi directories
         self.max_models = max(1, int(max_models))
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = dtype
@@ -191,7 +198,8 @@ class PipelineCache:
                 return self._pipes[key]
             while len(self._pipes) >= self.max_models:
                 self._pipes.popitem(last=False)
-            pipe = load_pipeline(key, dtype=resolve_dtype(self.dtype, self.device), device=self.device)
+            dtype = resolve_dtype(self.dtype, self.device)
+            pipe = load_pipeline(key, dtype=dtype, device=self.device, text_encoder=self.text_encoder)
             self.loads += 1
             self._pipes[key] = pipe
             return pipe
@@ -757,17 +765,18 @@ def launch(
     out_dir: str | os.PathLike = DEFAULT_OUT,
     open_browser: bool = False,
     block: bool = True,
+    text_encoder: str | os.PathLike | None = None,
 ) -> tuple[gr.Blocks, str]:
     """Build and serve the app on ``host:port`` (loopback by default; there is no login).
 
-    ``block=False`` returns at once with the server running in a thread (stop it with ``app.close()``);
+    ``text_encoder``: the T5 folder of a genmo-layout Mochi model. ``block=False`` returns at once with the server running in a thread (stop it with ``app.close()``);
     otherwise this returns when the server stops (Ctrl-C). Returns ``(app, local_url)``.
     """
     if host not in ("127.0.0.1", "localhost", "::1"):
         warnings.warn(
             f"serving on {host}: anyone who can reach it can run the model (no login)", stacklevel=2
         )
-    app = build_app(default_model, default_run, out_dir)
+    app = build_app(default_model, default_run, out_dir, cache=PipelineCache(text_encoder=text_encoder))
     app.queue(default_concurrency_limit=1)
     _, url, _ = app.launch(
         server_name=host,

@@ -54,6 +54,7 @@ __all__ = [
     "check_adapter_file",
     "export_adapters",
     "import_checkpoint",
+    "is_foreign_checkpoint",
     "read_adapter_file",
     "write_factors",
 ]
@@ -313,6 +314,20 @@ def _load_source(path: Path) -> tuple[dict, dict]:
     raise UserError(
         f"{path}: expected a state dict or {{'state_dict': ..., 'kwargs': ...}}, got {type(obj).__name__}"
     )
+
+
+def is_foreign_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether an existing file is a LoRA checkpoint to import (a pickle such as the official
+    ``model_2000.lora.pt``, or a safetensors file without our / diffusers' LoRA header)."""
+    p = Path(path)
+    if p.suffix != ".safetensors":
+        return True
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            header = dict(f.metadata() or {})
+    except Exception:  # unreadable: the adapter checks report it
+        return False
+    return METADATA_KEY not in header and PEFT_HEADER_KEY not in header
 
 
 def _strip(key: str) -> str:

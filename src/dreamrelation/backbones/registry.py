@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from dreamrelation.backbones.genmo import is_genmo_dir
 from dreamrelation.core.flow import MOCHI_FLOW, FlowConvention
 
 #: ``call(transformer, hidden_states, timestep, prompt_embeds, prompt_mask) -> prediction``
@@ -321,8 +322,11 @@ def get_backbone(obj: Any) -> Backbone:
 
 
 def backbone_of_model_dir(path: str | Path) -> Backbone:
-    """The backbone of a diffusers-format directory, from ``model_index.json`` (or ``transformer/config.json``)."""
+    """The backbone of a diffusers-format directory, from ``model_index.json`` (or ``transformer/config.json``);
+    a directory in genmo's original layout is Mochi."""
     path = Path(path)
+    if is_genmo_dir(path):
+        return MOCHI
     for file, key in (("model_index.json", "_class_name"), ("transformer/config.json", "_class_name")):
         if (path / file).is_file():
             name = json.loads((path / file).read_text()).get(key, "")

@@ -40,13 +40,14 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from dreamrelation.backbones.genmo import is_genmo_dir
+from dreamrelation.backbones.loading import load_pipeline
 from dreamrelation.backbones.registry import (
     MOCHI,
     Backbone,
     backbone_of_model_dir,
     get_backbone,
     model_profile,
-    text_length_of_model_dir,
 )
 from dreamrelation.core.samples import TrainingSample
 from dreamrelation.data.folder_run import FolderReport, video_files
@@ -676,19 +677,23 @@ def _captions(
 # ------------------------------------------------------------------------------------------------- model
 
 
-def _model_fingerprint(model: Any) -> str:
-    """A cheap identity of the VAE + text encoder: file sizes/times of a model folder, else weight statistics."""
+def _model_fingerprint(model: Any, text_encoder: str | os.PathLike | None = None) -> str:
+    """A cheap identity of the VAE + text encoder: file sizes/times of a model folder (genmo layout: its
+    VAE files and the T5 folder), else weight statistics."""
     h = hashlib.sha256()
+    if text_encoder:
+        h.update(str(Path(text_encoder).resolve()).encode())
     folder = Path(model) if isinstance(model, (str, os.PathLike)) else None
     if folder is None:
         name = getattr(model, "name_or_path", None)
         folder = Path(name) if name and Path(name).is_dir() else None
     if folder is not None:
-        for sub in ("vae", "text_encoder", "tokenizer"):
-            for p in sorted((folder / sub).rglob("*")) if (folder / sub).is_dir() else []:
-                if p.is_file():
-                    st = p.stat()
-                    h.update(f"{p.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns};".encode())
+        files = [f for sub in ("vae", "text_encoder", "tokenizer") if (folder / sub).is_dir()
+                 for f in sorted((folder / sub).rglob("*"))]  # fmt: skip
+        for p in files + sorted(folder.glob("*coder.safetensors")):
+            if p.is_file():
+                st = p.stat()
+                h.update(f"{p.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns};".encode())
         h.update(str(folder.resolve()).encode())
         return h.hexdigest()[:16]
     for part in (model.vae, model.text_encoder):
@@ -722,7 +727,7 @@ def _save_sample(path: Path, sample: TrainingSample, metadata: dict[str, str]) -
         save_file(tensors, str(tmp), metadata=metadata)
 
 
-def _save_null_prompt(out: Path, pipe: Any, model: Any, device: str | None, settings: str) -> None:
+def _save_null_prompt(out: Path, pipe: Any, run: _Preparer, settings: str) -> None:
     """Write the encoded empty prompt (what a dropped caption becomes in training, for backbones whose
     pipeline encodes the empty negative prompt) unless it is there for these settings."""
     path = out / NULL_PROMPT
@@ -733,7 +738,7 @@ def _save_null_prompt(out: Path, pipe: Any, model: Any, device: str | None, sett
                     return
         except (OSError, ValueError, RuntimeError):
             pass  # unreadable: write it again
-    embeds, mask = null_prompt_for(pipe if pipe is not None else _load(model, device))
+    embeds, mask = null_prompt_for(pipe if pipe is not None else run.load())
     tensors = {"prompt_embeds": embeds.contiguous(), "prompt_mask": mask.contiguous()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"settings": settings})
@@ -842,7 +847,12 @@ class _Preparer:
         self.src, self.model, self.st, self.cache, self.report = src, model, st, cache, report
         self.pipe = None if isinstance(model, (str, os.PathLike)) else model
         self.device: str | None = None
+        self.text_encoder: str | os.PathLike | None = None
         self.preview = False
+
+    def load(self) -> Any:
+        """The VAE and text encoder of the model path (see :func:`_load`)."""
+        return _load(self.model, self.device, self.text_encoder)
 
     def one(self, item: _Item, meta: dict[str, Any]) -> str:
         """Encode ``item`` unless it is up to date (previews written as asked); returns a progress note."""
@@ -872,7 +882,7 @@ class _Preparer:
             self.report.warnings += prev.get("warnings", [])
             return ""
         if self.pipe is None:
-            self.pipe = _load(self.model, self.device)
+            self.pipe = self.load()
         sample = _encode(self.pipe, clip.frames, masks, item.caption or "", item.name, self.st)
         metadata = {"name": item.name, "caption": item.caption or "", "settings": cache.settings}
         _save_sample(out / entry["file"], sample, metadata)
@@ -900,7 +910,7 @@ class _Preparer:
         if backbone.empty_prompt_zeroed or not cache.entries:
             (out / NULL_PROMPT).unlink(missing_ok=True)  # training zeroes dropped captions
         else:
-            _save_null_prompt(out, self.pipe, self.model, self.device, cache.settings)
+            _save_null_prompt(out, self.pipe, self, cache.settings)
         cache.keep = set()
         cache.save()
 
@@ -913,11 +923,13 @@ def prepare_folder(
     *,
     progress: bool = True,
     device: str | None = None,
+    text_encoder: str | os.PathLike | None = None,
 ) -> PrepareReport:
     """Encode every good video of ``src`` into ``out`` as ``cfg`` says; one line per bad input in the report.
 
     ``pipe_or_model_path`` is a loaded pipeline (``MochiPipeline``, ``WanPipeline``) or a diffusers-format
-    directory of a registered backbone (loaded only if something needs encoding). Re-running skips videos
+    directory of a registered backbone or a genmo-layout Mochi directory with T5 from ``text_encoder``
+    (loaded only if something needs encoding). Re-running skips videos
     whose video, masks, caption and settings are unchanged (content hashes) and drops samples whose source
     disappeared or turned bad.
     """
@@ -938,7 +950,7 @@ def prepare_folder(
         report.problems.append(
             f"{src}: no videos ({', '.join(VIDEO_SUFFIXES)}) found; put the exemplar videos (and masks/) in it."
         )
-    fingerprint = _model_fingerprint(pipe_or_model_path)
+    fingerprint = _model_fingerprint(pipe_or_model_path, text_encoder)
     cache = _Cache(out, _read_manifest(out), _settings_hash(st, fingerprint))
     if not items and not cache.old:
         return report  # nothing to prepare and nothing to update: write nothing
@@ -948,7 +960,7 @@ def prepare_folder(
     cache.manifest["settings"] = {**st.__dict__, "model": fingerprint}
     cache.keep = {item.name for item in items}
     run = _Preparer(src, pipe_or_model_path, st, cache, report)
-    run.device, run.preview = device, cfg.preview
+    run.device, run.preview, run.text_encoder = device, cfg.preview, text_encoder
     for n, item in enumerate(items, 1):
         try:
             note = run.one(item, metas[item.name])
@@ -987,7 +999,7 @@ def _model_backbone(pipe_or_model_path: Any) -> Backbone:
     if not isinstance(pipe_or_model_path, (str, os.PathLike)):
         return get_backbone(pipe_or_model_path)
     path = Path(pipe_or_model_path)
-    if not (path / "model_index.json").is_file():
+    if not (path / "model_index.json").is_file() and not is_genmo_dir(path):
         raise UserError(
             f"{path}: not a diffusers pipeline directory (no model_index.json); check the model path."
         )
@@ -1044,23 +1056,21 @@ class _ModelLoadError(UserError):
     """The model could not be loaded: stop the run instead of blaming each video."""
 
 
-def _load(model: Any, device: str | None) -> Any:
-    """VAE, text encoder and tokenizer of a diffusers-format directory (the transformer is not needed to
-    prepare data); ``pipe.prompt_length`` is the text length the transformer reads."""
+def _load(model: Any, device: str | None, text_encoder: str | os.PathLike | None = None) -> Any:
+    """VAE, text encoder and tokenizer of a model directory (the transformer is not needed to prepare
+    data); ``pipe.prompt_length`` is the text length the transformer reads."""
     path = Path(model)
     backbone = backbone_of_model_dir(path)
-    pipeline_cls = backbone.classes()[1]
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     try:
-        pipe = pipeline_cls.from_pretrained(path, transformer=None, dtype=dtype).to(device)
+        return load_pipeline(path, dtype, device, text_encoder=text_encoder, with_transformer=False)
+    except UserError as exc:
+        raise _ModelLoadError(str(exc)) from None
     except (OSError, ValueError, RuntimeError) as exc:
         raise _ModelLoadError(
             f"{path}: cannot load the {backbone.name} VAE/text encoder ({_one_line(exc)})."
         ) from None
-    pipe.set_progress_bar_config(disable=True)
-    pipe.prompt_length = text_length_of_model_dir(path, backbone)
-    return pipe
 
 
 def _prompt(pipe: Any, caption: str) -> tuple[torch.Tensor, torch.Tensor]:

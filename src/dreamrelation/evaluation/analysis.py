@@ -810,6 +810,7 @@ class AnalysisConfig:
     frames_per_cell: int = 8
     device: str | None = None
     dtype: torch.dtype = torch.float32
+    text_encoder: str | os.PathLike | None = None  # T5 folder of a genmo-layout Mochi directory
 
 
 def run_analysis(
@@ -834,7 +835,7 @@ def run_analysis(
         raise UserError("nothing to analyse: give videos or prompts")
     if isinstance(model_dir_or_pipe, (str, os.PathLike)) or model_dir_or_pipe is None:
         device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        pipe = load_pipeline(model_dir_or_pipe, dtype=cfg.dtype, device=device)
+        pipe = load_pipeline(model_dir_or_pipe, dtype=cfg.dtype, device=device, text_encoder=cfg.text_encoder)
     else:
         pipe = model_dir_or_pipe
     load_adapter_choices(pipe, resolve_adapters(cfg.adapters, cfg.roles))

@@ -17,11 +17,14 @@ or the caption pooler, so both give the same latents (checked: max difference 1.
 
 from __future__ import annotations
 
+import atexit
 import csv
 import hashlib
 import math
 import os
 import re
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dreamrelation.adapters.interop import check_adapter_file
+from dreamrelation.adapters.interop import check_adapter_file, import_checkpoint, is_foreign_checkpoint
 from dreamrelation.adapters.triplet import read_adapter_metadata, role_of
 from dreamrelation.backbones.loading import load_pipeline
 from dreamrelation.backbones.registry import TOY, get_backbone, model_dir, model_profile
@@ -256,8 +259,10 @@ def resolve_adapters(
     ``adapters``: a directory with ``{role}.safetensors`` files, or a list of files (role from the file's
     metadata, else its name). ``roles``: role -> strength (a list means strength 1). Default for a
     directory: the inference roles recorded by the trainer, else relation + output (the paper), strength 1;
-    for a list of files: every file.
+    for a list of files: every file. An official DreamRelation / genmo LoRA checkpoint (``model_2000.lora.pt``)
+    given alone is imported on the fly (:func:`imported_checkpoint`) and used as that folder.
     """
+    adapters = imported_checkpoint(adapters)
 
     if adapters is None:
         if roles:
@@ -308,6 +313,26 @@ def resolve_adapters(
             raise UserError(f"adapter {choice.role!r}: strength must be a finite number")
         choice.metadata = read_adapter_metadata(choice.path)
     return choices
+
+
+def imported_checkpoint(
+    adapters: str | os.PathLike | Sequence[str | os.PathLike] | None,
+) -> str | os.PathLike | Sequence[str | os.PathLike] | None:
+    """``adapters`` unchanged, or for one official / genmo checkpoint the temporary folder of its import
+    (deleted at exit; ``dreamrelation import`` keeps one)."""
+    items = [adapters] if isinstance(adapters, (str, os.PathLike)) else list(adapters or [])
+    foreign = [Path(a) for a in items if Path(a).is_file() and is_foreign_checkpoint(a)]
+    if not foreign:
+        return adapters
+    if len(items) > 1:
+        raise UserError(
+            f"{foreign[0]}: give an official / genmo LoRA checkpoint alone as --adapters, "
+            "or convert it first with `dreamrelation import`"
+        )
+    folder = Path(tempfile.mkdtemp(prefix="dreamrelation-import-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    import_checkpoint(foreign[0], folder)
+    return folder
 
 
 def load_adapter_choices(pipe, choices: Sequence[AdapterChoice]) -> None:
@@ -376,7 +401,8 @@ class GenerationConfig:
     """One ``generate`` run: what the CLI, the UI and :func:`generate_to_folder` share.
 
     ``prompts``: a list, or a path (``os.PathLike``) to a .txt / .csv file (see :func:`read_jobs`).
-    ``model``: a diffusers Mochi 1 or Wan 2.1 directory (None: the shipped toy bundle). ``adapters``: a
+    ``model``: a diffusers Mochi 1 or Wan 2.1 directory, or a genmo-layout Mochi directory with T5 from
+    ``text_encoder`` (None: the shipped toy bundle). ``adapters``: a
     folder or files (see :func:`resolve_adapters`), ``roles``: role -> strength (None: the recorded
     inference roles). Sampling settings left None take the model's defaults (:func:`model_profile`:
     Mochi 64 steps / CFG 6.0 / 30 fps, Wan 50 / 5.0 / 16, toy 32 / 4.0 / 8; geometry likewise).
@@ -387,6 +413,7 @@ class GenerationConfig:
     adapters: str | os.PathLike | Sequence[str | os.PathLike] | None = None
     roles: dict[str, float] | None = None
     seeds: Sequence[int] = (0,)
+    text_encoder: str | os.PathLike | None = None
     out_dir: str | os.PathLike = "runs/generate"
     steps: int | None = None
     guidance: float | None = None
@@ -585,7 +612,7 @@ def _generate(run: _Run, pipe) -> GenerationResult:
     owned = pipe is None
     if owned:
         device = run.device if cfg.offload == "none" else None
-        pipe = load_pipeline(run.model_path, dtype=run.dtype, device=device)
+        pipe = load_pipeline(run.model_path, dtype=run.dtype, device=device, text_encoder=cfg.text_encoder)
     warn_unknown_words(pipe, [prompt for prompt, _ in run.jobs])
     settings = _settings(run, pipe, prepare_sampling(pipe))
     record = {"guidance": settings.pop("_guidance"), "values": settings.pop("_values"), "settings": settings}

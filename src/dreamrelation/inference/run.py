@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from dreamrelation.adapters.interop import ExportResult, ImportResult, export_adapters, import_checkpoint
+from dreamrelation.backbones.genmo import dit_file, is_genmo_dir, transformer_config
 from dreamrelation.backbones.registry import model_dir
 from dreamrelation.errors import UserError
 from dreamrelation.inference.generate import GenerationConfig, GenerationResult, generate_to_folder
@@ -108,10 +109,14 @@ def run_import(checkpoint: Path, out: Path, model: Path | None = None) -> Import
 
 
 def transformer_skeleton(model: Path | None):
-    """The model's ``MochiTransformer3DModel`` built from its config on the meta device (no weights)."""
+    """The model's ``MochiTransformer3DModel`` built from its config (genmo layout: from the DiT file's
+    shapes) on the meta device (no weights)."""
     from diffusers import MochiTransformer3DModel
 
     root = model_dir(model)
+    if is_genmo_dir(root):
+        with torch_meta():
+            return MochiTransformer3DModel.from_config(transformer_config(dit_file(root)))
     config_dir = root / "transformer" if (root / "transformer" / "config.json").is_file() else root
     if not (config_dir / "config.json").is_file():
         raise UserError(f"{root}: no transformer config.json (expected a diffusers Mochi directory)")

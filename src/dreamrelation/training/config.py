@@ -133,7 +133,8 @@ class MonitorConfig:
     ``tensorboard``: scalars (loss, lr) under ``OUT/tensorboard`` (needs the ``tensorboard`` package);
     ``wandb``: the same to Weights & Biases (needs ``wandb``; ``wandb_mode=offline`` works without network);
     ``validate_every``: every N steps (0: never) generate ``prompts`` x ``seeds`` with the inference adapters
-    into ``OUT/validation/step_N/`` (MP4 + contact sheet) - needs the pipeline's VAE and text encoder.
+    into ``OUT/validation/step_N/`` (MP4 + contact sheet) - needs the pipeline's VAE and text encoder;
+    ``num_frames`` / ``height`` / ``width``: their size (None: the model's default).
     """
 
     tensorboard: bool = False
@@ -145,6 +146,9 @@ class MonitorConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     num_inference_steps: int = 32
     guidance_scale: float = 4.0
+    num_frames: int | None = None  # validation video geometry (None: the model's default)
+    height: int | None = None
+    width: int | None = None
 
 
 @dataclass

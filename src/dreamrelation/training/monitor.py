@@ -79,6 +79,9 @@ class TrainingMonitor:
                 [j[1] for j in jobs],
                 mon.num_inference_steps,
                 mon.guidance_scale,
+                mon.num_frames,
+                mon.height,
+                mon.width,
             )
         folder = self.out / "validation" / f"step_{step:06d}"
         fps = model_profile(self.pipe).sampling_defaults[2]
