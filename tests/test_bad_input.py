@@ -169,7 +169,7 @@ def test_mask_track_of_another_length_is_resampled_with_a_recorded_warning(tmp_p
     src, out = tmp_path / "src", tmp_path / "out"
     video = _toy(73, num_frames=35)
     _write(src, "v", video)
-    write_colour_masks(src / "masks" / "v", video.masks[:, ::4][:, :10])  # replace: 10 frames
+    write_colour_masks(src / "masks" / "v", video.masks[:, np.linspace(0, 34, 10).round().astype(int)])
     for extra in sorted((src / "masks" / "v").glob("*.png"))[10:]:
         extra.unlink()
     report = prepare_folder(src, out, tiny_bundle, PrepareConfig(**TOY, resize="pad"), progress=False)
@@ -253,7 +253,10 @@ def test_unknown_words_for_the_toy_model_are_named(tiny_bundle):
 
     pipe = load_pipeline(tiny_bundle)
     with pytest.warns(InputWarning, match="no token for: bear, raccoon"):
-        assert warn_unknown_words(pipe, ["A bear high-fives a raccoon.", "A red star"]) == ["bear", "raccoon"]
+        assert warn_unknown_words(pipe, ["A bear is high-fiving with a raccoon.", "A red star"]) == [
+            "bear",
+            "raccoon",
+        ]
     assert warn_unknown_words(pipe, ["A red star is pushing a blue circle."]) == []
 
 
@@ -270,7 +273,7 @@ def test_cli_output_is_quiet_and_shows_per_step_progress(tmp_path, tiny_bundle):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Warning" not in result.stderr and "Loading pipeline components" not in result.stderr
-    assert "video 1/1" in result.stderr and "2/2" in result.stderr
+    assert "video 1/1:" in result.stderr and "/2 [" in result.stderr  # tqdm's per-step bar
     verbose = _cli(
         "--verbose",
         "generate",
@@ -278,11 +281,19 @@ def test_cli_output_is_quiet_and_shows_per_step_progress(tmp_path, tiny_bundle):
         "--model",
         str(tiny_bundle),
         "--steps",
-        "1",
+        "2",
         "--out",
         str(tmp_path / "v"),
     )
     assert verbose.returncode == 0 and "Loading pipeline components" in verbose.stderr
+
+
+def test_one_sampling_step_on_mochi_is_one_line_and_leaves_no_folder(tmp_path, tiny_bundle):
+    """The UI's Steps = 1 gave `float division by zero` (Mochi's sigma schedule needs two steps)."""
+    out = tmp_path / "g"
+    result = _cli("generate", "A red star", "--model", str(tiny_bundle), "--steps", "1", "--out", str(out))
+    _one_clear_line(result, "steps=1", "at least 2 steps")
+    assert not out.exists()
 
 
 # ----------------------------------------------------------------------------------------------- kill -9
@@ -332,10 +343,12 @@ def test_kill_9_during_a_checkpoint_write_then_resume(tmp_path, tiny_bundle):
     killed = _cli_killed_on_save(2, "train", str(cache), *args, "--out", str(tmp_path / "run"))
     assert killed.returncode == -signal.SIGKILL
     ckpts = tmp_path / "run" / "checkpoints"
-    assert [p.name for p in ckpts.glob("step_*.safetensors")] == [
-        "step_2.safetensors"
-    ]  # step 4's never landed
+    (landed,) = ckpts.glob("step_*.safetensors")  # step 4's never landed
+    assert int(landed.stem.removeprefix("step_")) == 2
     assert list(ckpts.glob(".*tmp*"))  # the half-written temp file a kill leaves behind
+    blocked = _cli("train", str(cache), *args, "--out", str(tmp_path / "run"), "--resume")
+    _one_clear_line(blocked, "stale lock", "rm ")  # the killed run's lock: reported with how to clear it
+    (tmp_path / "run" / RunLock.FILE).unlink()
     resumed = _cli("train", str(cache), *args, "--out", str(tmp_path / "run"), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not list(ckpts.glob(".*tmp*"))
@@ -355,7 +368,8 @@ def test_kill_9_during_prepare_then_rerun_redoes_nothing_finished(tmp_path, tiny
         _write(src, f"v{i}", _toy(90 + i))
     killed = _cli_killed_on_save(2, "prepare", str(src), str(out), "--model", str(tiny_bundle))
     assert killed.returncode == -signal.SIGKILL
-    assert [p.name for p in (out / "samples").glob("*.safetensors")] == ["v0.safetensors"]
+    assert [p.name for p in (out / "samples").glob("[!.]*.safetensors")] == ["v0.safetensors"]
+    assert list((out / "samples").glob(".v1.*tmp*"))  # the half-written temp file the kill left
     stamp = (out / "samples" / "v0.safetensors").stat().st_mtime_ns
     report = prepare_folder(src, out, tiny_bundle, PrepareConfig.for_model(tiny_bundle), progress=False)
     assert report.ok and report.skipped == ["v0"] and report.prepared == ["v1", "v2"]

@@ -256,15 +256,18 @@ def test_dropped_captions_become_the_samplers_unconditional_input(
         )
     zeroed = collate(samples, [0, 1, 2], torch.device("cpu"), g, caption_dropout=1.0)
     assert not zeroed["prompt_embeds"].any() and not zeroed["prompt_mask"].any()
-    # a Mochi prepare into a cache that held Wan samples removes the Wan null prompt with them
+    # a Wan cache keeps its encoded null prompt; a Mochi prepare into it is refused (another model), the
+    # Wan samples and null prompt stay, and a Mochi cache has no null prompt (Mochi zeroes dropped captions)
     src, cache = tmp_path / "exemplars", tmp_path / "cache"
     write_exemplar_videos("high_fiving", 1, 0, src)
-    prepare_folder(
-        src, cache, tiny_wan_bundle, PrepareConfig(num_frames=25, height=64, width=64), progress=False
-    )
+    settings = PrepareConfig(num_frames=25, height=64, width=64, fps=8)
+    prepare_folder(src, cache, tiny_wan_bundle, settings, progress=False)
     assert load_null_prompt(cache) is not None
-    prepare_folder(src, cache, tiny_bundle, PrepareConfig(num_frames=25, height=64, width=64), progress=False)
-    assert load_null_prompt(cache) is None
+    with pytest.raises(UserError, match="other settings"):
+        prepare_folder(src, cache, tiny_bundle, settings, progress=False)
+    assert load_null_prompt(cache) is not None
+    prepare_folder(src, tmp_path / "mochi", tiny_bundle, settings, progress=False)
+    assert load_null_prompt(tmp_path / "mochi") is None
 
 
 @pytest.mark.slow

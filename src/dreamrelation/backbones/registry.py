@@ -67,6 +67,7 @@ class Backbone:
     empty_prompt_zeroed: bool = True  # the pipeline zeroes the empty negative prompt (else: encodes "")
     default_text_length: int = 256  # the pipeline's max_sequence_length when the transformer names none
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    min_sampling_steps: int = 1  # Mochi's linear-quadratic sigma schedule needs 2
 
     # --------------------------------------------------------------------------------------- adapters
 
@@ -221,6 +222,7 @@ def _wan_prompts(pipe: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch
 # One entry per architecture: the entries share their shape by design (duplicates lists them as a pair).
 MOCHI = Backbone(
     name="mochi",
+    min_sampling_steps=2,
     transformer_class="MochiTransformer3DModel",
     pipeline_class="MochiPipeline",
     vae_class="AutoencoderKLMochi",

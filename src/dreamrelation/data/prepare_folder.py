@@ -349,6 +349,14 @@ def _count_frames(path: Path) -> int:
         container.close()
 
 
+def _packet_count(path: Path) -> int:
+    """Frames of a video from its packets, 0 when they cannot be read to the end (then decode to count)."""
+    try:
+        return _count_frames(path)
+    except UserError:
+        return 0
+
+
 def _select_video(path: Path, st: _Settings) -> _Clip:
     """Pick ``num_frames`` frames at ``fps`` from ``start`` (nearest timestamp), resize/crop them, decoding
     one frame at a time (memory: the clip, not the video)."""
@@ -362,6 +370,7 @@ def _select_video(path: Path, st: _Settings) -> _Clip:
     prev: tuple[int, float, Any] | None = None  # index, relative time, frame
     t0: float | None = None
     n = 0
+    counted = False
 
     def take(index: int, frame: Any) -> None:
         nonlocal geo
@@ -387,6 +396,12 @@ def _select_video(path: Path, st: _Settings) -> _Clip:
                 take(n, frame)
         prev = (n, rel, frame)
         n += 1
+        if len(chosen) == st.num_frames and not counted:
+            counted = True  # the rest is not decoded when its packets tell its length
+            packets = _packet_count(path)
+            if packets >= n:
+                n = packets
+                break
     if n == 0 or prev is None:
         raise UserError(f"{path}: no decodable frames (empty or truncated); re-export or remove it.")
     while len(chosen) < st.num_frames and targets[len(chosen)] <= prev[1] + 0.5 / src_fps + 1e-6:
@@ -492,9 +507,11 @@ def _select_masks(
     n_video: int,
     video_size: tuple[int, int],
     warnings: list[str] | None = None,
+    announced: int = 0,
 ) -> np.ndarray:
     """Masks bool (2, T, H, W) on the chosen video frames, with the video's geometric transform; a mask
-    track of another length than the video is resampled in time (nearest), with a line in ``warnings``."""
+    track of another length than the video is resampled in time (nearest), with a line in ``warnings``; one
+    as long as the ``announced`` frame count of a truncated video maps frame for frame."""
     sources = _mask_sources(item)
     where = str(item.masks)
     cols = _subject_colours(meta, f"{where}") if sources[0].kind == "colour" else None
@@ -504,6 +521,7 @@ def _select_masks(
     unmatched = non_background = 0
     for k, src in enumerate(sources):
         m = src.count()
+        n_video = announced if announced and m == announced else n_video
         if m == 0:
             raise UserError(f"{src.path}: no mask frames; export one mask per video frame.")
         if m != n_video and not (1 / MAX_MASK_FRAME_RATIO <= m / n_video <= MAX_MASK_FRAME_RATIO):
@@ -872,7 +890,9 @@ class _Preparer:
         t = time.perf_counter()
         clip = _select_video(item.video, self.st)
         warnings = clip.warnings(item.video, self.st)
-        masks = _select_masks(item, meta, self.st, clip.chosen, clip.n_video, clip.size, warnings)
+        masks = _select_masks(
+            item, meta, self.st, clip.chosen, clip.n_video, clip.size, warnings, announced=clip.expected
+        )
         if need_preview or (self.preview and not up_to_date):
             caption = f"{item.caption or ''} ({clip.source_fps:g} -> {self.st.fps:g} fps)"
             _write_preview(out / "previews" / f"{item.name}.png", clip.frames, masks, caption)
@@ -1049,7 +1069,8 @@ def read_example(
         )
     meta = {**_normalise_subjects(cfg.subjects), **(_read_json(item.meta_file) if item.meta_file else {})}
     clip = _select_video(item.video, st)
-    return clip.frames, _select_masks(item, meta, st, clip.chosen, clip.n_video, clip.size), clip.chosen
+    masks = _select_masks(item, meta, st, clip.chosen, clip.n_video, clip.size, announced=clip.expected)
+    return clip.frames, masks, clip.chosen
 
 
 class _ModelLoadError(UserError):

@@ -170,6 +170,11 @@ def generate_videos(
     """
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds must have equal length")
+    backbone = get_backbone(pipe)
+    if num_inference_steps < backbone.min_sampling_steps:
+        raise UserError(
+            f"steps={num_inference_steps}: {backbone.name} samples with at least {backbone.min_sampling_steps} steps"
+        )
     values = guidance_values(guidance_schedule, num_inference_steps, guidance_scale)
     default_frames, default_height, default_width = video_geometry(pipe)
     text_length = get_backbone(pipe).text_length(pipe)
