@@ -47,7 +47,9 @@ from typing import Any
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
-MODES = ("bf16_ckpt_all", "fp8_ckpt_all", "bf16_ckpt_partial")
+MODES = ("bf16_ckpt_all", "fp8_ckpt_all", "bf16_ckpt_partial", "bf16_swap_half", "target_24gb")
+#: Also accepted by ``--modes``: ``bf16_swapN`` / ``fp8_swapN`` (N blocks swapped), e.g. a sweep
+SWEEP_PREFIXES = ("bf16_swap", "fp8_swap")
 
 
 @dataclass
@@ -83,6 +85,9 @@ class Spec:
     inference_steps: int
     guidance: float
     partial_blocks: int
+    target_24gb: dict[
+        str, Any
+    ]  # MemoryConfig fields the memory model (benchmarks/memory_model.py) fits in 24 GB
 
 
 SPECS = {
@@ -110,6 +115,7 @@ SPECS = {
         inference_steps=64,
         guidance=6.0,
         partial_blocks=40,
+        target_24gb={"blocks_to_swap": 38},  # modelled to fit 24 GB at 61 frames (fp8: 25 swapped)
     ),
     "wan": Spec(
         name="Wan 2.1 T2V 1.3B",
@@ -147,6 +153,7 @@ SPECS = {
         inference_steps=50,
         guidance=5.0,
         partial_blocks=24,
+        target_24gb={},  # modelled 14.5 GB at 81 frames with every block checkpointed: nothing to swap
     ),
 }
 #: Compatibility names: the Mochi clips
@@ -262,8 +269,8 @@ def make_batch(geo: Geometry, device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def memory_config(mode: str, partial_blocks: int):
-    """The ``MemoryConfig`` of a benchmark mode."""
+def memory_config(mode: str, partial_blocks: int, num_blocks: int = 0, target: dict | None = None):
+    """The ``MemoryConfig`` of a benchmark mode (every block checkpointed unless the mode says otherwise)."""
     from dreamrelation.training.config import MemoryConfig
 
     if mode == "bf16_ckpt_all":
@@ -272,7 +279,20 @@ def memory_config(mode: str, partial_blocks: int):
         return MemoryConfig(checkpoint_blocks=10_000, fp8_base=True)
     if mode == "bf16_ckpt_partial":
         return MemoryConfig(checkpoint_blocks=partial_blocks)
-    raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    if mode == "bf16_swap_half":
+        return MemoryConfig(checkpoint_blocks=10_000, blocks_to_swap=num_blocks // 2)
+    if mode == "target_24gb":
+        return MemoryConfig(checkpoint_blocks=10_000, **(target or {}))
+    for prefix in SWEEP_PREFIXES:
+        if mode.startswith(prefix) and mode[len(prefix) :].isdigit():
+            n = int(mode[len(prefix) :])
+            return MemoryConfig(checkpoint_blocks=10_000, blocks_to_swap=n, fp8_base=prefix == "fp8_swap")
+    raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)} or bf16_swapN / fp8_swapN")
+
+
+def valid_mode(mode: str) -> bool:
+    """A named mode or a sweep point (``bf16_swapN`` / ``fp8_swapN``)."""
+    return mode in MODES or any(mode.startswith(p) and mode[len(p) :].isdigit() for p in SWEEP_PREFIXES)
 
 
 def _timed(fn: Callable[[], None], device: torch.device, warmup: int, steps: int) -> list[float]:
@@ -303,7 +323,9 @@ def train_mode(
 
     geo = spec.tiny if tiny else spec.full
     cfg = TrainConfig()
-    cfg.memory = memory_config(mode, partial_blocks)
+    layers = (spec.tiny_model if tiny else spec.model).get("num_layers", 48)
+    target = {"blocks_to_swap": min(spec.target_24gb.get("blocks_to_swap", 0), layers - 1)} if tiny else None
+    cfg.memory = memory_config(mode, partial_blocks, layers, target or spec.target_24gb)
     out: dict[str, Any] = {"memory": asdict(cfg.memory)}
     with _measurement(out, device):
         _reset_peak(device)
@@ -322,6 +344,7 @@ def train_mode(
         out["checkpointed_blocks"] = min(
             cfg.memory.checkpoint_blocks or 0, len(get_backbone(transformer).block_list(transformer))
         )
+        out["swapped_blocks"] = cfg.memory.blocks_to_swap
         out["resident_gb"] = _allocated_gb(device)
         _reset_peak(device)
         losses: list[float] = []
@@ -549,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_scale: the full-size benchmark needs a CUDA device, not {device}")
         return 0
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    bad = [m for m in modes if m not in MODES]
+    bad = [m for m in modes if not valid_mode(m)]
     if bad:
         print(f"gpu_scale: unknown modes {bad}; choose from {', '.join(MODES)}", file=sys.stderr)
         return 2

@@ -54,7 +54,18 @@ def test_tiny_run_covers_every_mode_inference_and_decode(
     result = json.loads((tmp_path / f"gpu_{backbone}_tiny.json").read_text())
     assert set(result["train"]) == set(bench.MODES)
     blocks = {m: r["checkpointed_blocks"] for m, r in result["train"].items()}
-    assert blocks == {"bf16_ckpt_all": 3, "fp8_ckpt_all": 3, "bf16_ckpt_partial": 2}
+    assert blocks == {
+        "bf16_ckpt_all": 3,
+        "fp8_ckpt_all": 3,
+        "bf16_ckpt_partial": 2,
+        "bf16_swap_half": 3,
+        "target_24gb": 3,
+    }
+    swapped = {m: r["swapped_blocks"] for m, r in result["train"].items()}
+    assert swapped["bf16_swap_half"] == 1 and swapped["bf16_ckpt_all"] == 0
+    assert swapped["target_24gb"] == (2 if backbone == "mochi" else 0)  # Mochi 38 of 48, capped for 3
+    base = result["train"]["bf16_ckpt_all"]["losses"]
+    assert result["train"]["bf16_swap_half"]["losses"] == base  # swapping changes no number
     for mode, r in result["train"].items():
         assert r["status"] == "ok", (mode, r)
         assert len(r["step_seconds"]) == 2 and r["seconds_per_step"] > 0
@@ -76,6 +87,8 @@ def test_refuses_cleanly_without_cuda(bench: ModuleType, monkeypatch, tmp_path, 
     assert "no CUDA device" in capsys.readouterr().out
     assert not list(tmp_path.iterdir())
     assert bench.main(["--modes", "nope", "--tiny", "--device", "cpu"]) == 2
+    assert bench.valid_mode("fp8_swap12") and not bench.valid_mode("fp8_swapx")
+    assert bench.memory_config("fp8_swap12", 40).blocks_to_swap == 12
 
 
 def test_running_out_of_memory_is_recorded_not_raised(bench: ModuleType) -> None:

@@ -113,7 +113,9 @@ def train(
     ),
     resume: bool = typer.Option(False, help="Continue from the latest checkpoint in --out."),
     num_gpus: int = typer.Option(
-        1, "--num-gpus", help="Data-parallel processes (re-launches under accelerate)."
+        1,
+        "--num-gpus",
+        help="Processes, one per GPU (re-launches under accelerate); memory.fsdp=true shards the base.",
     ),
 ) -> None:
     """Train relation adapters on exemplar videos with colour-coded masks, or on a `prepare`d folder.
@@ -166,7 +168,8 @@ def train(
 
                 park_frozen_parts(pipe)  # on the CPU until a validation needs them
         else:
-            transformer = load_transformer(model_path, dtype=dtype, device=device)
+            spread = cfg.memory.blocks_to_swap or (cfg.memory.fsdp and ctx.enabled)  # the trainer places it
+            transformer = load_transformer(model_path, dtype=dtype, device="cpu" if spread else device)
         monitor = TrainingMonitor(cfg, out, pipe=pipe, rank=ctx.rank)
         try:
             result = train_adapters(
@@ -347,9 +350,19 @@ def generate(
     fps: float = typer.Option(
         None, help="Frame rate of the written videos (default: Mochi 30, Wan 16, toy 8)."
     ),
+    num_gpus: int = typer.Option(
+        1, "--num-gpus", help="Processes sharing the prompts x seeds (re-launches under accelerate)."
+    ),
 ) -> None:
-    """Generate videos with relation adapters: MP4 (+GIF) and a JSON sidecar per video, a contact sheet."""
+    """Generate videos with relation adapters: MP4 (+GIF) and a JSON sidecar per video, a contact sheet.
+
+    Several GPUs: `--num-gpus N` splits the prompts x seeds over N processes; same files as one process.
+    """
     from dreamrelation.inference.run import cli_generation_config, run_generate
+    from dreamrelation.training.distributed import inside_launch, launch_distributed
+
+    if num_gpus > 1 and not inside_launch():
+        raise typer.Exit(launch_distributed(num_gpus, _argv_without("--num-gpus")))
 
     # each command hands its options on by name (parse -> config -> one call): such keyword lists look alike
     cfg = cli_generation_config(

@@ -13,6 +13,15 @@ Each backbone samples as its release does (:func:`prepare_sampling`), with class
 diffusers zeroes an empty negative prompt's token ids and attention mask (``force_zeros_for_empty_prompt``)
 where genmo zeroes its embedding and mask; with the mask all zero the embedding never enters attention
 or the caption pooler, so both give the same latents (checked: max difference 1.4e-6 on a tiny model).
+
+Several processes (``dreamrelation generate --num-gpus N`` or ``accelerate launch -m dreamrelation.cli
+generate ...``): the (prompt, seed) jobs are split into contiguous chunks over the processes (accelerate's
+``split_between_processes``), each process samples its chunk on its own GPU and writes those videos and
+sidecars under their single-process names; every video depends only on its prompt and seed, so the folder
+is the one a single process writes. Rank 0 then writes the contact sheet and manifest (the frames reach it
+through accelerate's ``gather_object``). One long video is not split: context parallelism exists in the
+installed diffusers (0.42) for Wan (``WanTransformer3DModel._cp_plan``, ``enable_parallelism``) but not for
+Mochi, and is not wired here.
 """
 
 from __future__ import annotations
@@ -479,11 +488,22 @@ def warn_unknown_words(pipe, prompts: Sequence[str]) -> list[str]:
     return unknown
 
 
+def _launched():
+    """accelerate's process state under a multi-process launch (``WORLD_SIZE`` > 1), else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def _check(cfg: GenerationConfig) -> _Run:
     """Everything the user gives, checked before any model is loaded."""
     if cfg.offload not in OFFLOAD_MODES:
         raise UserError(f"offload {cfg.offload!r}: choose one of {', '.join(OFFLOAD_MODES)}")
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    state = _launched()
+    default = str(state.device) if state is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = cfg.device or default
     if cfg.offload != "none" and not device.startswith("cuda"):
         raise UserError(
             f"offload {cfg.offload!r} moves weights between CPU and GPU; there is no GPU here (use none)"
@@ -628,12 +648,24 @@ def _generate(run: _Run, pipe) -> GenerationResult:
         record["adapters"] = _adapters_info(run.choices)
         path = run.model_path
         record["model"] = str(path.resolve()) if owned else str(getattr(pipe, "name_or_path", "") or path)
-        entries = [_write_one(run, pipe, n, p, seed, record, result) for n, (p, seed) in enumerate(run.jobs)]
+        entries = _write_share(run, pipe, record, result)
     finally:
         if not owned and run.choices:  # leave a caller's pipeline as it was given
             pipe.transformer.delete_adapters([c.role for c in run.choices])
         if cfg.progress:
             pipe.set_progress_bar_config(disable=True)
+    state = _launched()
+    if state is not None:  # every process's entries and frames, in job order, on every process
+        from accelerate.utils import gather_object
+
+        entries = gather_object(entries)
+        result.frames = gather_object(result.frames)
+        result.videos = [run.out / e["mp4"] for e in entries]
+        result.sidecars = [run.out / e["json"] for e in entries]
+        result.gifs = [run.out / e["gif"] for e in entries if "gif" in e]
+        if not state.is_main_process:
+            state.wait_for_everyone()
+            return result
     labels = [f"seed {seed}: {prompt}" for prompt, seed in run.jobs]
     save_png(result.contact_sheet, contact_sheet([[v] for v in result.frames], row_labels=labels))
     manifest = {
@@ -643,4 +675,16 @@ def _generate(run: _Run, pipe) -> GenerationResult:
         "videos": entries,
     }
     atomic_write_json(result.manifest, manifest)
+    if state is not None:
+        state.wait_for_everyone()  # the folder is complete when any process returns
     return result
+
+
+def _write_share(run: _Run, pipe, record: dict, result: GenerationResult) -> list[dict]:
+    """Sample and write this process's jobs (all of them in a single process); their manifest entries."""
+    numbered = list(enumerate(run.jobs))
+    state = _launched()
+    if state is None:
+        return [_write_one(run, pipe, n, p, seed, record, result) for n, (p, seed) in numbered]
+    with state.split_between_processes(numbered) as mine:
+        return [_write_one(run, pipe, n, p, seed, record, result) for n, (p, seed) in mine]

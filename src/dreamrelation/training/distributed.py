@@ -31,13 +31,17 @@ command starts N CPU processes that talk over gloo (useful for tests only). :fun
 * Only rank 0 writes checkpoints, ``loss.csv``, ``config.json`` and the adapters; the logged losses are
   averaged over ranks. On resume every rank reads the same checkpoint.
 
-Memory, and FSDP: each rank holds a full replica of the base model. Mochi's 10B base is ~20 GB in bf16,
-which fits next to 61-frame activations (with gradient checkpointing) on 80 GB GPUs - the paper's setting.
-For smaller GPUs the base would have to be sharded with FSDP (``accelerate config`` -> FSDP,
-``use_orig_params=True`` because frozen base and trainable LoRA weights share modules, wrap policy
-``MochiTransformerBlock``); FSDP then reduces gradients itself and :func:`all_reduce_gradients` must be
-skipped. That path is not implemented or tested yet: :func:`init_distributed` refuses an FSDP or
-DeepSpeed launch with a clear message instead of silently training wrong.
+Memory, and FSDP: by default each rank holds a full replica of the base model. Mochi's 10B base is ~20 GB
+in bf16, which fits next to 61-frame activations (with gradient checkpointing) on 80 GB GPUs - the paper's
+setting. ``memory.fsdp=true`` shards the frozen base instead (:func:`shard_frozen_base`): PyTorch's FSDP2
+``fully_shard`` per transformer block and then the root, with every adapter parameter passed as
+``ignored_params``. The base then costs ~1/N per rank (plus the one or two blocks gathered at a time), while
+the adapters stay plain whole tensors on every rank, so everything above - HMT's per-step adapter subsets
+(``requires_grad`` flips that FSDP never sees), the flat gradient all-reduce, the gathered contrastive loss,
+rank-0 checkpoints that any number of processes can resume - holds unchanged. The base has no gradients,
+so FSDP only all-gathers (no reduce-scatter; works on gloo too). Launch as for data parallel (``accelerate
+launch --multi_gpu`` / ``--num-gpus N``); accelerate's own FSDP plugin (``accelerate config`` -> FSDP)
+would wrap the trainable adapters too and is refused by :func:`init_distributed`.
 """
 
 from __future__ import annotations
@@ -126,8 +130,8 @@ def init_distributed() -> DistContext:
     for key, name in _UNSUPPORTED_ENV.items():
         if os.environ.get(key, "false").lower() == "true":
             raise UserError(
-                f"{name} launches are not supported yet; run `accelerate launch --multi_gpu` (plain data "
-                "parallel, see dreamrelation.training.distributed)"
+                f"{name} launches are not supported; run `accelerate launch --multi_gpu` (data parallel, "
+                "add memory.fsdp=true to shard the frozen base; see dreamrelation.training.distributed)"
             )
     if not dist.is_available():
         return DistContext()
@@ -193,6 +197,26 @@ def all_reduce_gradients(params: Sequence[torch.Tensor], ctx: DistContext) -> No
         n = g.numel()
         g.copy_(flat[offset : offset + n].view_as(g))
         offset += n
+
+
+def shard_frozen_base(
+    model: torch.nn.Module,
+    blocks: Sequence[torch.nn.Module],
+    resident: Sequence[torch.nn.Parameter],
+    device: torch.device,
+) -> None:
+    """Shard ``model``'s parameters over the ranks with FSDP2, per block and then the root, leaving out
+    ``resident`` (the adapters: moved whole to ``device``, trained and all-reduced as in data parallel).
+    FSDP moves each rank's shards to the process group's device itself."""
+    from torch.distributed.fsdp import fully_shard
+
+    ignored = set(resident)
+    with torch.no_grad():
+        for p in ignored:
+            p.data = p.data.to(device)
+    for block in blocks:
+        fully_shard(block, ignored_params=ignored)
+    fully_shard(model, ignored_params=ignored)
 
 
 class _GatherWithGrad(torch.autograd.Function):

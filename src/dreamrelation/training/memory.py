@@ -1,8 +1,10 @@
 """Memory/speed modes of :class:`~dreamrelation.training.config.MemoryConfig`, applied by the trainer.
 
-Partial gradient checkpointing (first N blocks), fp8 storage of the frozen base with bf16 compute, the
-optimizer (AdamW or bitsandbytes' 8-bit AdamW), the attention kernel/backend, and parking the frozen text
-encoder and VAE on the CPU between validations.
+Partial gradient checkpointing (first N blocks), fp8 storage of the frozen base with bf16 compute, block
+swapping (the frozen weights of the last N blocks streamed from CPU memory, see
+:mod:`dreamrelation.backbones.block_swap`), the optimizer (AdamW or bitsandbytes' 8-bit AdamW), the
+attention kernel/backend, and parking the frozen text encoder and VAE on the CPU between validations.
+Sharding the base over GPUs (``memory.fsdp``) is in :mod:`dreamrelation.training.distributed`.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import contextlib
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
 
 from dreamrelation.adapters.triplet import adapter_parameters
+from dreamrelation.backbones.block_swap import BlockSwap, attach, enable_block_swap
 from dreamrelation.backbones.registry import get_backbone
 from dreamrelation.errors import UserError
 from dreamrelation.training.config import OPTIMIZERS, SDPA_KERNELS, MemoryConfig, OptimConfig
@@ -26,6 +29,11 @@ def check_memory_config(mem: MemoryConfig) -> None:
     """Raise :class:`UserError` for a value no mode accepts (before the model is touched)."""
     if mem.checkpoint_blocks is not None and int(mem.checkpoint_blocks) < 0:
         raise UserError(f"memory.checkpoint_blocks={mem.checkpoint_blocks}: use a number >= 0 (or null)")
+    if int(mem.blocks_to_swap) < 0:
+        raise UserError(f"memory.blocks_to_swap={mem.blocks_to_swap}: use a number >= 0")
+    if mem.fsdp and (mem.blocks_to_swap or mem.fp8_base):
+        other = "memory.blocks_to_swap" if mem.blocks_to_swap else "memory.fp8_base"
+        raise UserError(f"memory.fsdp cannot be combined with {other} yet; choose one")
     if mem.optimizer not in OPTIMIZERS:
         raise UserError(f"memory.optimizer={mem.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
     if mem.attention_backend not in SDPA_KERNELS:
@@ -46,17 +54,23 @@ def checkpoint_count(mem: MemoryConfig, gradient_checkpointing: bool, num_blocks
     return min(int(mem.checkpoint_blocks), num_blocks)
 
 
-def enable_block_checkpointing(transformer: torch.nn.Module, count: int) -> None:
-    """Gradient checkpointing for the first ``count`` blocks (all: diffusers' own; 0: none)."""
-    if count <= 0:
-        return
+def enable_block_checkpointing(transformer: torch.nn.Module, count: int, swapped: int = 0) -> None:
+    """Gradient checkpointing for the first ``count`` blocks and the last ``swapped`` ones (all: diffusers'
+    own; none: nothing). Swapped blocks recompute in full (no early stop), so their swap hooks always run."""
     blocks = list(get_backbone(transformer).block_list(transformer))
-    if count >= len(blocks):
+    n = len(blocks)
+    chosen = {id(b) for b in blocks[: max(count, 0)]}
+    late = {id(b) for b in blocks[n - min(max(swapped, 0), n) :]} if swapped > 0 else set()
+    if not chosen | late:
+        return
+    if len(chosen) == n and not late:
         transformer.enable_gradient_checkpointing()
         return
-    chosen = {id(b) for b in blocks[:count]}
 
     def maybe_checkpoint(module: torch.nn.Module, *args: object) -> object:
+        if id(module) in late:
+            with set_checkpoint_early_stop(False):
+                return checkpoint(module.__call__, *args, use_reentrant=False)
         if id(module) in chosen:
             return checkpoint(module.__call__, *args, use_reentrant=False)
         return module(*args)
@@ -166,15 +180,45 @@ def frozen_parts_on(pipe, device: str | torch.device) -> Iterator[None]:
             part.to(home)
 
 
-def apply_memory_modes(transformer: torch.nn.Module, mem: MemoryConfig, gradient_checkpointing: bool) -> None:
-    """Checkpointing, fp8 base storage and the attention backend, in that order (adapters already added)."""
+def swap_count(mem: MemoryConfig, num_blocks: int) -> int:
+    """How many trailing blocks are swapped (:class:`UserError` when there are not that many)."""
+    n = int(mem.blocks_to_swap)
+    if n > num_blocks:
+        raise UserError(f"memory.blocks_to_swap={n}: the transformer has only {num_blocks} blocks")
+    return n
+
+
+def enable_swap(transformer: torch.nn.Module, count: int, device: torch.device) -> BlockSwap | None:
+    """Swap the frozen weights of the last ``count`` blocks (adapters stay resident) and move everything
+    else to ``device``; the swap is remembered on the model (``block_swap.swapped_blocks``)."""
+    blocks = get_backbone(transformer).block_list(transformer)
+    adapters = [p for ps in adapter_parameters(transformer).values() for p in ps]
+    swap = enable_block_swap(blocks, count, device, resident=adapters)
+    if swap is None:
+        return None
+    offloaded = {id(p) for entries in swap.masters for p, _ in entries}
+    with torch.no_grad():
+        for tensor in [*transformer.parameters(), *transformer.buffers()]:
+            if id(tensor) not in offloaded and tensor.device != device:
+                tensor.data = tensor.data.to(device)
+    attach(transformer, swap)
+    return swap
+
+
+def apply_memory_modes(
+    transformer: torch.nn.Module,
+    mem: MemoryConfig,
+    gradient_checkpointing: bool,
+    device: torch.device | None = None,
+) -> None:
+    """Checkpointing, fp8 base storage, block swapping (to compute ``device``, default: where the model is)
+    and the attention backend, in that order (adapters already added)."""
     check_memory_config(mem)
-    if mem.checkpoint_blocks is None:  # the plain flag: every block, as before MemoryConfig existed
-        if gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
-    else:
-        blocks = get_backbone(transformer).block_list(transformer)
-        enable_block_checkpointing(transformer, checkpoint_count(mem, gradient_checkpointing, len(blocks)))
+    n = len(get_backbone(transformer).block_list(transformer))
+    swapped = swap_count(mem, n)
+    enable_block_checkpointing(transformer, checkpoint_count(mem, gradient_checkpointing, n), swapped)
     if mem.fp8_base:
         enable_fp8_base(transformer)
+    if swapped:
+        enable_swap(transformer, swapped, device or next(transformer.parameters()).device)
     set_attention_backend(transformer, mem.attention_backend)

@@ -52,6 +52,7 @@ from dreamrelation.training.distributed import (
     all_reduce_gradients,
     broadcast_parameters,
     init_distributed,
+    shard_frozen_base,
 )
 from dreamrelation.training.losses import RelationalContrastiveLoss, flow_matching_inputs, masked_mse
 from dreamrelation.training.memory import (
@@ -505,12 +506,8 @@ class Trainer:
         """Place the model, check the config and samples, add the adapters, build the optimizer, resume."""
         cfg, ctx, transformer = self.cfg, self.ctx, self.transformer
         self.out.mkdir(parents=True, exist_ok=True)
-        device = next(transformer.parameters()).device
-        if ctx.device is not None and device != ctx.device:
-            torch.nn.Module.to(transformer, ctx.device)
-            device = ctx.device
-        self.device = device
-        bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and device.type == "cuda")
+        self.device = self._place()
+        bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and self.device.type == "cuda")
         self.bf16 = bf16 or cfg.memory.fp8_base  # fp8 storage computes in bf16
         if cfg.mixed_precision not in ("auto", "bf16", "fp32"):
             raise UserError(f"mixed_precision must be auto, bf16 or fp32, not {cfg.mixed_precision!r}")
@@ -520,7 +517,9 @@ class Trainer:
         self.roles = list(cfg.adapter.placement)
         self._add_adapters()
         self._hmt_choices()
-        apply_memory_modes(transformer, cfg.memory, cfg.gradient_checkpointing)
+        apply_memory_modes(transformer, cfg.memory, cfg.gradient_checkpointing, self.device)
+        if cfg.memory.fsdp and ctx.enabled:
+            self._shard()
         transformer.train()
         self._optimizer()
         if ctx.is_main:
@@ -533,6 +532,30 @@ class Trainer:
         self.start = self.state.step
         per_rank = self.oc.batch_size
         self.positions = range(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)  # this rank's global slice
+
+    def _place(self) -> torch.device:
+        """The compute device. The whole model moves there, except under block swapping (the swapped blocks'
+        frozen weights stay on the CPU) and FSDP (each rank receives only its shard)."""
+        mem, ctx = self.cfg.memory, self.ctx
+        device = next(self.transformer.parameters()).device
+        if mem.blocks_to_swap and ctx.device is None and torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        if ctx.device is None or device == ctx.device:
+            return device
+        if not (mem.blocks_to_swap or (mem.fsdp and ctx.enabled)):
+            torch.nn.Module.to(self.transformer, ctx.device)
+        return ctx.device
+
+    def _shard(self) -> None:
+        """FSDP2 over the frozen base (per block, then the root); the adapters stay whole on every rank."""
+        if self.cfg.monitor.validate_every:
+            raise UserError(
+                "memory.fsdp with monitor.validate_every: validation samples on one rank would wait for the "
+                "others; validate after training (dreamrelation generate --num-gpus N) or drop memory.fsdp"
+            )
+        blocks = get_backbone(self.transformer).block_list(self.transformer)
+        adapters = [p for ps in adapter_parameters(self.transformer).values() for p in ps]
+        shard_frozen_base(self.transformer, blocks, adapters, self.device)
 
     def _add_adapters(self) -> None:
         """Add the adapters (deterministic init that leaves the global RNG alone) or reuse identical ones."""

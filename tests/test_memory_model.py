@@ -1,0 +1,45 @@
+"""benchmarks/memory_model.py on tiny meta-device architectures: exact parameter counts, activations that grow
+with the clip, and modes that shrink what they should."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from diffusers import MochiTransformer3DModel
+from tiny import TINY_TRANSFORMER
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "memory_model.py"
+
+
+@pytest.fixture(scope="module")
+def mm() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("memory_model", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["memory_model"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_mochi_counts_and_modes(mm: ModuleType) -> None:
+    arch = mm.Arch("tiny", "mochi", {**TINY_TRANSFORMER, "num_layers": 4}, (13, 7), 32, 32, 12, 8, 32)
+    result = mm.model_arch(arch)
+    real = MochiTransformer3DModel(**arch.config)
+    assert result["parameters"]["base"] == sum(p.numel() for p in real.parameters())  # meta == real
+    assert result["blocks"] == 4 and result["parameters"]["adapters"] > 0
+    big, small = (result["clips"][f] for f in ("13", "7"))
+    assert (
+        big["activations"]["tokens"] == 3 * 2 * 2 and small["activations"]["tokens"] == 2 * 2 * 2
+    )  # 8x, patch 2
+    assert big["activations"]["block_saved_max"] > small["activations"]["block_saved_max"] > 0
+    modes = big["modes"]
+    assert modes["fp8_ckpt_all"]["weights_gb"] < modes["bf16_ckpt_all"]["weights_gb"]
+    assert modes["bf16_swap3"]["weights_gb"] < modes["bf16_swap1"]["weights_gb"]
+    assert modes["fsdp4"]["weights_gb"] < modes["fsdp2"]["weights_gb"] < modes["bf16_ckpt_all"]["weights_gb"]
+    assert modes["fsdp2"]["activations_gb"] == modes["bf16_ckpt_all"]["activations_gb"]
+    assert big["swap_for_24gb"] == {"bf16": 0, "fp8": 0}  # a tiny model fits anywhere
+    assert "tiny" in mm.table(result)
