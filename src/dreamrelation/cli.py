@@ -347,8 +347,14 @@ def generate(
     fps: float = typer.Option(
         None, help="Frame rate of the written videos (default: Mochi 30, Wan 16, toy 8)."
     ),
+    image: Path = typer.Option(
+        None,
+        "--image",
+        help="Photo to start from (image-to-video, Wan 2.2 TI2V-5B); resized/cropped to the video size.",
+    ),
 ) -> None:
-    """Generate videos with relation adapters: MP4 (+GIF) and a JSON sidecar per video, a contact sheet."""
+    """Generate videos with relation adapters: MP4 (+GIF) and a JSON sidecar per video, a contact sheet.
+    With --image every video starts from that photo (image-to-video)."""
     from dreamrelation.inference.run import cli_generation_config, run_generate
 
     # each command hands its options on by name (parse -> config -> one call): such keyword lists look alike
@@ -373,6 +379,7 @@ def generate(
         height=height,
         width=width,
         fps=fps,
+        image=image,
         progress=True,
     )
     run_generate(cfg)
