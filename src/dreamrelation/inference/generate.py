@@ -596,8 +596,10 @@ def _fitted_image(run: _Run, settings: dict) -> Image.Image | None:
     name = Path(source).name if isinstance(source, (str, os.PathLike)) else "the image"
     if note:
         warn_user(f"{name}: {note} (the video's {width}x{height} frame)")
+    is_file = isinstance(source, (str, os.PathLike))
     settings["image"] = {
-        "file": str(Path(source).resolve()) if isinstance(source, (str, os.PathLike)) else None,
+        "file": str(Path(source).resolve()) if is_file else None,
+        "sha256": _sha256(Path(source)) if is_file else None,
         "size": list(run.image.size),
         "fitted": note or "used as is",
     }
