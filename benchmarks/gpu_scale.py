@@ -1,6 +1,6 @@
 """Peak GPU memory and speed of DreamRelation training and sampling at full backbone size (random weights).
 
-Per backbone (``--backbone mochi``, ``wan`` or ``all``, the default) builds the release architecture with
+Per backbone (``--backbone mochi``, ``wan``, ``wan22`` or ``all``, the default) builds the release architecture with
 random weights directly on the GPU in bf16 (no download), adds the paper's adapters (relation / subject1 /
 subject2 / output on both streams, rank 16, fp32) and measures at the release clip, batch 1:
 
@@ -8,6 +8,11 @@ subject2 / output on both streams, rank 16, fp32) and measures at the release cl
   61 frames of 480 x 848 (latent 12 x 11 x 60 x 106), 256 text tokens; 64 Euler steps, CFG 6.
 * **Wan 2.1 T2V 1.3B** (``WanTransformer3DModel``: 30 blocks, width 1536, ~1.4 B parameters): 81 frames of
   480 x 832 (latent 16 x 21 x 60 x 104), 512 text tokens; 50 UniPC steps, CFG 5.
+* **Wan 2.2 TI2V-5B** (``WanTransformer3DModel``: 30 blocks, width 3072, 48 latent channels, ~5 B
+  parameters; Wan 2.2 VAE 16x16 / 4x): 121 frames of 704 x 1280 at 24 fps (latent 48 x 31 x 44 x 80, 27,280
+  video tokens), 512 text tokens; training steps are image-to-video steps (first latent frame clean at
+  timestep 0, per-token timesteps); 50 UniPC steps (shift 5), CFG 5. Its 24 GB target mode is
+  ``fp8_ckpt_all``: the result records whether each mode's peak stays within 24 GB (``fits_target``).
 
 Measured:
 
@@ -40,7 +45,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,9 +90,14 @@ class Spec:
     inference_steps: int
     guidance: float
     partial_blocks: int
-    target_24gb: dict[
-        str, Any
-    ]  # MemoryConfig fields the memory model (benchmarks/memory_model.py) fits in 24 GB
+    target_24gb: dict[str, Any] = field(
+        default_factory=dict
+    )  # MemoryConfig fields the memory model (benchmarks/memory_model.py) fits in 24 GB
+    vae: dict[str, Any] = field(default_factory=dict)  # the release VAE config (empty: diffusers' default)
+    flow_shift: float = 3.0  # Wan's UniPC shift
+    clean_frames: int = 0  # conditioning latent frames of a training step (image-to-video)
+    target_gb: float | None = None  # the memory a mode is meant to fit
+    target_mode: str | None = None
 
 
 SPECS = {
@@ -154,6 +164,71 @@ SPECS = {
         guidance=5.0,
         partial_blocks=24,
         target_24gb={},  # modelled 14.5 GB at 81 frames with every block checkpointed: nothing to swap
+    ),
+    "wan22": Spec(
+        name="Wan 2.2 TI2V-5B",
+        model=dict(  # Wan-AI/Wan2.2-TI2V-5B-Diffusers transformer/config.json
+            patch_size=(1, 2, 2),
+            num_attention_heads=24,
+            attention_head_dim=128,
+            in_channels=48,
+            out_channels=48,
+            text_dim=4096,
+            freq_dim=256,
+            ffn_dim=14336,
+            num_layers=30,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            eps=1e-6,
+        ),
+        tiny_model=dict(
+            patch_size=(1, 2, 2),
+            num_attention_heads=2,
+            attention_head_dim=16,
+            in_channels=48,
+            out_channels=48,
+            text_dim=32,
+            freq_dim=32,
+            ffn_dim=64,
+            num_layers=3,
+            rope_max_seq_len=64,
+        ),
+        full=Geometry(
+            frames=121, height=704, width=1280, text_tokens=512, text_dim=4096, channels=48, backbone="wan22"
+        ),
+        tiny=Geometry(
+            frames=13, height=64, width=64, text_tokens=8, text_dim=32, channels=48, backbone="wan22"
+        ),
+        tiny_vae=dict(
+            base_dim=8,
+            z_dim=48,
+            is_residual=True,
+            in_channels=12,
+            out_channels=12,
+            patch_size=2,
+            scale_factor_spatial=16,
+            latents_mean=[0.0] * 48,
+            latents_std=[1.0] * 48,
+        ),
+        inference_steps=50,
+        guidance=5.0,
+        partial_blocks=24,
+        vae=dict(  # Wan-AI/Wan2.2-TI2V-5B-Diffusers vae/config.json
+            base_dim=160,
+            decoder_base_dim=256,
+            z_dim=48,
+            is_residual=True,
+            in_channels=12,
+            out_channels=12,
+            patch_size=2,
+            scale_factor_spatial=16,
+            latents_mean=[0.0] * 48,
+            latents_std=[1.0] * 48,
+        ),
+        flow_shift=5.0,
+        clean_frames=1,
+        target_gb=24.0,
+        target_mode="fp8_ckpt_all",
     ),
 }
 #: Compatibility names: the Mochi clips
@@ -230,20 +305,20 @@ def build_vae(spec: Spec, tiny: bool, device: torch.device) -> torch.nn.Module:
     vae_cls = get_backbone(spec.full.backbone).classes()[2]
     torch.manual_seed(0)
     with torch.device(device), _default_dtype(torch.bfloat16):
-        vae = vae_cls(**(spec.tiny_vae if tiny else {}))
+        vae = vae_cls(**(spec.tiny_vae if tiny else spec.vae))
     vae.enable_tiling()
     return vae.eval().requires_grad_(False)
 
 
 def build_scheduler(spec: Spec, steps: int, device: torch.device):
     """The backbone's sampler with its timesteps set: Mochi's inverted-sigma Euler on the linear-quadratic
-    schedule, Wan's flow-prediction UniPC with shift 3 (480p)."""
+    schedule, Wan's flow-prediction UniPC with the spec's shift (Wan 2.1 at 480p: 3, Wan 2.2 TI2V-5B: 5)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
     from diffusers.pipelines.mochi.pipeline_mochi import linear_quadratic_schedule
 
-    if spec.full.backbone == "wan":
+    if spec.full.backbone.startswith("wan"):
         sched = UniPCMultistepScheduler(
-            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
+            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=spec.flow_shift
         )
         sched.set_timesteps(steps, device=device)
         return sched
@@ -326,7 +401,7 @@ def train_mode(
     layers = (spec.tiny_model if tiny else spec.model).get("num_layers", 48)
     target = {"blocks_to_swap": min(spec.target_24gb.get("blocks_to_swap", 0), layers - 1)} if tiny else None
     cfg.memory = memory_config(mode, partial_blocks, layers, target or spec.target_24gb)
-    out: dict[str, Any] = {"memory": asdict(cfg.memory)}
+    out: dict[str, Any] = {"memory": asdict(cfg.memory), "clean_frames": spec.clean_frames}
     with _measurement(out, device):
         _reset_peak(device)
         transformer = build_transformer(spec, tiny, device)
@@ -354,7 +429,9 @@ def train_mode(
                 torch.autocast(device.type, dtype=torch.bfloat16),
                 attention_kernel(cfg.memory.attention_backend),
             ):
-                parts = compute_losses(transformer, batch, "relation", cfg, rcl, gen)
+                parts = compute_losses(
+                    transformer, batch, "relation", cfg, rcl, gen, clean_frames=spec.clean_frames
+                )
             optimizer.zero_grad(set_to_none=True)
             with attention_kernel(cfg.memory.attention_backend):
                 parts["loss"].backward()
@@ -465,6 +542,10 @@ def table(result: dict[str, Any]) -> str:
             f"{mode:<22}{r['checkpointed_blocks']:>12}{_fmt(r['resident_gb']):>13}{_fmt(r['peak_gb']):>10}"
             f"{_fmt(r['seconds_per_step'], '.3f'):>10}"
         )
+    target = result.get("target") or {}
+    if target.get("gb"):
+        fits = {m: r.get("fits_target") for m, r in result["train"].items()}
+        lines.append(f"{target['gb']:g} GB target (mode {target['mode']}): fits {fits}")
     inf = result.get("inference")
     if inf:
         lines.append(
@@ -540,10 +621,14 @@ def run_backbone(
         "batch_size": 1,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "train": {},
+        "target": {"gb": spec.target_gb, "mode": spec.target_mode},
     }
     del meta
     for mode in modes:
         r = train_mode(spec, mode, args.tiny, device, args.steps, args.warmup, partial)
+        if spec.target_gb is not None:
+            peak = r.get("peak_gb")
+            r["fits_target"] = None if peak is None else (r.get("status") == "ok" and peak <= spec.target_gb)
         result["train"][mode] = r
         print(
             f"{spec.name} {mode}: {r.get('status')} peak {_fmt(r.get('peak_gb'))} GB, "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import TINY_MOCHI_TOY, TINY_WAN_TOY
+from tiny import TINY_MOCHI_TOY, TINY_WAN22_TOY, TINY_WAN_TOY
 
 from dreamrelation.toy.backbone import (
     ToyBackboneConfig,
@@ -21,9 +21,10 @@ def _write_tiny_bundle(out, cfg: ToyBackboneConfig):
     """A toy bundle of ``cfg``'s classes with random weights and non-trivial VAE normalisation."""
     torch.manual_seed(0)
     tokenizer = build_tokenizer(toy_words())
+    channels = cfg.latent_channels
     save_bundle(
         out,
-        vae=build_vae(cfg, latents_mean=[0.1] * 12, latents_std=[0.5] * 12),
+        vae=build_vae(cfg, latents_mean=[0.1] * channels, latents_std=[0.5] * channels),
         transformer=build_transformer(cfg),
         text_encoder=build_text_encoder(len(tokenizer), cfg),
         tokenizer=tokenizer,
@@ -41,6 +42,13 @@ def tiny_bundle(tmp_path_factory):
 def tiny_wan_bundle(tmp_path_factory):
     """A tiny toy bundle of the Wan 2.1 classes (random weights) that ``WanPipeline.from_pretrained`` loads."""
     return _write_tiny_bundle(tmp_path_factory.mktemp("wan_bundle"), TINY_WAN_TOY)
+
+
+@pytest.fixture(scope="session")
+def tiny_wan22_bundle(tmp_path_factory):
+    """A tiny bundle in Wan 2.2 TI2V-5B's configuration (random weights): ``WanPipeline`` with
+    ``expand_timesteps``, the 48-channel 16x16 Wan 2.2 VAE layout."""
+    return _write_tiny_bundle(tmp_path_factory.mktemp("wan22_bundle"), TINY_WAN22_TOY)
 
 
 @pytest.fixture(autouse=True)

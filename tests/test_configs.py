@@ -23,6 +23,8 @@ def test_configs_are_shipped() -> None:
         "toy/direct_lora.yaml",
         "wan/high_five.yaml",
         "wan/shaking_hands.yaml",
+        "wan22/high_five.yaml",
+        "wan22/shaking_hands.yaml",
     } <= names
 
 
@@ -90,3 +92,12 @@ def test_wan_configs_follow_the_paper_and_place_adapters_on_wan_attention() -> N
             "blocks.0.attn2.to_k": {"relation"},
             "blocks.0.attn2.to_v": {"subject1", "subject2"},
         }
+
+
+def test_wan22_configs_are_the_wan_recipe_with_image_to_video_steps() -> None:
+    for name in ("high_five", "shaking_hands"):
+        cfg = load_config(preset("dreamrelation"), CONFIGS / "wan22" / f"{name}.yaml")
+        wan = load_config(preset("dreamrelation"), CONFIGS / "wan" / f"{name}.yaml")
+        assert cfg.i2v.probability == 0.5 and wan.i2v.probability == 0.0
+        cfg.i2v.probability = 0.0
+        assert cfg == wan  # the paper's recipe; only the share of image-conditioned steps differs

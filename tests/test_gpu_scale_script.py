@@ -44,7 +44,21 @@ def test_full_configs_are_the_releases(bench: ModuleType) -> None:
     assert 1.35e9 < sizes["wan"] < 1.5e9  # Wan 2.1 "1.3B": 1.42 B with embeddings
 
 
-@pytest.mark.parametrize("backbone", ["mochi", "wan"])
+def test_wan22_config_is_the_ti2v_5b_release(bench: ModuleType) -> None:
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    spec = bench.SPECS["wan22"]
+    assert spec.full.latent == (48, 31, 44, 80)  # 121 x 704 x 1280 through 16x16 / 4x
+    assert (spec.inference_steps, spec.guidance, spec.flow_shift) == (50, 5.0, 5.0)
+    assert spec.clean_frames == 1 and (spec.target_gb, spec.target_mode) == (24.0, "fp8_ckpt_all")
+    with torch.device("meta"):
+        size = sum(p.numel() for p in WanTransformer3DModel(**spec.model).parameters())
+        vae = AutoencoderKLWan(**spec.vae)
+    assert 4.9e9 < size < 5.1e9  # "5B"
+    assert (vae.config.z_dim, vae.config.scale_factor_spatial, vae.config.patch_size) == (48, 16, 2)
+
+
+@pytest.mark.parametrize("backbone", ["mochi", "wan", "wan22"])
 def test_tiny_run_covers_every_mode_inference_and_decode(
     bench: ModuleType, backbone: str, tmp_path, capsys
 ) -> None:
@@ -76,7 +90,10 @@ def test_tiny_run_covers_every_mode_inference_and_decode(
     assert inf["status"] == "ok" and inf["finite"] and inf["timed_steps"] == 3
     assert inf["seconds_per_video"] == pytest.approx(inf["seconds_per_step"] * 3)
     assert inf["guidance"] == bench.SPECS[backbone].guidance
-    assert result["vae_decode"]["video_shape"] == [1, 3, 13, 32, 32]
+    geo = bench.SPECS[backbone].tiny
+    assert result["vae_decode"]["video_shape"] == [1, 3, 13, geo.height, geo.width]
+    if backbone == "wan22":  # image-to-video training steps, checked against the 24 GB target
+        assert all(r["clean_frames"] == 1 and r["fits_target"] is None for r in result["train"].values())
     text = capsys.readouterr().out
     assert "bf16_ckpt_partial" in text and "s/video" in text
 

@@ -299,8 +299,8 @@ def test_train_and_generate_commands_on_a_wan_bundle(tiny_wan_bundle: Path, tmp_
     assert loaded.keys() == saved.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved)
     assert any(k.startswith("blocks.0.attn1.to_q") for k in saved) and any("attn2.to_k" in k for k in saved)
 
-    # the ComfyUI/genmo exports are Mochi layouts: a Wan run gets one line saying so, exit 2
-    done = cli("export", str(adapters), str(tmp_path / "x.safetensors"), "--format", "comfyui")
+    # genmo's export is Mochi's layout: a Wan run gets one line saying so, exit 2 (ComfyUI's Wan layout works)
+    done = cli("export", str(adapters), str(tmp_path / "x.safetensors"), "--format", "genmo")
     assert done.returncode == 2 and "Wan adapters" in done.stderr and "Traceback" not in done.stderr
 
     plain, tuned = tmp_path / "plain", tmp_path / "tuned"

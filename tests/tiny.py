@@ -50,6 +50,18 @@ TINY_WAN_TOY = ToyBackboneConfig(
     wan_ffn_dim=64,
 )
 
+#: A tiny stack in Wan 2.2 TI2V-5B's configuration (Wan 2.2 VAE: 16x16 / 4x, 48 channels; expand_timesteps)
+TINY_WAN22_TOY = ToyBackboneConfig(
+    architecture="wan22",
+    num_layers=2,
+    num_attention_heads=2,
+    attention_head_dim=16,
+    text_dim=32,
+    time_embed_dim=16,
+    wan_vae_base_dim=8,
+    wan_ffn_dim=64,
+)
+
 
 def paper_placement_targets(num_layers: int) -> dict[str, set[str]]:
     """The modules the paper's placement must target on a Mochi transformer, written out by hand."""

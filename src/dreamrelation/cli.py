@@ -353,10 +353,16 @@ def generate(
     num_gpus: int = typer.Option(
         1, "--num-gpus", help="Processes sharing the prompts x seeds (re-launches under accelerate)."
     ),
+    image: Path = typer.Option(
+        None,
+        "--image",
+        help="Photo to start from (image-to-video, Wan 2.2 TI2V-5B); resized/cropped to the video size.",
+    ),
 ) -> None:
     """Generate videos with relation adapters: MP4 (+GIF) and a JSON sidecar per video, a contact sheet.
 
-    Several GPUs: `--num-gpus N` splits the prompts x seeds over N processes; same files as one process.
+    With --image every video starts from that photo (image-to-video). Several GPUs: `--num-gpus N` splits
+    the prompts x seeds over N processes; same files as one process.
     """
     from dreamrelation.inference.run import cli_generation_config, run_generate
     from dreamrelation.training.distributed import inside_launch, launch_distributed
@@ -386,6 +392,7 @@ def generate(
         height=height,
         width=width,
         fps=fps,
+        image=image,
         progress=True,
     )
     run_generate(cfg)

@@ -23,6 +23,11 @@ nothing). On export, separate LoRAs ``(A_q, B_q)``, ``(A_k, B_k)``, ``(A_v, B_v)
 ``r_q + r_k + r_v`` with ``A`` stacked (``3r x in``) and ``B`` block-diagonal (``3 out x 3r``); a missing
 projection is a zero block. Scales (``alpha / r`` and the per-role strength) are folded into ``B`` on export,
 so the exported file has scale 1 everywhere (ComfyUI: ``alpha`` = rank; genmo: ``lora_alpha`` = ``lora_rank``).
+
+Wan (2.1 and 2.2) adapters export to ComfyUI's Wan layout, the original Wan module names: diffusers
+``blocks.{i}.attn1.{to_q,to_k,to_v,to_out.0}`` -> ``diffusion_model.blocks.{i}.self_attn.{q,k,v,o}``,
+``attn2.*`` -> ``cross_attn.*``; roles on the same module are merged by concatenating their ranks (scales and
+strengths folded into B). diffusers' own Wan LoRA loader reads that layout back (``load_lora_weights``).
 """
 
 from __future__ import annotations
@@ -518,7 +523,7 @@ def export_adapters(
     roles: dict[str, float] | Sequence[str] | None = None,
 ) -> ExportResult:
     """Merge the chosen roles (default: the inference roles, i.e. relation + output) into one LoRA file in
-    genmo's module layout: ``format="comfyui"`` writes ``diffusion_model.blocks.{i}.attn.{qkv_x,...}.lora_A.weight``
+    genmo's module layout (Wan adapters: ComfyUI's Wan layout, see the module docstring): ``format="comfyui"`` writes ``diffusion_model.blocks.{i}.attn.{qkv_x,...}.lora_A.weight``
     / ``lora_B.weight`` / ``alpha`` (ComfyUI's Mochi LoRA loader); ``"genmo"`` writes genmo fine-tuner keys
     ``blocks.{i}.attn.qkv_x.lora_A`` / ``lora_B`` with uniform ranks (zero-padded) and the ``kwargs`` header
     genmo's loader reads. ``roles`` maps role -> strength (folded into B). ``out`` is a file, or a directory
@@ -539,15 +544,23 @@ def export_adapters(
     missing = [r for r in strengths if r not in loaded]
     if missing:
         raise UserError(f"no adapter file for role(s) {missing}; found {sorted(loaded)}")
-    merged = _fuse(_genmo_targets({r: loaded[r][0] for r in strengths}, strengths))
     header = {"dreamrelation_export": json.dumps({"roles": strengths, "format": format}, sort_keys=True)}
-    tensors = _comfyui_tensors(merged) if format == "comfyui" else _genmo_tensors(merged, header)
+    chosen = {r: loaded[r][0] for r in strengths}
+    if _is_wan_layout(chosen):
+        if format != "comfyui":
+            raise UserError(f"--format {format}: genmo's layout is Mochi's; Wan adapters export to comfyui")
+        tensors = _wan_comfyui_tensors(_wan_targets(chosen, strengths))
+        n_modules = len(tensors) // 3
+    else:
+        merged = _fuse(_genmo_targets(chosen, strengths))
+        tensors = _comfyui_tensors(merged) if format == "comfyui" else _genmo_tensors(merged, header)
+        n_modules = len(merged)
     target = Path(out)
     if target.is_dir() or not target.suffix:
         target = target / f"dreamrelation_{format}.safetensors"
     with atomic_path(target) as tmp:
         save_file(tensors, str(tmp), metadata=header)
-    return ExportResult(target, format, strengths, len(merged))
+    return ExportResult(target, format, strengths, n_modules)
 
 
 _Targets = dict[tuple[int, str], list[tuple[int, torch.Tensor, torch.Tensor]]]
@@ -560,17 +573,49 @@ def _genmo_targets(factors: dict[str, dict[str, LoraFactor]], strengths: dict[st
         for module, f in factors[role].items():
             m = _MODULE_RE.match(module)
             if m is None or m["name"] not in _TO_GENMO:
-                hint = (
-                    "; these are Wan adapters: WanPipeline.load_lora_weights reads the files as they are"
-                    if module.startswith("blocks.")
-                    else ""
-                )
-                raise UserError(f"role {role!r}: {module} has no counterpart in genmo's Mochi layout{hint}")
+                raise UserError(f"role {role!r}: {module} has no counterpart in genmo's Mochi layout")
             fused, chunk = _TO_GENMO[m["name"]]
             targets.setdefault((int(m["block"]), fused), []).append(
                 (chunk, f.a.float(), f.b.float() * (f.scale * strength))
             )
     return targets
+
+
+_WAN_ATTENTION = {"attn1": "self_attn", "attn2": "cross_attn"}
+_WAN_PROJECTION = {"to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "o"}
+_WAN_MODULE_RE = re.compile(r"^blocks\.(?P<block>\d+)\.(?P<attn>attn[12])\.(?P<proj>to_[qkv]|to_out\.0)$")
+
+
+def _is_wan_layout(factors: dict[str, dict[str, LoraFactor]]) -> bool:
+    """Whether the adapters target Wan's blocks (``blocks.{i}.attn1/attn2``) rather than Mochi's."""
+    return any(m.startswith("blocks.") for f in factors.values() for m in f)
+
+
+def _wan_targets(
+    factors: dict[str, dict[str, LoraFactor]], strengths: dict[str, float]
+) -> dict[str, LoraFactor]:
+    """ComfyUI Wan module -> one LoRA of scale 1: the roles on it with scale and strength folded into B."""
+    merged: dict[str, LoraFactor] = {}
+    for role, strength in strengths.items():
+        for module, f in factors[role].items():
+            m = _WAN_MODULE_RE.match(module)
+            if m is None:
+                raise UserError(f"role {role!r}: {module} has no counterpart in ComfyUI's Wan layout")
+            name = f"blocks.{m['block']}.{_WAN_ATTENTION[m['attn']]}.{_WAN_PROJECTION[m['proj']]}"
+            part = LoraFactor(f.a.float(), f.b.float() * (f.scale * strength))
+            merged[name] = merged[name].plus(part) if name in merged else part
+    return merged
+
+
+def _wan_comfyui_tensors(merged: dict[str, LoraFactor]) -> dict[str, torch.Tensor]:
+    """ComfyUI's Wan LoRA keys, ``alpha`` = rank (scale 1)."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name, f in sorted(merged.items()):
+        key = f"diffusion_model.{name}"
+        tensors[f"{key}.lora_A.weight"] = f.a.contiguous()
+        tensors[f"{key}.lora_B.weight"] = f.b.contiguous()
+        tensors[f"{key}.alpha"] = torch.tensor(float(f.rank))
+    return tensors
 
 
 def _fuse(targets: _Targets) -> dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]:

@@ -21,10 +21,16 @@ Stream mapping per backbone (projection kinds q / k / v / out):
   with the relation LoRA) and ``attn2.to_v`` (kind v: the text content written into the video, with the
   subject LoRAs); kinds q and out have no text module on Wan. Drop the text stream with
   ``adapter.streams=[visual]``.
+* **Wan 2.2 TI2V-5B** (:data:`WAN22`): the same classes and the same stream mapping as Wan 2.1, with the
+  Wan 2.2 VAE (16x16 spatial, 4x temporal compression, 48 latent channels) and per-token timesteps
+  (``expand_timesteps``): its pipelines (``WanPipeline`` for text, ``WanImageToVideoPipeline`` for an image)
+  keep the first latent frame clean at timestep 0 when conditioning on an image. The classes being shared,
+  it is told apart from Wan 2.1 by its config (:func:`is_wan22_config`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -68,6 +74,22 @@ class Backbone:
     default_text_length: int = 256  # the pipeline's max_sequence_length when the transformer names none
     aliases: tuple[str, ...] = field(default_factory=tuple)
     min_sampling_steps: int = 1  # Mochi's linear-quadratic sigma schedule needs 2
+    image_pipeline_class: str | None = None  # the pipeline that conditions on a first frame (None: text only)
+    detect: Callable[[Mapping[str, Any]], bool] | None = None  # tells it from entries sharing its classes
+    patch: int = (
+        2  # spatial patch size of the transformer: heights and widths are multiples of spatial * patch
+    )
+
+    @property
+    def takes_image(self) -> bool:
+        """Whether the backbone generates from a first frame (image-to-video)."""
+        return self.image_pipeline_class is not None
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Every diffusers class name that belongs to the backbone."""
+        names = (self.transformer_class, self.pipeline_class, self.vae_class, self.image_pipeline_class)
+        return tuple(n for n in names if n)
 
     # --------------------------------------------------------------------------------------- adapters
 
@@ -102,6 +124,11 @@ class Backbone:
     def clip_fps(self) -> float:
         """The frame rate `prepare` samples source videos at: the release's."""
         return self.sampling_defaults[2]
+
+    @property
+    def size_multiple(self) -> int:
+        """Heights and widths must be multiples of this (VAE compression times the patch size)."""
+        return self.spatial_compression * self.patch
 
     @property
     def mask_geometry(self) -> tuple[int, int]:
@@ -188,6 +215,24 @@ def _wan_call(
     return transformer(hidden_states=x, timestep=t, encoder_hidden_states=emb, return_dict=False)[0]
 
 
+def token_timesteps(transformer: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Per-token timesteps ``(B, F/pt * h/ph * w/pw)`` from ``t`` per sample ``(B,)`` or per latent frame
+    ``(B, F)``, in the transformer's patch order, as Wan 2.2's pipelines build them (``expand_timesteps``)."""
+    b, _, f, h, w = x.shape
+    pt, ph, pw = _unwrap(transformer).config.patch_size
+    t = t.reshape(b, -1)
+    if t.shape[1] not in (1, f):
+        raise ValueError(f"timesteps {tuple(t.shape)} for {f} latent frames")
+    per_frame = t.expand(b, f)[:, ::pt]
+    return per_frame[:, :, None].expand(-1, -1, (h // ph) * (w // pw)).reshape(b, -1)
+
+
+def _wan22_call(
+    transformer: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    return _wan_call(transformer, x, token_timesteps(transformer, x, t), emb, mask)
+
+
 def _text_length(pipe: Any, default: int | None = None) -> int:
     """The transformer's text length, else ``pipe.prompt_length`` (a pipeline loaded without transformer)."""
     transformer = getattr(pipe, "transformer", None)
@@ -272,6 +317,32 @@ WAN = Backbone(
     aliases=("wan", "wan21", "wan-2.1"),
 )
 
+WAN22_CHANNELS = 48  # latent channels of the Wan 2.2 VAE (z_dim); Wan 2.1's has 16
+
+
+def is_wan22_config(config: Mapping[str, Any]) -> bool:
+    """Whether a Wan config (pipeline / ``model_index.json``, VAE or transformer) is Wan 2.2 TI2V-5B's: a
+    pipeline with ``expand_timesteps``, a VAE with 48 latent channels, a transformer reading 48 channels."""
+    if "expand_timesteps" in config:
+        return bool(config["expand_timesteps"])
+    if "z_dim" in config:
+        return config["z_dim"] == WAN22_CHANNELS
+    return config.get("in_channels") == WAN22_CHANNELS == config.get("out_channels")
+
+
+WAN22 = dataclasses.replace(
+    WAN,
+    name="wan2.2-ti2v",
+    spatial_compression=16,
+    call=_wan22_call,
+    # Wan 2.2's release: 121 frames at 704 x 1280, 24 fps; 50 UniPC steps (flow shift 5), CFG 5.0
+    default_geometry=(121, 704, 1280),
+    sampling_defaults=(50, 5.0, 24.0),
+    aliases=("wan22", "wan2.2-ti2v-5b", "ti2v-5b"),
+    image_pipeline_class="WanImageToVideoPipeline",
+    detect=is_wan22_config,
+)
+
 BACKBONES: dict[str, Backbone] = {}
 
 
@@ -284,6 +355,7 @@ def register(backbone: Backbone) -> Backbone:
 
 register(MOCHI)
 register(WAN)
+register(WAN22)
 
 
 def _unwrap(module: Any) -> Any:
@@ -292,6 +364,18 @@ def _unwrap(module: Any) -> Any:
         if isinstance(inner, torch.nn.Module):
             return _unwrap(inner)
     return module
+
+
+def _unique() -> list[Backbone]:
+    return list({b.name: b for b in BACKBONES.values()}.values())
+
+
+def _by_class(name: str, config: Mapping[str, Any]) -> Backbone | None:
+    """The entry owning class ``name``: among entries sharing it, the one whose ``detect`` accepts
+    ``config``, else the one without ``detect``."""
+    owners = [b for b in _unique() if name in b.class_names]
+    detected = [b for b in owners if b.detect is not None and b.detect(config)]
+    return next(iter(detected or [b for b in owners if b.detect is None]), None)
 
 
 def get_backbone(obj: Any) -> Backbone:
@@ -308,11 +392,10 @@ def get_backbone(obj: Any) -> Backbone:
             raise ValueError(f"unknown backbone {obj!r}; choose one of {', '.join(names)}")
         return BACKBONES[key]
     obj = _unwrap(obj)
-    seen = {b.name: b for b in BACKBONES.values()}.values()
     for cls in type(obj).__mro__:
-        for b in seen:
-            if cls.__name__ in (b.transformer_class, b.pipeline_class, b.vae_class):
-                return b
+        found = _by_class(cls.__name__, getattr(obj, "config", None) or {})
+        if found is not None:
+            return found
     for attr in ("transformer", "vae"):
         part = getattr(obj, attr, None)
         if part is not None and not isinstance(part, (str, int, float)):
@@ -331,10 +414,11 @@ def backbone_of_model_dir(path: str | Path) -> Backbone:
         return MOCHI
     for file, key in (("model_index.json", "_class_name"), ("transformer/config.json", "_class_name")):
         if (path / file).is_file():
-            name = json.loads((path / file).read_text()).get(key, "")
-            for b in {b.name: b for b in BACKBONES.values()}.values():
-                if name in (b.pipeline_class, b.transformer_class):
-                    return b
+            config = json.loads((path / file).read_text())
+            found = _by_class(config.get(key, ""), config)
+            if found is not None:
+                return found
+            name = config.get(key, "")
             raise ValueError(f"{path / file}: class {name!r} is not a registered backbone")
     raise ValueError(f"{path}: no model_index.json or transformer/config.json")
 

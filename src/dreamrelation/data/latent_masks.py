@@ -1,7 +1,8 @@
 """Pixel-space subject masks -> latent-space masks matching the backbone's VAE.
 
 Geometry per backbone (see :mod:`dreamrelation.backbones.registry`): Mochi 8x8 spatial and 6x causal temporal
-(6k+1 frames), Wan 2.1 8x8 and 4x (4k+1 frames). The defaults are Mochi's.
+(6k+1 frames), Wan 2.1 8x8 and 4x (4k+1 frames), Wan 2.2 TI2V-5B 16x16 and 4x (4k+1 frames). The defaults
+are Mochi's.
 """
 
 from __future__ import annotations

@@ -960,7 +960,7 @@ def prepare_folder(
             f"{src}: input folder not found; point to a folder of videos with masks/ beside them."
         )
     backbone = _model_backbone(pipe_or_model_path)
-    st = _check_settings(cfg, backbone.temporal_compression)
+    st = _check_settings(cfg, backbone.temporal_compression, backbone.size_multiple)
     report = PrepareReport(out=out)
     log: Callable[[str], None] = (
         (lambda s: print(s, file=sys.stderr, flush=True)) if progress else (lambda s: None)
@@ -1029,7 +1029,9 @@ def _model_backbone(pipe_or_model_path: Any) -> Backbone:
         raise UserError(f"{exc}; use a Mochi 1 or Wan 2.1 diffusers directory.") from None
 
 
-def _check_settings(cfg: PrepareConfig, temporal: int = MOCHI.temporal_compression) -> _Settings:
+def _check_settings(
+    cfg: PrepareConfig, temporal: int = MOCHI.temporal_compression, multiple: int = MOCHI.size_multiple
+) -> _Settings:
     num_frames, height, width, fps, start, resize = (
         cfg.num_frames,
         cfg.height,
@@ -1044,8 +1046,8 @@ def _check_settings(cfg: PrepareConfig, temporal: int = MOCHI.temporal_compressi
         latent_frame_count(num_frames, temporal)
     except ValueError as exc:
         raise UserError(f"num_frames={num_frames}: {exc}.") from None
-    if height % 16 or width % 16 or height <= 0 or width <= 0:
-        raise UserError(f"size {width}x{height}: width and height must be positive multiples of 16.")
+    if height % multiple or width % multiple or height <= 0 or width <= 0:
+        raise UserError(f"size {width}x{height}: width and height must be positive multiples of {multiple}.")
     if not (fps > 0 and math.isfinite(fps)) or start < 0:
         raise UserError(f"fps={fps}, start={start}: fps must be positive and start >= 0.")
     return _Settings(int(num_frames), int(height), int(width), float(fps), float(start), resize)
@@ -1060,7 +1062,8 @@ def read_example(
     Returns frames uint8 ``(T, H, W, 3)``, masks bool ``(2, T, H, W)`` (same frames, same resize) and the
     chosen source frame indices.
     """
-    st = _check_settings(cfg, get_backbone(backbone).temporal_compression)
+    chosen = get_backbone(backbone)
+    st = _check_settings(cfg, chosen.temporal_compression, chosen.size_multiple)
     src = Path(src)
     item = next((i for i in _discover(src, []) if i.name == name), None)
     if item is None:

@@ -9,6 +9,9 @@ Each backbone samples as its release does (:func:`prepare_sampling`), with class
   prompt whose embedding is zeroed (``force_zeros_for_empty_prompt``); 64 steps, CFG 6.0.
 * Wan 2.1: ``WanPipeline`` with its own flow-prediction UniPC scheduler (timestep = sigma * 1000) and its
   encoded empty negative prompt; 50 steps, CFG 5.0.
+* Wan 2.2 TI2V-5B: as Wan 2.1 (``WanPipeline`` with ``expand_timesteps``); given an image
+  (``GenerationConfig.image``) the same components sample through ``WanImageToVideoPipeline`` (first latent
+  frame = the encoded image, kept clean at timestep 0), with the same adapters.
 
 diffusers zeroes an empty negative prompt's token ids and attention mask (``force_zeros_for_empty_prompt``)
 where genmo zeroes its embedding and mask; with the mask all zero the embedding never enters attention
@@ -41,15 +44,29 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from dreamrelation.adapters.interop import check_adapter_file, import_checkpoint, is_foreign_checkpoint
 from dreamrelation.adapters.triplet import read_adapter_metadata, role_of
 from dreamrelation.backbones.loading import load_pipeline
-from dreamrelation.backbones.registry import TOY, get_backbone, model_dir, model_profile
+from dreamrelation.backbones.registry import (
+    TOY,
+    backbone_of_model_dir,
+    get_backbone,
+    model_dir,
+    model_profile,
+)
 from dreamrelation.core.roles import PAPER_ROLES
 from dreamrelation.errors import UserError, warn_user
 from dreamrelation.utils.io import atomic_write_json, ensure_output_dir
-from dreamrelation.utils.media import contact_sheet, save_png, write_gif, write_video
+from dreamrelation.utils.media import (
+    contact_sheet,
+    fit_image,
+    read_image,
+    save_png,
+    write_gif,
+    write_video,
+)
 
 OFFLOAD_MODES = ("none", "model", "sequential")
 DTYPES = {
@@ -169,8 +186,12 @@ def generate_videos(
     guidance_schedule: str | Sequence[float] | None = None,
     *,
     batch_size: int = 1,
+    image: Image.Image | None = None,
 ) -> list[np.ndarray]:
     """One uint8 ``(T, H, W, 3)`` video per (prompt, seed) pair, in order; the active adapters apply.
+
+    ``image``: the first frame (at the video's size, see :func:`~dreamrelation.utils.media.fit_image`) for a
+    backbone that takes one (:func:`image_pipeline`); None: text-to-video.
 
     The initial noise comes from a CPU generator seeded with ``seed``: the same seed gives the same video
     on the same device, whatever the batch it is in (up to float rounding, within 1/255); ``batch_size``
@@ -191,9 +212,13 @@ def generate_videos(
     videos = []
     for start in range(0, len(prompts), step):
         chunk = range(start, min(start + step, len(prompts)))
-        out = pipe(
-            prompt=[prompts[i] for i in chunk],
-            negative_prompt=[""] * len(chunk),
+        texts = [prompts[i] for i in chunk]
+        sampler, inputs = pipe, {"prompt": texts, "negative_prompt": [""] * len(chunk)}
+        if image is not None:
+            sampler = image_pipeline(pipe)
+            inputs = {"image": image, **_prompt_embeds(pipe, texts, text_length, values[0] > 1)}
+        out = sampler(
+            **inputs,
             num_frames=num_frames or default_frames,
             height=height or default_height,
             width=width or default_width,
@@ -206,6 +231,46 @@ def generate_videos(
         )
         videos += [(np.clip(v, 0, 1) * 255).round().astype(np.uint8) for v in out.frames]
     return videos
+
+
+def image_pipeline(pipe):
+    """The backbone's image-to-video pipeline on ``pipe``'s components (shared, adapters included):
+    ``WanImageToVideoPipeline`` for Wan 2.2 TI2V-5B; :class:`UserError` for a backbone without one."""
+    import diffusers
+
+    backbone = get_backbone(pipe)
+    if not backbone.takes_image:
+        raise UserError(
+            f"a {backbone.name} model cannot take an image (image-to-video needs Wan 2.2 TI2V-5B)"
+        )
+    cls = getattr(diffusers, backbone.image_pipeline_class)
+    if isinstance(pipe, cls):
+        return pipe
+    sampler = cls.from_pipe(pipe)
+    sampler.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
+    return sampler
+
+
+def _prompt_embeds(pipe, prompts: Sequence[str], length: int, cfg: bool) -> dict:
+    """Prompt and empty-negative-prompt embeddings from the text pipeline's own ``encode_prompt`` (the image
+    pipeline's text cleaning needs ``ftfy``; the text pipeline's does not), so both encode text alike."""
+    embeds, negative = pipe.encode_prompt(
+        prompt=list(prompts),
+        negative_prompt=[""] * len(prompts),
+        do_classifier_free_guidance=cfg,
+        max_sequence_length=length,
+        device=pipe._execution_device,
+    )
+    return {"prompt_embeds": embeds, "negative_prompt_embeds": negative}
+
+
+def model_takes_image(model: str | os.PathLike | None) -> bool:
+    """Whether a model directory (None: the shipped toy bundle) generates from an image (Wan 2.2 TI2V-5B);
+    False for a directory that is not a registered backbone."""
+    try:
+        return backbone_of_model_dir(model_dir(model)).takes_image
+    except (OSError, ValueError):
+        return False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -420,6 +485,9 @@ class GenerationConfig:
     folder or files (see :func:`resolve_adapters`), ``roles``: role -> strength (None: the recorded
     inference roles). Sampling settings left None take the model's defaults (:func:`model_profile`:
     Mochi 64 steps / CFG 6.0 / 30 fps, Wan 50 / 5.0 / 16, toy 32 / 4.0 / 8; geometry likewise).
+    ``image``: a photo file or PIL image to start every video from (image-to-video; models that take one,
+    :func:`model_takes_image`), resized and centre-cropped to the video's size with one warning; None:
+    text-to-video.
     """
 
     prompts: Sequence[str] | os.PathLike = ()
@@ -442,6 +510,7 @@ class GenerationConfig:
     width: int | None = None
     fps: float | None = None
     progress: bool = False  # a per-step progress bar on stderr (the CLI's)
+    image: str | os.PathLike | Image.Image | None = None
 
 
 @dataclass
@@ -456,6 +525,7 @@ class _Run:
     choices: list[AdapterChoice]
     out: Path
     created_out: bool = False  # the output folder did not exist before this run
+    image: Image.Image | None = None  # the photo as read (fitted to the geometry once the pipeline is known)
 
 
 def _check_numbers(cfg: GenerationConfig, jobs: Sequence[tuple[str, int]]) -> None:
@@ -497,8 +567,8 @@ def _launched():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def _check(cfg: GenerationConfig) -> _Run:
-    """Everything the user gives, checked before any model is loaded."""
+def _check(cfg: GenerationConfig, pipe=None) -> _Run:
+    """Everything the user gives, checked before any model is loaded (``pipe``: a caller's pipeline)."""
     if cfg.offload not in OFFLOAD_MODES:
         raise UserError(f"offload {cfg.offload!r}: choose one of {', '.join(OFFLOAD_MODES)}")
     state = _launched()
@@ -514,11 +584,51 @@ def _check(cfg: GenerationConfig) -> _Run:
         raise UserError(f"model path not found: {model_path}")
     jobs = read_jobs(cfg.prompts, cfg.seeds)
     _check_numbers(cfg, jobs)
+    image = None
+    if cfg.image is not None:
+        if pipe is None:
+            _check_takes_image(model_path)
+        else:
+            image_pipeline(pipe)  # raises for a pipeline that cannot take an image
+        image = read_image(cfg.image)
     choices = resolve_adapters(cfg.adapters, cfg.roles)
     out = Path(cfg.out_dir)
     created = not out.exists()
     ensure_output_dir(out)  # before sampling: a bad --out must not cost the videos
-    return _Run(cfg, device, torch_dtype, model_path, jobs, choices, out, created)
+    return _Run(cfg, device, torch_dtype, model_path, jobs, choices, out, created, image)
+
+
+def _check_takes_image(model_path: Path) -> None:
+    """A :class:`UserError` when the model directory is a registered backbone without image input."""
+    try:
+        backbone = backbone_of_model_dir(model_path)
+    except (OSError, ValueError):
+        return  # not a model directory: loading reports it
+    if not backbone.takes_image:
+        raise UserError(
+            f"{model_path}: a {backbone.name} model cannot take an image; --image needs Wan 2.2 TI2V-5B "
+            "(drop --image for text-to-video)"
+        )
+
+
+def _fitted_image(run: _Run, settings: dict) -> Image.Image | None:
+    """The run's photo at the video's size (one warning when resized or cropped), recorded in ``settings``."""
+    if run.image is None:
+        return None
+    height, width = int(settings["height"]), int(settings["width"])
+    fitted, note = fit_image(run.image, height, width)
+    source = run.cfg.image
+    name = Path(source).name if isinstance(source, (str, os.PathLike)) else "the image"
+    if note:
+        warn_user(f"{name}: {note} (the video's {width}x{height} frame)")
+    is_file = isinstance(source, (str, os.PathLike))
+    settings["image"] = {
+        "file": str(Path(source).resolve()) if is_file else None,
+        "sha256": _sha256(Path(source)) if is_file else None,
+        "size": list(run.image.size),
+        "fitted": note or "used as is",
+    }
+    return fitted
 
 
 def _settings(run: _Run, pipe, sampler: dict) -> dict:
@@ -579,6 +689,7 @@ def _write_one(
         settings["steps"],
         record["guidance"],
         guidance_schedule=record["values"],
+        image=record["image"],
         **geometry,
     )[0]
     stem = f"{n:03d}_{_slug(prompt)}_seed{seed}"
@@ -622,7 +733,7 @@ def generate_to_folder(cfg: GenerationConfig, pipe=None) -> GenerationResult:
     ``pipe`` reuses an already loaded pipeline (adapters loaded here are removed again afterwards).
     Everything the user gives is checked before sampling.
     """
-    run = _check(cfg)
+    run = _check(cfg, pipe)
     try:
         return _generate(run, pipe)
     except BaseException:
@@ -641,6 +752,7 @@ def _generate(run: _Run, pipe) -> GenerationResult:
     warn_unknown_words(pipe, [prompt for prompt, _ in run.jobs])
     settings = _settings(run, pipe, prepare_sampling(pipe))
     record = {"guidance": settings.pop("_guidance"), "values": settings.pop("_values"), "settings": settings}
+    record["image"] = _fitted_image(run, settings)
     load_adapter_choices(pipe, run.choices)
     result = GenerationResult(run.out, [], [], [], run.out / "contact_sheet.png", run.out / "manifest.json")
     try:

@@ -27,9 +27,13 @@ from dreamrelation.toy import world
 
 SPATIAL_FACTOR = 8  # Mochi and Wan VAEs: 8x8 pixels per latent cell (hard-coded in diffusers' MochiPipeline)
 TEMPORAL_FACTOR = 6  # Mochi: 6 frames per latent frame, the first frame alone
-TEMPORAL_FACTORS = {"mochi": 6, "wan": 4}
-ARCHITECTURES = tuple(TEMPORAL_FACTORS)
+TEMPORAL_FACTORS = {"mochi": 6, "wan": 4, "wan22": 4}
+ARCHITECTURES = ("mochi", "wan")  # the toy world's pretrained bundles
+BUILD_ARCHITECTURES = tuple(
+    TEMPORAL_FACTORS
+)  # wan22: Wan 2.2 TI2V-5B's classes and VAE layout, not pretrained
 LATENT_CHANNELS = 12
+WAN22_LATENT_CHANNELS = 48  # the Wan 2.2 VAE: 16x16 pixels (2x2 patches of 8x8) per cell, 48 channels
 SUBCELL = 4  # analytic latent: colour of 4x4 sub-cells, 2x2 of them per latent cell
 MAX_SEQUENCE_LENGTH = 32
 
@@ -41,7 +45,8 @@ _CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,'-!?"
 class ToyBackboneConfig:
     """Sizes of the toy stack. Defaults: a customization step well under a second on 2 CPU cores.
 
-    ``architecture``: ``mochi`` or ``wan``. The ``vae_*_channels`` / ``vae_layers_per_block`` sizes are the
+    ``architecture``: ``mochi``, ``wan`` or ``wan22`` (Wan 2.2 TI2V-5B's configuration: residual
+    patchified VAE with 16x16 spatial compression to 48 channels, ``expand_timesteps``; built, not pretrained). The ``vae_*_channels`` / ``vae_layers_per_block`` sizes are the
     Mochi VAE's; ``wan_vae_base_dim`` and ``wan_ffn_dim`` size the Wan VAE and feed-forward layers.
     """
 
@@ -65,10 +70,15 @@ class ToyBackboneConfig:
     wan_ffn_dim: int = 256
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
+        if self.architecture not in BUILD_ARCHITECTURES:
             raise ValueError(
-                f"toy architecture {self.architecture!r}: choose one of {', '.join(ARCHITECTURES)}"
+                f"toy architecture {self.architecture!r}: choose one of {', '.join(BUILD_ARCHITECTURES)}"
             )
+
+    @property
+    def latent_channels(self) -> int:
+        """Latent channels of this architecture's VAE."""
+        return WAN22_LATENT_CHANNELS if self.architecture == "wan22" else LATENT_CHANNELS
 
     @property
     def temporal_factor(self) -> int:
@@ -179,8 +189,10 @@ def build_vae(cfg: ToyBackboneConfig, latents_mean=None, latents_std=None):
     or for ``architecture="wan"`` a small ``AutoencoderKLWan`` (8x8 spatial, 4x temporal, 12 channels)."""
     from diffusers import AutoencoderKLMochi, AutoencoderKLWan
 
-    mean = list(latents_mean if latents_mean is not None else [0.0] * LATENT_CHANNELS)
-    std = list(latents_std if latents_std is not None else [1.0] * LATENT_CHANNELS)
+    mean = list(latents_mean if latents_mean is not None else [0.0] * cfg.latent_channels)
+    std = list(latents_std if latents_std is not None else [1.0] * cfg.latent_channels)
+    if cfg.architecture == "wan22":
+        return _wan22_vae(cfg, mean, std)
     if cfg.architecture == "wan":
         return AutoencoderKLWan(
             base_dim=cfg.wan_vae_base_dim,
@@ -201,19 +213,42 @@ def build_vae(cfg: ToyBackboneConfig, latents_mean=None, latents_std=None):
     )
 
 
+def _wan22_vae(cfg: ToyBackboneConfig, mean: list[float], std: list[float]):
+    """A small ``AutoencoderKLWan`` in Wan 2.2's layout: 2x2 pixel patches (12 input channels), residual
+    blocks, 16x16 spatial / 4x temporal compression to 48 channels."""
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(
+        base_dim=cfg.wan_vae_base_dim,
+        z_dim=WAN22_LATENT_CHANNELS,
+        dim_mult=[1, 2, 4, 4],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        is_residual=True,
+        in_channels=12,
+        out_channels=12,
+        patch_size=2,
+        scale_factor_spatial=16,
+        scale_factor_temporal=4,
+        latents_mean=mean,
+        latents_std=std,
+    )
+
+
 def build_transformer(cfg: ToyBackboneConfig, seed: int = 0):
     """A small ``MochiTransformer3DModel`` (same class and attention layout as Mochi 1's 10B DiT), or a
-    small ``WanTransformer3DModel`` (Wan 2.1's class) for ``architecture="wan"``."""
+    small ``WanTransformer3DModel`` (Wan 2.1's class) for ``architecture="wan"`` (``"wan22"``: reading 48
+    latent channels)."""
     from diffusers import MochiTransformer3DModel, WanTransformer3DModel
 
     torch.manual_seed(seed)
-    if cfg.architecture == "wan":
+    if cfg.architecture in ("wan", "wan22"):
         return WanTransformer3DModel(
             patch_size=(1, cfg.patch_size, cfg.patch_size),
             num_attention_heads=cfg.num_attention_heads,
             attention_head_dim=cfg.attention_head_dim,
-            in_channels=LATENT_CHANNELS,
-            out_channels=LATENT_CHANNELS,
+            in_channels=cfg.latent_channels,
+            out_channels=cfg.latent_channels,
             text_dim=cfg.text_dim,
             freq_dim=cfg.time_embed_dim,
             ffn_dim=cfg.wan_ffn_dim,
@@ -238,7 +273,7 @@ def build_scheduler(architecture: str = "mochi"):
     flow-prediction UniPC (timestep = sigma * 1000), no shift at the toy's 64x64 (Wan 2.1 uses 3 at 480p)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
-    if architecture == "wan":
+    if architecture in ("wan", "wan22"):
         return UniPCMultistepScheduler(
             prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=1.0
         )
@@ -307,7 +342,8 @@ def save_bundle(
 
     parts = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer)
     if isinstance(transformer, WanTransformer3DModel):
-        pipe = WanPipeline(scheduler=build_scheduler("wan"), **parts)
+        ti2v = vae.config.get("z_dim") == WAN22_LATENT_CHANNELS  # Wan 2.2's per-token timesteps
+        pipe = WanPipeline(scheduler=build_scheduler("wan"), expand_timesteps=ti2v, **parts)
     else:
         pipe = MochiPipeline(scheduler=build_scheduler(), force_zeros_for_empty_prompt=True, **parts)
     out_dir = Path(out_dir)

@@ -23,6 +23,7 @@ from dreamrelation.backbones.registry import get_backbone
 from dreamrelation.errors import UserError
 from dreamrelation.toy import world
 from dreamrelation.toy.backbone import (
+    ARCHITECTURES,
     LATENT_CHANNELS,
     ToyBackboneConfig,
     analytic_latents,
@@ -552,6 +553,11 @@ def pretrain(
     so a stage not requested is read from an earlier run, and an interrupted transformer stage resumes
     from its last checkpoint there."""
     cfg = cfg or PretrainConfig()
+    if cfg.backbone.architecture not in ARCHITECTURES:
+        raise UserError(
+            f"backbone.architecture={cfg.backbone.architecture}: the toy world pretrains "
+            f"{', '.join(ARCHITECTURES)} only (a Wan 2.2 toy bundle is not built yet)"
+        )
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(toy_words())

@@ -37,6 +37,28 @@ class ContrastiveConfig:
 
 
 @dataclass
+class I2VConfig:
+    """Image-to-video steps (backbones that take an image: Wan 2.2 TI2V-5B).
+
+    With ``probability`` p, a step conditions on the first frame as the backbone's image pipeline samples:
+    the first latent frame enters clean at timestep 0 and gets no loss (HMT masks and RCL see only the
+    generated frames); the other steps are plain text-to-video steps. p = 0: text-to-video only (exactly
+    the trainer without this option); p = 1: image-to-video only.
+    """
+
+    probability: float = 0.0
+
+
+def check_i2v_config(i2v: I2VConfig) -> None:
+    """Refuse a probability outside [0, 1] (one line naming the key)."""
+    if not 0.0 <= float(i2v.probability) <= 1.0:
+        raise UserError(
+            f"i2v.probability={i2v.probability}: must be between 0 and 1 (e.g. 0.5: half the steps "
+            "condition on the first frame)."
+        )
+
+
+@dataclass
 class OptimConfig:
     """AdamW, warm-up + cosine schedule, clipping, batch, caption dropout, seed and logging cadence."""
 
@@ -169,7 +191,8 @@ class MonitorConfig:
 class TrainConfig:
     """Everything the trainer needs. ``mixed_precision``: "auto" (bf16 on CUDA, fp32 on CPU), "bf16", "fp32".
 
-    ``memory``: memory/speed modes (:class:`MemoryConfig`), all off by default.
+    ``memory``: memory/speed modes (:class:`MemoryConfig`), all off by default. ``i2v``: the share of
+    image-to-video steps (:class:`I2VConfig`; 0 by default).
     """
 
     method: str = "dreamrelation"
@@ -181,6 +204,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    i2v: I2VConfig = field(default_factory=I2VConfig)
 
 
 def _direct_lora(cfg: TrainConfig) -> None:

@@ -272,11 +272,13 @@ class GatheredContrastiveLoss(RelationalContrastiveLoss):
             neg_bank=rcl.neg_bank_size,
         )
 
-    def __call__(self, pred: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(
+        self, pred: torch.Tensor, generator: torch.Generator | None = None, first: int = 0
+    ) -> torch.Tensor:
         """Loss of the global batch for this rank's ``pred`` (B, C, F, h, w); pushes the global batch."""
         pooled = pred.float().mean(dim=(3, 4))  # (B, C, F)
         everyone = gather_with_grad(pooled, self.ctx)  # (world * B, C, F)
-        return super().__call__(everyone[..., None, None], generator)
+        return super().__call__(everyone[..., None, None], generator, first)
 
 
 def launch_command(

@@ -49,6 +49,17 @@ def hybrid_loss(
     return F.mse_loss(pred.float(), target.float()) + lambda_m * masked_mse(pred, target, mask)
 
 
+def _bank_logits(anchors: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """Cosine logits ``(B, F, P)`` of anchors ``(B, F, C)`` against bank differences ``(P, F, C)``; NaN slots
+    (frame indices a conditioning frame touched) are ``-inf`` and pass no gradient."""
+    missing = bank.isnan().any(dim=-1)  # (P, F)
+    bank = F.normalize(bank.nan_to_num(0.0), dim=-1)
+    logits = torch.einsum("bfc,pfc->bfp", anchors, bank)
+    if bool(missing.any()):
+        logits = logits.masked_fill(missing.T[None], float("-inf"))
+    return logits
+
+
 class RelationalContrastiveLoss:
     """Space-time relational contrastive loss with FIFO memory banks.
 
@@ -89,34 +100,46 @@ class RelationalContrastiveLoss:
             bank = bank[torch.randperm(len(bank), generator=generator)[:n]]
         return bank
 
-    def __call__(self, pred: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The loss for ``pred`` (B, C, F, h, w); then push this batch into the banks."""
+    def __call__(
+        self, pred: torch.Tensor, generator: torch.Generator | None = None, first: int = 0
+    ) -> torch.Tensor:
+        """The loss for ``pred`` (B, C, F, h, w); then push this batch into the banks.
+
+        ``first``: leading conditioning frames (an image-to-video step) that take no part: anchors and
+        negatives come from the generated frames only, and the differences touching a conditioning frame are
+        stored as NaN in the positive bank (no positive for that frame index later).
+        """
         frames = pred.float().mean(dim=(3, 4)).transpose(1, 2)  # (B, F, C)
-        b, f, c = frames.shape
         diffs = frames[:, 1:] - frames[:, :-1]  # (B, F-1, C)
+        if first:
+            diffs = torch.cat([torch.full_like(diffs[:, :first], float("nan")), diffs[:, first:]], dim=1)
         if self.pos is not None and self.pos.shape[1:] != diffs.shape[1:]:
             raise ValueError(
                 f"RCL bank holds {tuple(self.pos.shape[1:])} differences, got {tuple(diffs.shape[1:])}"
             )
-        loss = self._loss(frames, diffs, generator)
+        if first:  # no slicing otherwise: the same autograd graph as before image-to-video steps
+            frames, generated = frames[:, first:], diffs[:, first:]
+        else:
+            generated = diffs
+        loss = self._loss(frames, generated, generator, first)
         self._push(frames.detach(), diffs.detach())
         return loss
 
     def _loss(
-        self, frames: torch.Tensor, diffs: torch.Tensor, generator: torch.Generator | None
+        self, frames: torch.Tensor, diffs: torch.Tensor, generator: torch.Generator | None, first: int = 0
     ) -> torch.Tensor:
         b, f, c = frames.shape
         zero = frames.sum() * 0.0
         bank_pos = self._sample(self.pos, self.n_pos, generator)
-        if f < 2 or (bank_pos is None and b < 2):
+        if diffs.shape[1] < 1 or (bank_pos is None and b < 2):
             return zero
-        anchors = F.normalize(diffs, dim=-1)  # (B, F-1, C)
+        anchors = F.normalize(diffs, dim=-1)  # (B, F', C)
         pos_logits = []
         if bank_pos is not None:
-            bank_pos = F.normalize(bank_pos.to(anchors.device), dim=-1)  # (P, F-1, C)
-            pos_logits.append(torch.einsum("bfc,pfc->bfp", anchors, bank_pos))
+            bank_pos = bank_pos[:, first:] if first else bank_pos
+            pos_logits.append(_bank_logits(anchors, bank_pos.to(anchors.device)))
         if b > 1:
-            others = torch.einsum("bfc,kfc->bfk", anchors, anchors)  # (B, F-1, B)
+            others = torch.einsum("bfc,kfc->bfk", anchors, anchors)  # (B, F', B)
             self_pair = torch.eye(b, dtype=torch.bool, device=anchors.device)[:, None, :]
             pos_logits.append(others.masked_fill(self_pair, float("-inf")))
         negatives = [F.normalize(frames.reshape(b * f, c), dim=-1)]
@@ -126,11 +149,16 @@ class RelationalContrastiveLoss:
         neg_logits = torch.einsum("bfc,nc->bfn", anchors, torch.cat(negatives))
         pos = torch.cat(pos_logits, dim=-1) / self.temperature
         every = torch.cat([pos, neg_logits / self.temperature], dim=-1)
-        return (torch.logsumexp(every, dim=-1) - torch.logsumexp(pos, dim=-1)).mean()
+        positive = torch.logsumexp(pos, dim=-1)
+        terms = torch.logsumexp(every, dim=-1) - positive
+        valid = torch.isfinite(positive)  # anchors with a positive (NaN bank slots are none)
+        if bool(valid.all()):
+            return terms.mean()
+        return terms[valid].mean() if bool(valid.any()) else zero
 
     def _push(self, frames: torch.Tensor, diffs: torch.Tensor) -> None:
         b, f, c = frames.shape
-        if f >= 2:
+        if diffs.shape[1] >= 1:
             pos = diffs if self.pos is None else torch.cat([self.pos.to(diffs.device), diffs])
             self.pos = pos[-self.pos_bank_size :] if self.pos_bank_size > 0 else pos[:0]
         neg = frames.reshape(b * f, c)

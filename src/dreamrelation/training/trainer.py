@@ -4,6 +4,12 @@ One step: pick a batch; pick the HMT role (relation / subject1 / subject2, same 
 from its own seeded RNG); activate that role's adapters; rectified-flow loss with the role's mask; plus the
 contrastive loss; AdamW over *all* adapter parameters (inactive ones get no gradient and are skipped).
 
+Image-to-video steps (``i2v.probability`` > 0, backbones that take an image: Wan 2.2 TI2V-5B): with that
+probability a step conditions on the first frame as the backbone's image pipeline samples - the first latent
+frame enters clean with timestep 0 on its tokens, and the losses (flow MSE, HMT mask, RCL) cover the
+generated frames only; the choice is drawn per step from a generator keyed by (seed, step), so it needs no
+state, resumes exactly and agrees across ranks, and with probability 0 nothing is drawn at all.
+
 Randomness: the HMT choice comes from ``hmt_gen`` and the RCL bank sampling from ``data_gen`` (CPU generators
 saved in the checkpoints); the noise of each sample (caption dropout, latent sampling, sigma, eps) comes from a
 generator keyed by (seed, step, position in the global batch), stateless like the batch order. So a resumed run
@@ -46,7 +52,12 @@ from dreamrelation.backbones.registry import get_backbone
 from dreamrelation.core.roles import HMT_CHOICES
 from dreamrelation.core.samples import TrainingSample
 from dreamrelation.errors import UserError
-from dreamrelation.training.config import OptimConfig, TrainConfig, check_optim_config
+from dreamrelation.training.config import (
+    OptimConfig,
+    TrainConfig,
+    check_i2v_config,
+    check_optim_config,
+)
 from dreamrelation.training.distributed import (
     GatheredContrastiveLoss,
     all_reduce_gradients,
@@ -82,6 +93,7 @@ class TrainResult:
     adapter_dir: Path
     checkpoint: Path | None
     parts: dict[str, list[float]] = field(default_factory=dict)
+    i2v_steps: list[bool] = field(default_factory=list)  # per step: conditioned on the first frame
 
     @property
     def seconds_per_step(self) -> float:
@@ -247,11 +259,14 @@ class _State:
     rcl: RelationalContrastiveLoss | None
     history: dict[str, list] = field(default_factory=lambda: {k: [] for k in _HISTORY})
 
-    def record(self, losses: dict[str, torch.Tensor], lr: float, seconds: float, choice: str) -> None:
+    def record(
+        self, losses: dict[str, torch.Tensor], lr: float, seconds: float, choice: str, i2v: bool = False
+    ) -> None:
         for k in ("loss", "mse", "mask", "rcl"):
             self.history[k].append(float(losses[k].detach()))
         self.history["lr"].append(lr)
         self.history["seconds"].append(seconds)
+        self.history["i2v"].append(float(i2v))
         self.history["choice"].append(choice)
 
     def snapshot(self) -> dict[str, torch.Tensor]:
@@ -265,7 +280,7 @@ class _State:
         return out
 
 
-_HISTORY = ("loss", "mse", "mask", "rcl", "lr", "seconds", "choice")
+_HISTORY = ("loss", "mse", "mask", "rcl", "lr", "seconds", "i2v", "choice")
 
 
 def save_checkpoint(
@@ -343,6 +358,9 @@ def load_checkpoint(
     if state.rcl is not None and "rcl.pos" in tensors:
         state.rcl.load_state_dict({"pos": tensors["rcl.pos"], "neg": tensors["rcl.neg"]})
     for k in _HISTORY:
+        if k == "i2v" and "history.i2v" not in tensors:  # a checkpoint from before image-to-video steps
+            state.history[k] = [0.0] * len(state.history["loss"])
+            continue
         vals = tensors[f"history.{k}"].tolist()
         state.history[k] = [CHOICES[int(v)] for v in vals] if k == "choice" else vals
 
@@ -350,7 +368,7 @@ def load_checkpoint(
 def _write_loss_csv(out_dir: Path, history: dict[str, list]) -> None:
     with atomic_path(out_dir / "loss.csv") as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["step", "choice", "loss", "mse", "mask_mse", "rcl", "lr", "seconds"])
+        w.writerow(["step", "choice", "loss", "mse", "mask_mse", "rcl", "lr", "seconds", "i2v"])
         for i in range(len(history["loss"])):
             w.writerow([i + 1, history["choice"][i], *(f"{history[k][i]:.6g}" for k in _HISTORY[:-1])])
 
@@ -384,6 +402,7 @@ def compute_losses(
     rcl: RelationalContrastiveLoss | None,
     generator: torch.Generator,
     noise_generators: Sequence[torch.Generator] | None = None,
+    clean_frames: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Forward on noised latents (under the caller's autocast) and the fp32 loss terms:
     ``loss = mse + lambda_m * mask + weight * rcl``.
@@ -391,6 +410,8 @@ def compute_losses(
     ``choice`` "all" (HMT disabled) uses the plain MSE only (plus RCL when enabled). Sigma and eps come from
     ``noise_generators`` (one per sample) when given, else from ``generator``, which also drives the RCL.
     The call signature and the flow convention (timestep, velocity sign) are the backbone's.
+    ``clean_frames`` > 0: an image-to-video step (:func:`condition_on_first_frames`); the losses cover the
+    other frames only.
     """
     backbone = get_backbone(transformer)
     if noise_generators is None:
@@ -401,15 +422,51 @@ def compute_losses(
             for i, g in enumerate(noise_generators)
         ]
         noisy, timestep, target = (torch.cat([p[j] for p in parts]) for j in range(3))
+    if clean_frames:
+        noisy, timestep = condition_on_first_frames(batch["latents"], noisy, timestep, clean_frames)
     pred = backbone.forward(
         transformer, noisy, timestep, batch["prompt_embeds"], batch["prompt_mask"]
     ).float()
     with torch.autocast(pred.device.type, enabled=False):  # losses in fp32 even under bf16 autocast
-        mse = F.mse_loss(pred, target)
-        zero = mse.new_zeros(())
-        mask = zero if choice == "all" else masked_mse(pred, target, mask_for_choice(choice, batch["masks"]))
-        contrast = zero if rcl is None else rcl(pred, generator)
-        loss = mse + cfg.hmt.lambda_m * mask + cfg.contrastive.weight * contrast
+        return loss_terms(pred, target, batch.get("masks"), choice, cfg, rcl, generator, clean_frames)
+
+
+def condition_on_first_frames(
+    latents: torch.Tensor, noisy: torch.Tensor, timestep: torch.Tensor, frames: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image conditioning as Wan 2.2's image pipeline samples it: the first ``frames`` latent frames clean
+    (the data itself) at timestep 0, the rest noised at ``timestep`` ``(B,)``; returns the input and the
+    per-frame timesteps ``(B, F)``."""
+    if not 0 < frames < latents.shape[2]:
+        raise ValueError(f"{frames} conditioning frames of {latents.shape[2]} latent frames")
+    noisy = torch.cat([latents[:, :, :frames].to(noisy.dtype), noisy[:, :, frames:]], dim=2)
+    per_frame = timestep[:, None].expand(-1, latents.shape[2]).clone()
+    per_frame[:, :frames] = 0.0
+    return noisy, per_frame
+
+
+def loss_terms(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    masks: torch.Tensor | None,
+    choice: str,
+    cfg: TrainConfig,
+    rcl: RelationalContrastiveLoss | None,
+    generator: torch.Generator | None,
+    first: int = 0,
+) -> dict[str, torch.Tensor]:
+    """The loss terms of a prediction ``(B, C, F, h, w)``, over the frames from ``first`` on (the leading
+    conditioning frames of an image-to-video step get no loss, so no gradient)."""
+    gen_pred, gen_target = (pred[:, :, first:], target[:, :, first:]) if first else (pred, target)
+    mse = F.mse_loss(gen_pred, gen_target)
+    zero = mse.new_zeros(())
+    if choice == "all":
+        mask = zero
+    else:
+        loss_mask = mask_for_choice(choice, masks)
+        mask = masked_mse(gen_pred, gen_target, loss_mask[:, first:] if first else loss_mask)
+    contrast = zero if rcl is None else rcl(pred, generator, first)
+    loss = mse + cfg.hmt.lambda_m * mask + cfg.contrastive.weight * contrast
     return {"loss": loss, "mse": mse, "mask": mask, "rcl": contrast}
 
 
@@ -514,6 +571,7 @@ class Trainer:
         check_memory_config(cfg.memory)
         check_optim_config(cfg.optim)
         _check_samples(self.samples, need_masks=cfg.hmt.enabled)
+        self._check_i2v()
         self.roles = list(cfg.adapter.placement)
         self._add_adapters()
         self._hmt_choices()
@@ -556,6 +614,29 @@ class Trainer:
         blocks = get_backbone(self.transformer).block_list(self.transformer)
         adapters = [p for ps in adapter_parameters(self.transformer).values() for p in ps]
         shard_frozen_base(self.transformer, blocks, adapters, self.device)
+
+    def _check_i2v(self) -> None:
+        """Image-to-video steps need a backbone that takes an image and clips of two latent frames or more."""
+        i2v = self.cfg.i2v
+        check_i2v_config(i2v)
+        if i2v.probability <= 0:
+            return
+        backbone = get_backbone(self.transformer)
+        if not backbone.takes_image:
+            raise UserError(
+                f"i2v.probability={i2v.probability}: {backbone.name} cannot take an image; image-to-video "
+                "steps need Wan 2.2 TI2V-5B (set i2v.probability=0 for text-to-video)"
+            )
+        if self.samples[0].latents.shape[1] < 2:
+            raise UserError("image-to-video steps need clips of 2 latent frames or more (use longer clips)")
+
+    def i2v_step(self, step: int) -> bool:
+        """Whether ``step`` conditions on the first frame (drawn from a generator keyed by seed and step)."""
+        p = float(self.cfg.i2v.probability)
+        if p <= 0 or p >= 1:
+            return p >= 1
+        gen = sample_generator(self.oc.seed, step, -1)  # position -1: no sample's noise stream
+        return bool(torch.rand(1, generator=gen) < p)
 
     def _add_adapters(self) -> None:
         """Add the adapters (deterministic init that leaves the global RNG alone) or reuse identical ones."""
@@ -608,7 +689,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------------- step
 
     def step(self) -> tuple[dict[str, torch.Tensor], float, str]:
-        """One optimisation step at ``state.step``: ``(logged losses, lr, HMT choice)``; the caller records."""
+        """One optimisation step at ``state.step``: ``(logged losses, lr, HMT choice)``; the caller records
+        (``last_i2v``: whether it conditioned on the first frame)."""
         cfg, oc, ctx, state = self.cfg, self.oc, self.ctx, self.state
         everyone = batch_indices(state.step, oc.batch_size * ctx.world_size, len(self.samples), oc.seed)
         idx = [everyone[k] for k in self.positions]
@@ -616,9 +698,12 @@ class Trainer:
         batch = collate(self.samples, idx, self.device, gens, oc.caption_dropout, self.null_prompt)
         choice = self.choice_names[int(torch.multinomial(self.choice_probs, 1, generator=state.hmt_gen))]
         set_active_roles(self.transformer, roles_for_choice(choice, self.roles))
+        self.last_i2v = self.i2v_step(state.step)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
         with autocast, attention_kernel(cfg.memory.attention_backend):
-            losses = compute_losses(self.transformer, batch, choice, cfg, self.rcl, state.data_gen, gens)
+            losses = compute_losses(
+                self.transformer, batch, choice, cfg, self.rcl, state.data_gen, gens, int(self.last_i2v)
+            )
         lr = lr_at(state.step, oc)
         logged = losses
         if ctx.enabled:  # global-batch means, identical on every rank (so all see a NaN together)
@@ -672,7 +757,7 @@ class Trainer:
                     t0 = time.perf_counter()
                     logged, lr, choice = self.step()
                     state.step += 1
-                    state.record(logged, lr, time.perf_counter() - t0, choice)
+                    state.record(logged, lr, time.perf_counter() - t0, choice, self.last_i2v)
                     snapshot = state.snapshot()
                     bar.update(1)
                     if state.step % max(oc.log_every, 1) == 0 or state.step == oc.steps:
@@ -727,4 +812,5 @@ class Trainer:
             adapter_dir=adapter_dir,
             checkpoint=self.last_ckpt,
             parts={k: list(h[k]) for k in ("mse", "mask", "rcl")},
+            i2v_steps=[bool(v) for v in h["i2v"]],
         )

@@ -502,3 +502,34 @@ def trajectory_frames(
     video = _as_video(video)
     traj = np.asarray(trajectories, dtype=np.float64)
     return np.stack([trajectory_still(video[t], traj[:, : t + 1], colours, scale) for t in range(len(video))])
+
+
+def read_image(source: PathLike | Image.Image) -> Image.Image:
+    """An RGB photo from a file (PNG, JPEG, ... anything Pillow reads) or a PIL image; a missing or
+    unreadable file is a :class:`UserError` naming it."""
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    path = Path(source)
+    if not path.is_file():
+        raise UserError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise UserError(f"{path}: not a readable image ({_one_line(exc)})") from None
+
+
+def fit_image(image: Image.Image, height: int, width: int) -> tuple[Image.Image, str | None]:
+    """``image`` at exactly ``width`` x ``height``: scaled to cover it (aspect ratio kept), then centre-cropped.
+    Returns the fitted image and a sentence saying what changed (None when it already had that size)."""
+    w, h = image.size
+    if (w, h) == (width, height):
+        return image, None
+    scale = max(width / w, height / h)
+    rw, rh = max(width, round(w * scale)), max(height, round(h * scale))
+    left, top = (rw - width) // 2, (rh - height) // 2
+    fitted = image.resize((rw, rh), Image.Resampling.LANCZOS).crop((left, top, left + width, top + height))
+    note = f"resized from {w}x{h} to {rw}x{rh}"
+    if (rw, rh) != (width, height):
+        note += f" and centre-cropped to {width}x{height}"
+    return fitted, note
