@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import csv
+import functools
 import hashlib
 import math
 import os
@@ -26,7 +27,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,14 +137,18 @@ def guidance_values(schedule: str | Sequence[float] | None, steps: int, guidance
 
 
 class GuidanceSchedule:
-    """``callback_on_step_end`` that sets the pipeline's CFG scale for the next step."""
+    """``callback_on_step_end`` that sets the pipeline's CFG scale for the next step and reports the step
+    done to ``on_step(step)`` (1-based; it may raise to stop sampling, e.g. a cancel in the UI)."""
 
-    def __init__(self, values: Sequence[float]) -> None:
+    def __init__(self, values: Sequence[float], on_step: Callable[[int], None] | None = None) -> None:
         self.values = list(values)
+        self.on_step = on_step
 
     def __call__(self, pipe, step: int, timestep, callback_kwargs: dict) -> dict:
         if step + 1 < len(self.values):
             pipe._guidance_scale = self.values[step + 1]
+        if self.on_step is not None:
+            self.on_step(step + 1)
         return {}
 
 
@@ -160,13 +165,15 @@ def generate_videos(
     guidance_schedule: str | Sequence[float] | None = None,
     *,
     batch_size: int = 1,
+    negative_prompt: str = "",
+    on_step: Callable[[int], None] | None = None,
 ) -> list[np.ndarray]:
     """One uint8 ``(T, H, W, 3)`` video per (prompt, seed) pair, in order; the active adapters apply.
 
     The initial noise comes from a CPU generator seeded with ``seed``: the same seed gives the same video
     on the same device, whatever the batch it is in (up to float rounding, within 1/255); ``batch_size``
     pairs go through the pipeline per call (on a CPU 16 is 1.2-1.5x faster than 1 for toy models).
-    ``guidance_schedule``: see :func:`guidance_values`.
+    ``guidance_schedule``: see :func:`guidance_values`. ``on_step(step)``: called after each denoising step.
     """
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds must have equal length")
@@ -179,7 +186,7 @@ def generate_videos(
         chunk = range(start, min(start + step, len(prompts)))
         out = pipe(
             prompt=[prompts[i] for i in chunk],
-            negative_prompt=[""] * len(chunk),
+            negative_prompt=[negative_prompt] * len(chunk),
             num_frames=num_frames or default_frames,
             height=height or default_height,
             width=width or default_width,
@@ -188,7 +195,9 @@ def generate_videos(
             generator=[torch.Generator().manual_seed(int(seeds[i])) for i in chunk],
             max_sequence_length=text_length,
             output_type="np",
-            callback_on_step_end=GuidanceSchedule(values) if len(set(values)) > 1 else None,
+            callback_on_step_end=(
+                GuidanceSchedule(values, on_step) if len(set(values)) > 1 or on_step else None
+            ),
         )
         videos += [(np.clip(v, 0, 1) * 255).round().astype(np.uint8) for v in out.frames]
     return videos
@@ -428,6 +437,9 @@ class GenerationConfig:
     width: int | None = None
     fps: float | None = None
     progress: bool = False  # a per-step progress bar on stderr (the CLI's)
+    negative_prompt: str = ""
+    #: ``on_step(video_index, step)`` after each denoising step (the UI's progress; raising stops the run)
+    on_step: Callable[[int, int], None] | None = None
 
 
 @dataclass
@@ -450,6 +462,8 @@ def _check_numbers(cfg: GenerationConfig, jobs: Sequence[tuple[str, int]]) -> No
         value = getattr(cfg, key)
         if value is not None and int(value) < 1:
             raise UserError(f"{key}={value}: must be at least 1")
+    if cfg.steps is not None and int(cfg.steps) < 2:
+        raise UserError(f"steps={cfg.steps}: must be at least 2 (the sampler's schedule needs two steps)")
     for key in ("guidance", "fps"):
         value = getattr(cfg, key)
         if value is not None and not (math.isfinite(float(value)) and float(value) >= 0):
@@ -516,7 +530,7 @@ def _settings(run: _Run, pipe, sampler: dict) -> dict:
         "device": str(getattr(pipe, "_execution_device", run.device)),
         "offload": cfg.offload,
         "vae_tiling": bool(cfg.vae_tiling),
-        "negative_prompt": "",
+        "negative_prompt": cfg.negative_prompt,
         "backbone": get_backbone(pipe).name,
         **sampler,
         "noise_generator": "torch CPU generator seeded with seed",
@@ -554,6 +568,8 @@ def _write_one(
         settings["steps"],
         record["guidance"],
         guidance_schedule=record["values"],
+        negative_prompt=run.cfg.negative_prompt,
+        on_step=None if run.cfg.on_step is None else functools.partial(run.cfg.on_step, n),
         **geometry,
     )[0]
     stem = f"{n:03d}_{_slug(prompt)}_seed{seed}"
