@@ -772,10 +772,13 @@ class _Callbacks:
         self.cancel_event.clear()
         total = int(steps or 0) * max(1, len(str(seeds).split(",")))
 
+        shown = [0.0]
+
         def on_step(video: int, step: int) -> None:
             if self.cancel_event.is_set():
                 raise _Cancelled
-            if progress is not None:
+            if progress is not None and time.monotonic() - shown[0] > 0.25:  # fast models: not every step
+                shown[0] = time.monotonic()
                 progress(
                     (video * int(steps) + step, total), desc=f"video {video + 1}, step {step}/{int(steps)}"
                 )
@@ -1204,8 +1207,9 @@ def _generate_tab(gr: Any, cb: _Callbacks, start: _Start, model: Any) -> tuple[A
     ]
     busy = go.click(lambda: gr.update(interactive=False), None, go, api_visibility="private", queue=False)
     job = busy.then(_friendly(gr, run), inputs, [video, sidecar, status, files, past], api_name="generate")
-    job.then(lambda: gr.update(interactive=True), None, go, api_visibility="private", queue=False)
-    cancel.click(cb.cancel, None, status, cancels=[job], api_visibility="private", queue=False).then(
+    for after in (job.then, job.failure):  # enabled again after success and after a refused request
+        after(lambda: gr.update(interactive=True), None, go, api_visibility="private", queue=False)
+    cancel.click(cb.cancel, None, status, cancels=[job], api_visibility="private").then(
         lambda: gr.update(interactive=True), None, go, api_visibility="private", queue=False
     )
 

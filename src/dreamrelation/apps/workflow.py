@@ -317,16 +317,20 @@ class RunState:
 
 
 def _alive(run: Path, pid: int) -> bool:
+    """Whether ``pid`` still runs (an exited child of ours that is not yet reaped counts as ended)."""
     proc = _CHILDREN.get(str(run.resolve()))
-    if proc is not None and proc.pid == pid:
-        return proc.poll() is None
+    if proc is not None and proc.pid == pid and proc.poll() is not None:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _last_line(run: Path) -> str:
