@@ -7,6 +7,7 @@ Skipped (with the reason) only when Chromium, its driver or selenium is missing;
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -86,10 +87,8 @@ class Page:
 
         text = str(self.wait(found, timeout, f"toast {pattern!r}"))
         for close in self.d.find_elements(self.By.CSS_SELECTOR, ".toast-close"):
-            try:
+            with contextlib.suppress(Exception):  # already gone
                 close.click()
-            except Exception:  # noqa: BLE001 - already gone
-                pass
         return text
 
     def shot(self, name: str) -> None:

@@ -1,4 +1,4 @@
-"""``dreamrelation ui``: a local Gradio app to generate with adapters and to inspect training runs.
+"""``dreamrelation ui``: a local Gradio app for the whole workflow: data, training, generation, export.
 
 Tab "Generate": a model directory (default: the toy bundle), an adapters folder or a training run folder,
 the active adapter roles with their strengths, prompt, seed, steps and CFG -> the MP4 and its JSON sidecar.
@@ -935,8 +935,8 @@ class _Callbacks:
     def _chart(self, path: Path) -> Any:
         import pandas as pd
 
-        rows = loss_rows(path)
-        return pd.DataFrame(rows or [], columns=["step", "value", "series"])
+        frame = pd.DataFrame(loss_rows(path), columns=["step", "value", "series"])
+        return frame.astype({"step": "int64", "value": "float64", "series": "str"})  # numeric axes
 
     @staticmethod
     def _signature(path: Path) -> tuple:
@@ -1053,7 +1053,7 @@ def _data_tab(gr: Any, cb: _Callbacks, model: Any) -> Any:
     report = gr.Markdown(elem_id="data-report")
     legend = gr.Markdown(elem_id="data-legend")
     previews = gr.Gallery(
-        label="Mask overlays", columns=2, height="auto", object_fit="contain", elem_id="data-previews"
+        label="Mask overlays", columns=2, height=320, object_fit="contain", elem_id="data-previews"
     )
     upload.click(
         _friendly(gr, cb.add_uploads), [folder, videos, masks], [folder, uploaded], api_visibility="private"
@@ -1113,9 +1113,9 @@ def _train_tab(gr: Any, cb: _Callbacks, start: _Start, model: Any, prepared: Any
         elem_id="train-chart",
     )
     videos = gr.Gallery(
-        label="Validation samples", columns=4, height="auto", object_fit="contain", elem_id="train-videos"
+        label="Validation samples", columns=4, height=320, object_fit="contain", elem_id="train-videos"
     )
-    sheets = gr.Gallery(label="Validation contact sheets", columns=2, height="auto", object_fit="contain")
+    sheets = gr.Gallery(label="Validation contact sheets", columns=2, height=320, object_fit="contain")
     fields = [data, model, method, steps, lr, rank, lambda_m, every, vprompt, extra]
     loaded = [progress, chart, summary, videos, sheets]
     prepared.change(lambda p: p, prepared, data, api_visibility="private")
