@@ -292,7 +292,7 @@ def test_one_sampling_step_on_mochi_is_one_line_and_leaves_no_folder(tmp_path, t
     """The UI's Steps = 1 gave `float division by zero` (Mochi's sigma schedule needs two steps)."""
     out = tmp_path / "g"
     result = _cli("generate", "A red star", "--model", str(tiny_bundle), "--steps", "1", "--out", str(out))
-    _one_clear_line(result, "steps=1", "at least 2 steps")
+    _one_clear_line(result, "steps=1", "must be at least 2")
     assert not out.exists()
 
 

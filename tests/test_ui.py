@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import socket
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from dreamrelation.ui import (
     loss_curve_png,
     model_defaults,
     parse_role_spec,
+    parse_seeds,
     read_loss_csv,
     resolve_adapter_folder,
     role_spec,
@@ -156,6 +158,47 @@ def test_generate_one_reuses_cached_pipeline(run_dir: Path, tiny_bundle: Path, t
         generate_one(" ", model=tiny_bundle, cache=cache)
     with pytest.raises(UserError, match="no adapters folder"):
         generate_one(PROMPT, model=tiny_bundle, roles="relation=1", cache=cache)
+    before = sorted(tmp_path.iterdir())
+    for kwargs, message in (
+        ({"steps": 1}, "steps=1: must be at least 2"),  # was 'float division by zero'
+        ({"seed": " "}, "no seed given"),
+        ({"seed": "1.5"}, "seed '1.5': give whole numbers"),
+        ({"seed": 2**64}, "must be between 0 and 2**63 - 1"),
+        ({"num_frames": 0}, "num_frames=0: must be at least 1"),
+    ):
+        with pytest.raises(UserError, match=re.escape(message)):
+            generate_one(PROMPT, model=tiny_bundle, out_dir=tmp_path, cache=cache, **kwargs)
+    assert sorted(tmp_path.iterdir()) == before  # a failed request writes nothing
+
+
+def test_parse_seeds_and_negative_prompt(tiny_bundle: Path, tmp_path: Path) -> None:
+    assert parse_seeds("0, 1 7") == [0, 1, 7] and parse_seeds(3) == [3]
+    drawn = parse_seeds("random, random")
+    assert len(drawn) == 2 and all(0 <= s < 2**31 for s in drawn)
+    with pytest.raises(UserError, match="at most 16"):
+        parse_seeds(",".join(["1"] * 17))
+    steps: list[tuple[int, int]] = []
+    made = generate_one(
+        PROMPT,
+        model=tiny_bundle,
+        seed="0, 1",
+        steps=2,
+        out_dir=tmp_path,
+        negative_prompt="blurry",
+        gif=True,
+        on_step=lambda video, step: steps.append((video, step)),
+    )
+    assert steps == [(0, 1), (0, 2), (1, 1), (1, 2)]  # per-step progress of each video
+    assert (
+        len(made.videos) == 2 and len(made.gifs) == 2 and made.info["settings"]["negative_prompt"] == "blurry"
+    )
+
+    def cancel(video: int, step: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate_one(PROMPT, model=tiny_bundle, seed="0, 1", steps=3, out_dir=tmp_path, on_step=cancel)
+    assert list(tmp_path.iterdir()) == [made.folder]  # the cancelled request left nothing
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,17 +226,24 @@ def test_app_generates_over_http(run_dir: Path, tiny_bundle: Path, tmp_path: Pat
     try:
         assert url.startswith("http://127.0.0.1:")
         client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
-        video, sidecar, note = client.predict(
-            str(tiny_bundle), str(run_dir), "relation=1, output=0.5", PROMPT, 3, 2, 4.0, api_name="/generate"
+        args = [str(tiny_bundle), str(run_dir), "relation=1, output=0.5", PROMPT, "", "3", 2, 4.0]
+        video, sidecar, note, files, _ = client.predict(
+            *args, None, None, None, None, True, api_name="/generate"
         )
         path = Path(video["video"] if isinstance(video, dict) else video)
         assert path.suffix == ".mp4" and path.stat().st_size > 0
         assert sidecar["seed"] == 3 and sidecar["settings"]["steps"] == 2
         assert {a["role"]: a["scale"] for a in sidecar["adapters"]} == {"relation": 1.0, "output": 0.5}
-        assert "pipeline loaded" in note and len(list((tmp_path / "ui").glob("*/*.mp4"))) == 1
-        _, summary, _, sheets = client.predict(str(run_dir), api_name="/load_run")
-        assert "120 logged steps" in summary and len(sheets) == 1
-        sheet, videos = client.predict(str(run_dir), "5", api_name="/show_step")
-        assert sheet is None and len(videos) == 2
+        assert "pipeline loaded" in note and len(list((tmp_path / "ui" / "generate").glob("*/*.mp4"))) == 1
+        assert sorted(Path(f).suffix for f in files) == [".gif", ".json", ".mp4"]
+        # bad input: one line each, and no output folder for a failed request
+        for seeds, message in (("", "no seed given"), (str(2**70), "must be between 0 and 2**63 - 1")):
+            with pytest.raises(Exception, match=re.escape(message)):
+                client.predict(*args[:5], seeds, 2, 4.0, None, None, None, None, False, api_name="/generate")
+        assert len(list((tmp_path / "ui" / "generate").iterdir())) == 1
+        _, chart, summary, videos, sheets = client.predict(str(run_dir), api_name="/load_run")
+        assert "120 logged steps" in summary and len(sheets) == 1 and len(videos) == 4
+        with pytest.raises(Exception, match="not a training run folder"):
+            client.predict(str(tmp_path / "ui"), api_name="/load_run")
     finally:
         app.close()

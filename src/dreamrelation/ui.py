@@ -1,4 +1,4 @@
-"""``dreamrelation ui``: a local Gradio app to generate with adapters and to inspect training runs.
+"""``dreamrelation ui``: a local Gradio app for the whole workflow: data, training, generation, export.
 
 Tab "Generate": a model directory (default: the toy bundle), an adapters folder or a training run folder,
 the active adapter roles with their strengths, prompt, seed, steps and CFG -> the MP4 and its JSON sidecar.
@@ -14,15 +14,19 @@ plain Python and works without it.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
+import html
 import json
 import math
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import threading
 import time
+import traceback
 import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -46,21 +50,28 @@ __all__ = [
     "ValidationStep",
     "adapter_roles_in",
     "build_app",
+    "check_run_folder",
     "generate_one",
     "launch",
     "list_validation_steps",
     "loss_curve_image",
     "loss_curve_png",
+    "loss_rows",
     "model_defaults",
     "parse_role_spec",
+    "parse_seeds",
+    "past_outputs",
     "read_loss_csv",
     "resolve_adapter_folder",
     "role_spec",
     "run_summary",
+    "validation_prompts",
 ]
 
 #: Role-strength slots shown in the Generate tab (the paper uses at most four roles).
 MAX_ROLE_SLOTS = 6
+#: Seeds per Generate request.
+MAX_SEEDS = 16
 DEFAULT_OUT = Path("runs/ui")
 _STEP_RE = re.compile(r"^step_(\d+)$")
 
@@ -213,24 +224,46 @@ class PipelineCache:
 
 @dataclass
 class GeneratedVideo:
-    """One video made by :func:`generate_one`: the MP4, its JSON sidecar (also parsed) and the folder."""
+    """What :func:`generate_one` made: the first MP4, its JSON sidecar (also parsed), the folder, and every
+    video, GIF and sidecar of the request (one per seed)."""
 
     video: Path
     sidecar: Path
     info: dict
     folder: Path
+    videos: list[Path] = field(default_factory=list)
+    gifs: list[Path] = field(default_factory=list)
+    sidecars: list[Path] = field(default_factory=list)
 
 
 def _new_folder(root: Path) -> Path:
+    """A fresh time-stamped folder name under ``root`` (not created: a failed request leaves nothing)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for n in range(1000):
         folder = root / (stamp if n == 0 else f"{stamp}-{n}")
-        try:
-            folder.mkdir(parents=True)
+        if not folder.exists():
             return folder
-        except FileExistsError:
-            continue
     raise UserError(f"cannot make a new output folder under {root}")
+
+
+def parse_seeds(text: str | int | float | None) -> list[int]:
+    """``"0, 1, 2"`` -> ``[0, 1, 2]``; ``random`` (or ``r``) draws a seed; at most :data:`MAX_SEEDS`."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        text = str(int(text)) if math.isfinite(text) else str(text)
+    items = [t for t in re.split(r"[,\s]+", str(text or "").strip()) if t]
+    if not items:
+        raise UserError("no seed given; give whole numbers (e.g. 0, 1, 2) or 'random'")
+    if len(items) > MAX_SEEDS:
+        raise UserError(f"{len(items)} seeds: at most {MAX_SEEDS} per request")
+    seeds = []
+    for item in items:
+        if item.lower() in ("random", "r"):
+            seeds.append(secrets.randbelow(2**31))
+        elif re.fullmatch(r"\d+", item):
+            seeds.append(int(item))
+        else:
+            raise UserError(f"seed {item!r}: give whole numbers >= 0 (e.g. 0, 1, 2) or 'random'")
+    return seeds
 
 
 def generate_one(
@@ -239,46 +272,60 @@ def generate_one(
     model: str | os.PathLike | None = None,
     adapters: str | os.PathLike | None = None,
     roles: dict[str, float] | str | None = None,
-    seed: int = 0,
+    seed: int | str | Sequence[int] = 0,
     steps: int | None = None,
     guidance: float | None = None,
     out_dir: str | os.PathLike = DEFAULT_OUT,
     cache: PipelineCache | None = None,
+    **options: Any,
 ) -> GeneratedVideo:
-    """Generate one video into a new time-stamped folder under ``out_dir``.
+    """Generate one video per seed into a new time-stamped folder under ``out_dir`` (nothing on failure).
 
     ``adapters``: an adapters folder or a training run folder (``None``: the bare model). ``roles``: role ->
     strength or a spec string (see :func:`parse_role_spec`); ``None`` means the folder's default roles.
-    ``cache`` reuses loaded pipelines; without one the pipeline is loaded for this call only.
+    ``seed``: an int, a list, or text for :func:`parse_seeds`. ``options``: further
+    :class:`GenerationConfig` fields (``negative_prompt``, ``num_frames``, ``height``, ``width``, ``fps``,
+    ``gif``, ``on_step``). ``cache`` reuses loaded pipelines; without one the pipeline is loaded for this call.
     """
     from dreamrelation.inference.generate import GenerationConfig, generate_to_folder
 
     if not str(prompt or "").strip():
         raise UserError("empty prompt")
+    seeds = list(seed) if isinstance(seed, (list, tuple)) else parse_seeds(seed)
     folder = resolve_adapter_folder(adapters)
     wanted = parse_role_spec(roles) if isinstance(roles, str) or roles is None else dict(roles)
     if folder is None and wanted:
         raise UserError("roles chosen but no adapters folder given")
-    if steps is not None and int(steps) < 1:
-        raise UserError(f"steps must be at least 1 (got {steps})")
     cache = cache or PipelineCache()
     with cache.lock:
-        pipe = cache.get(model)
         out = _new_folder(Path(out_dir))
         cfg = GenerationConfig(
             prompts=[str(prompt).strip()],
             model=model,
             adapters=folder,
             roles=wanted,
-            seeds=[int(seed)],
+            seeds=seeds,
             out_dir=out,
-            steps=int(steps) if steps else None,
+            steps=None if steps is None else int(steps),
             guidance=None if guidance is None else float(guidance),
             device=cache.device,
+            **options,
         )
-        result = generate_to_folder(cfg, pipe=pipe)
+        try:
+            result = generate_to_folder(cfg, pipe=cache.get(model))
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)  # a failed or cancelled request leaves nothing
+            raise
     sidecar = result.sidecars[0]
-    return GeneratedVideo(result.videos[0], sidecar, json.loads(sidecar.read_text()), out)
+    return GeneratedVideo(
+        result.videos[0],
+        sidecar,
+        json.loads(sidecar.read_text()),
+        out,
+        result.videos,
+        result.gifs,
+        result.sidecars,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -514,6 +561,86 @@ def run_summary(run: str | os.PathLike) -> str:
     return "\n".join(lines)
 
 
+def check_run_folder(run: str | os.PathLike | None) -> Path:
+    """``run`` as a training run folder; a missing path or an ordinary folder is one :class:`UserError` line."""
+    path = Path(str(run or "").strip()).expanduser()
+    if not str(run or "").strip() or not path.is_dir():
+        raise UserError(f"run folder not found: {str(run or '').strip()!r}")
+    marks = ("loss.csv", "config.json", "checkpoints", "adapters", "ui_job.json")
+    if not any((path / m).exists() for m in marks):
+        raise UserError(
+            f"{path}: not a training run folder (no loss.csv, config.json, checkpoints or adapters)"
+        )
+    return path
+
+
+#: loss.csv columns drawn in the loss chart, with their names there.
+LOSS_SERIES = {"loss": "total", "mse": "mse", "mask_mse": "mask", "rcl": "rcl"}
+
+
+def loss_rows(run: str | os.PathLike) -> list[dict]:
+    """``loss.csv`` in long form for a line chart: ``{"step", "value", "series"}`` per finite value of
+    the total loss and its components (mse, mask, rcl)."""
+    if not (Path(run) / "loss.csv").is_file():
+        return []
+    log = read_loss_csv(run)
+    rows = []
+    for column, name in LOSS_SERIES.items():
+        for step, value in zip(log.steps, log.columns.get(column, []), strict=False):
+            if math.isfinite(value):
+                rows.append({"step": step, "value": value, "series": name})
+    return rows
+
+
+def validation_prompts(run: str | os.PathLike) -> list[tuple[str, int]]:
+    """``(prompt, seed)`` of each validation video index, from the run's ``config.json`` (as the monitor
+    orders them: every seed of each prompt)."""
+    try:
+        monitor = json.loads((Path(run) / "config.json").read_text()).get("monitor", {})
+    except (OSError, ValueError):
+        return []
+    return [(str(p), int(s)) for p in monitor.get("prompts") or [] for s in monitor.get("seeds") or [0]]
+
+
+def validation_caption(video: Path, jobs: Sequence[tuple[str, int]], step: int) -> str:
+    """``step 20 - seed 0: A man is ...`` for ``NN_seedS.mp4`` (the file name when the prompt is unknown)."""
+    m = re.match(r"^(\d+)_seed(\d+)$", video.stem)
+    if m and int(m.group(1)) < len(jobs):
+        prompt, seed = jobs[int(m.group(1))]
+        return f"step {step} - seed {seed}: {prompt}"
+    return f"step {step} - {video.name}"
+
+
+def preview_gif(video: Path, max_frames: int = 64) -> Path:
+    """An animated GIF of ``video`` in the temp dir (cached by path and time), which galleries play inline."""
+    from dreamrelation.utils.media import read_video, write_gif
+
+    key = hashlib.sha1(f"{video.resolve()}:{video.stat().st_mtime_ns}".encode()).hexdigest()[:16]
+    gif = Path(tempfile.gettempdir()) / "dreamrelation-ui" / "gif" / f"{key}.gif"
+    if not gif.is_file():
+        frames, fps = read_video(video, max_frames=max_frames)
+        write_gif(gif, frames, fps=fps or 8)
+    return gif
+
+
+def past_outputs(root: str | os.PathLike, limit: int = 24) -> list[tuple[Path, Path, str]]:
+    """Earlier generations under ``root``, newest first: ``(video, sidecar, caption)``."""
+    found = []
+    for sidecar in Path(root).glob("*/*.json"):
+        if sidecar.name == "manifest.json":
+            continue
+        video = sidecar.with_suffix(".mp4")
+        if not video.is_file():
+            continue
+        try:
+            info = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            continue
+        found.append((video, sidecar, f"seed {info.get('seed')}: {info.get('prompt', '')}"))
+    found.sort(key=lambda item: item[0].stat().st_mtime, reverse=True)
+    return found[:limit]
+
+
 # ----------------------------------------------------------------------------------------------
 # the Gradio app
 # ----------------------------------------------------------------------------------------------
@@ -541,96 +668,316 @@ def _import_gradio():
     return require("gradio", "the web UI needs Gradio: pip install 'dreamrelation[ui]'")
 
 
+class _Cancelled(Exception):
+    """Raised from the per-step callback when the user cancels a generation."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _friendly(gr: Any, fn: Any) -> Any:
+    """``fn`` with user errors as one-line toasts (no traceback in the log) and any other error as a toast
+    that names no Python internals (its traceback goes to the server log)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        except gr.Error:
+            raise
+        except Exception as exc:
+            traceback.print_exc()
+            raise gr.Error(
+                f"failed: {_one_line(exc)} (details in the server log)", print_exception=False
+            ) from None
+
+    return wrapped
+
+
+def _progress_html(step: int, total: int, state: str, message: str) -> str:
+    value = f'value="{step}" max="{max(total, 1)}"' if total else ""
+    text = html.escape(f"{state}: step {step}/{total or '?'}" + (f" - {message}" if message else ""))
+    return f'<div id="train-progress"><progress {value} style="width:100%"></progress><p>{text}</p></div>'
+
+
 class _Callbacks:
-    """The app's event handlers (Gradio errors for user errors), sharing the pipeline cache."""
+    """The app's event handlers, sharing the pipeline cache and the output folders."""
 
-    def __init__(self, gr: Any, cache: PipelineCache, out_root: Path) -> None:
+    def __init__(
+        self, gr: Any, cache: PipelineCache, out_root: Path, text_encoder: str | None = None
+    ) -> None:
         self.gr, self.cache, self.out_root = gr, cache, out_root
+        self.text_encoder = text_encoder
+        self.cancel_event = threading.Event()
+        self.seen: dict[str, tuple] = {}
 
-    def slot_updates(self, roles: Sequence[str], active: Sequence[str]) -> list:
+    @property
+    def generated(self) -> Path:
+        return self.out_root / "generate"
+
+    @property
+    def runs_root(self) -> Path:
+        return self.out_root / "train"
+
+    # ------------------------------------------------------------------ roles (one source of truth: the text)
+
+    def slot_updates(self, roles: Sequence[str], strengths: dict[str, float]) -> list:
         gr = self.gr
         checks = [
             gr.update(
                 visible=i < len(roles),
                 label=roles[i] if i < len(roles) else "",
-                value=i < len(roles) and roles[i] in active,
+                value=i < len(roles) and roles[i] in strengths,
             )
             for i in range(MAX_ROLE_SLOTS)
         ]
-        sliders = [gr.update(visible=i < len(roles), value=1.0) for i in range(MAX_ROLE_SLOTS)]
+        sliders = [
+            gr.update(visible=i < len(roles), value=strengths.get(roles[i], 1.0) if i < len(roles) else 1.0)
+            for i in range(MAX_ROLE_SLOTS)
+        ]
         return checks + sliders
 
     def scan_adapters(self, adapters: str) -> list:
-        try:
-            roles, active = adapter_roles_in(adapters)
-        except UserError as exc:
-            raise self.gr.Error(str(exc)) from exc
+        roles, active = adapter_roles_in(adapters)
         roles = roles[:MAX_ROLE_SLOTS]
+        strengths = dict.fromkeys(active, 1.0)
         spec = role_spec(roles, [r in active for r in roles], [1.0] * len(roles)) if roles else ""
-        return [roles, spec, *self.slot_updates(roles, active)]
+        return [roles, spec, *self.slot_updates(roles, strengths)]
 
     @staticmethod
     def spec_from_slots(roles: list[str], *values: Any) -> str:
         active, strengths = values[:MAX_ROLE_SLOTS], values[MAX_ROLE_SLOTS:]
         return role_spec(roles or [], active, strengths) if roles else ""
 
-    @staticmethod
-    def on_model(model: str) -> tuple[int, float]:
-        return model_defaults(model)
-
-    def generate(
-        self, model: str, adapters: str, roles: str, prompt: str, seed: float, steps: float, guidance: float
-    ) -> tuple[str, dict, str]:
+    def slots_from_spec(self, roles: list[str], spec: str, adapters: str) -> list:
+        """The checkboxes and sliders as the roles text says (left as they are while it does not parse)."""
         try:
-            loaded = model in self.cache
+            wanted = parse_role_spec(spec)
+            if wanted is None:
+                wanted = dict.fromkeys(adapter_roles_in(adapters)[1], 1.0) if adapters else {}
+        except (UserError, ValueError):
+            return [self.gr.skip()] * (2 * MAX_ROLE_SLOTS)
+        return self.slot_updates(roles or [], wanted)
+
+    # ------------------------------------------------------------------------------------------ generate
+
+    def generate(self, *values: Any, progress: Any = None) -> tuple:
+        model, adapters, roles, prompt, negative, seeds, steps, guidance, frames, height, width, fps, gif = (
+            values
+        )
+        self.cancel_event.clear()
+        total = int(steps or 0) * max(1, len(str(seeds).split(",")))
+
+        shown = [0.0]
+
+        def on_step(video: int, step: int) -> None:
+            if self.cancel_event.is_set():
+                raise _Cancelled
+            if progress is not None and time.monotonic() - shown[0] > 0.25:  # fast models: not every step
+                shown[0] = time.monotonic()
+                progress(
+                    (video * int(steps) + step, total), desc=f"video {video + 1}, step {step}/{int(steps)}"
+                )
+
+        numbers = {"num_frames": frames, "height": height, "width": width, "fps": fps}
+        loaded = model in self.cache
+        try:
             made = generate_one(
                 prompt,
                 model=model or None,
                 adapters=adapters or None,
                 roles=roles,
-                seed=int(seed),
+                seed=seeds,
                 steps=int(steps),
                 guidance=float(guidance),
-                out_dir=self.out_root,
+                out_dir=self.generated,
                 cache=self.cache,
+                negative_prompt=str(negative or "").strip(),
+                gif=bool(gif),
+                on_step=on_step,
+                **{k: (None if v in (None, "", 0) else v) for k, v in numbers.items()},
             )
-        except UserError as exc:
-            raise self.gr.Error(str(exc)) from exc
+        except _Cancelled:
+            raise UserError("generation cancelled; nothing was saved") from None
         active = (
             ", ".join(f"{a['role']}={a['scale']:g}" for a in made.info["adapters"]) or "none (bare model)"
         )
         note = (
-            f"{made.info['seconds']:.1f} s{' (pipeline cached)' if loaded else ' (pipeline loaded)'}; "
-            f"adapters: {active}; saved in `{made.folder}`"
+            f"{len(made.videos)} video(s) in {made.info['seconds']:.1f} s per video"
+            f"{' (pipeline cached)' if loaded else ' (pipeline loaded)'}; adapters: {active}; saved in `{made.folder}`"
         )
-        return _servable(made.video), made.info, note
+        files = [_servable(p) for p in [*made.videos, *made.gifs, *made.sidecars]]
+        return _servable(made.video), made.info, note, files, self.history()
 
-    def load_run(self, run: str) -> tuple[Any, str, Any, list]:
-        gr = self.gr
-        path = Path(str(run).strip()).expanduser()
-        if not str(run).strip() or not path.is_dir():
-            raise gr.Error(f"run folder not found: {run!r}")
-        curve = None
-        if (path / "loss.csv").is_file():
-            try:
-                curve = loss_curve_image(path)
-            except UserError as exc:
-                raise gr.Error(str(exc)) from exc
+    def cancel(self) -> str:
+        self.cancel_event.set()
+        self.gr.Info("generation cancelled; nothing was saved")
+        return "cancelled; nothing was saved"
+
+    def history(self) -> list:
+        return [(_servable(preview_gif(v)), caption) for v, _, caption in past_outputs(self.generated)]
+
+    def show_past(self, evt: Any) -> tuple:
+        items = past_outputs(self.generated)
+        if evt is None or evt.index is None or evt.index >= len(items):
+            return self.gr.skip(), self.gr.skip()
+        video, sidecar, _ = items[evt.index]
+        return _servable(video), json.loads(sidecar.read_text())
+
+    # ------------------------------------------------------------------------------------------ data
+
+    def add_uploads(self, folder: str, videos: list | None, masks: list | None) -> tuple:
+        from dreamrelation.apps.workflow import add_uploads, stamp, unique_folder
+
+        data_root = self.out_root / "data"
+        target = Path(str(folder or "").strip())
+        if not str(folder or "").strip() or not target.resolve().is_relative_to(data_root.resolve()):
+            target = unique_folder(data_root, stamp())  # uploads never go into a folder of the user's
+        try:
+            added = add_uploads(target, [str(f) for f in videos or []], [str(f) for f in masks or []])
+        except BaseException:
+            if target.is_dir() and not any(target.rglob("*.*")):
+                shutil.rmtree(target, ignore_errors=True)
+            raise
+        choices = [str(p) for p in sorted(data_root.iterdir()) if p.is_dir()]
+        return self.gr.update(choices=choices, value=str(target)), f"added {len(added)} file(s) to `{target}`"
+
+    def check_data(self, folder: str, model: str, template: str, subject1: str, subject2: str) -> tuple:
+        from dreamrelation.apps.workflow import check_data
+
+        src = Path(str(folder or "").strip()).expanduser()
+        digest = hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:8]
+        prepared = self.out_root / "prepared" / f"{src.name or 'data'}-{digest}"
+        check = check_data(
+            src, prepared, model or None, template or "", subject1 or "", subject2 or "", self.text_encoder
+        )
+        lines = [f"- **problem:** {html.escape(p)}" for p in check.problems]
+        lines += [f"- warning: {html.escape(w)}" for w in check.warnings]
+        report = "\n".join([check.summary, "", *lines]) if lines else f"{check.summary}\n\nno problems"
+        gallery = [(_servable(p), caption) for p, caption in check.previews]
+        ready = str(check.prepared) if check.previews else self.gr.skip()
+        return report, f"Mask colours: {check.legend}", gallery, ready
+
+    def masks_from_text(self, folder: str, subject1: str, subject2: str) -> str:
+        from dreamrelation.apps.workflow import generate_masks_for, mask_weights
+
+        weights = mask_weights()
+        if weights is None:
+            raise UserError("no local Grounding DINO / SAM 2 weights in weights/; upload masks instead")
+        problems = generate_masks_for(str(folder).strip(), subject1, subject2, weights)
+        return "\n".join(f"- {p}" for p in problems) or "masks written to masks/"
+
+    # ------------------------------------------------------------------------------------------ train
+
+    def start_run(self, run: str, resume: bool, *fields: Any) -> tuple:
+        from dreamrelation.apps.workflow import TrainRequest, list_runs, stamp, start_training, unique_folder
+
+        data, model, method, steps, lr, rank, lambda_m, every, prompt, extra = fields
+        req = TrainRequest(
+            str(data or ""),
+            model or None,
+            method,
+            steps,
+            lr,
+            rank,
+            lambda_m,
+            int(every or 0),
+            prompt or "",
+            extra or "",
+        )
+        req.text_encoder = self.text_encoder
+        path = check_run_folder(run) if resume else unique_folder(self.runs_root, stamp())
+        for value, name in ((lr, "learning rate"), (lambda_m, "lambda_m")):
+            if value is None or not math.isfinite(float(value)) or float(value) < 0:
+                raise UserError(f"{name}={value}: must be a finite number >= 0")
+        try:
+            start_training(req, path, resume=resume)
+        except BaseException:
+            if not resume and path.is_dir() and not any(path.iterdir()):
+                path.rmdir()  # a refused start writes nothing
+            raise
+        self.gr.Info(("resumed " if resume else "started ") + str(path))
+        return self.gr.update(choices=list_runs(self.runs_root), value=str(path))
+
+    def stop_run(self, run: str) -> str:
+        from dreamrelation.apps.workflow import stop_training
+
+        message = stop_training(check_run_folder(run))
+        self.gr.Info(message)
+        return message
+
+    def load_run(self, run: str) -> tuple:
+        from dreamrelation.apps.workflow import run_state
+
+        path = check_run_folder(run)
+        state = run_state(path)
         steps = list_validation_steps(path)
-        choices = [str(s.step) for s in steps]
-        sheets = [(_servable(s.contact_sheet), f"step {s.step}") for s in steps if s.contact_sheet]
-        picked = gr.update(choices=choices, value=choices[-1] if choices else None)
-        return curve, run_summary(path), picked, sheets
+        jobs = validation_prompts(path)
+        videos = [
+            (_servable(preview_gif(v)), validation_caption(v, jobs, s.step))
+            for s in reversed(steps)
+            for v in s.videos
+        ]
+        sheets = [(_servable(s.contact_sheet), f"step {s.step}") for s in reversed(steps) if s.contact_sheet]
+        self.seen[str(path)] = self._signature(path)
+        return (
+            _progress_html(state.step, state.total, state.state, state.message),
+            self._chart(path),
+            run_summary(path),
+            videos,
+            sheets,
+        )
+
+    def _chart(self, path: Path) -> Any:
+        import pandas as pd
+
+        frame = pd.DataFrame(loss_rows(path), columns=["step", "value", "series"])
+        return frame.astype({"step": "int64", "value": "float64", "series": "str"})  # numeric axes
 
     @staticmethod
-    def show_step(run: str, step: str | None) -> tuple[str | None, list]:
-        path = Path(str(run).strip()).expanduser()
-        match = [s for s in list_validation_steps(path) if str(s.step) == str(step)]
-        if not match:
-            return None, []
-        s = match[0]
-        sheet = _servable(s.contact_sheet) if s.contact_sheet else None
-        return sheet, [(_servable(v), v.name) for v in s.videos]
+    def _signature(path: Path) -> tuple:
+        from dreamrelation.apps.workflow import run_state
+
+        files = [path / "loss.csv", path / "ui_train.log", path / "validation"]
+        return (run_state(path).state, *(f.stat().st_mtime_ns if f.exists() else 0 for f in files))
+
+    def tick(self, run: str) -> tuple:
+        """Refresh the Train tab while its run changes (nothing is sent otherwise)."""
+        path = Path(str(run or "").strip())
+        try:
+            if not str(run or "").strip() or self.seen.get(str(path)) == self._signature(path):
+                return (self.gr.skip(),) * 5
+            return self.load_run(run)
+        except (UserError, OSError):
+            return (self.gr.skip(),) * 5
+
+    def use_adapters(self, run: str) -> tuple:
+        path = check_run_folder(run)
+        roles = self.scan_adapters(str(path))
+        self.gr.Info(f"Generate now uses the adapters of {path} ({roles[1] or 'no roles'})")
+        return (str(path), self.gr.Tabs(selected="generate"), *roles)
+
+    # ------------------------------------------------------------------------------------------ share
+
+    def export(self, adapters: str, fmt: str) -> tuple:
+        from dreamrelation.apps.workflow import export_relation_adapter
+
+        folder = resolve_adapter_folder(adapters)
+        if folder is None:
+            raise UserError("choose a run (or an adapters folder) to export")
+        out = self.out_root / "export"
+        existed = out.exists()
+        try:
+            path = export_relation_adapter(folder, fmt, out)
+        except BaseException:
+            if not existed and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+            raise
+        return _servable(path), f"exported `{path.name}` ({path.stat().st_size / 1e6:.2f} MB) from `{folder}`"
 
 
 @dataclass
@@ -643,6 +990,7 @@ class _Start:
     active: list[str]
     steps: int
     guidance: float
+    runs: list[str] = field(default_factory=list)
 
 
 def _role_slots(gr: Any, start: _Start) -> tuple[list, list]:
@@ -656,73 +1004,242 @@ def _role_slots(gr: Any, start: _Start) -> tuple[list, list]:
     return checks, sliders
 
 
-def _generate_tab(gr: Any, cb: _Callbacks, start: _Start) -> tuple[Any, list]:
+def _data_tab(gr: Any, cb: _Callbacks, model: Any) -> Any:
+    """The Data tab; returns the prepared-folder box the Train tab reads."""
+    from dreamrelation.apps.workflow import mask_weights
+
+    with gr.Row():
+        with gr.Column():
+            folder = gr.Dropdown(
+                [],
+                value="",
+                label="Exemplar folder (videos/ + masks/; pick, type a path, or upload below)",
+                allow_custom_value=True,
+                elem_id="data-folder",
+            )
+            videos = gr.File(
+                file_count="multiple",
+                label="Videos + .txt captions, or a .zip of an exemplar folder",
+                elem_id="data-videos",
+            )
+            masks = gr.File(
+                file_count="multiple",
+                label="Masks: NAME.mp4 mask videos or a .zip of masks/NAME/ folders",
+                elem_id="data-masks",
+            )
+            upload = gr.Button("Add uploads", elem_id="data-add")
+            uploaded = gr.Markdown()
+        with gr.Column():
+            template = gr.Textbox(
+                "",
+                label="Caption template (empty: the .txt captions), e.g. A {subject1} is high-fiving a {subject2}.",
+                elem_id="data-template",
+            )
+            with gr.Row():
+                subject1 = gr.Textbox("", label="subject1", elem_id="data-subject1")
+                subject2 = gr.Textbox("", label="subject2", elem_id="data-subject2")
+            weights = mask_weights()
+            gen_masks = gr.Button(
+                "Masks from the subject names (Grounding DINO + SAM 2)", interactive=weights is not None
+            )
+            if weights is None:
+                gr.Markdown(
+                    "Masks from text need local weights in `weights/grounding-dino-tiny` and `weights/sam2.1-hiera-tiny`."
+                )
+            check = gr.Button("Check and prepare", variant="primary", elem_id="data-check")
+            prepared = gr.Textbox(
+                "", label="Prepared training data", interactive=False, elem_id="data-prepared"
+            )
+    report = gr.Markdown(elem_id="data-report")
+    legend = gr.Markdown(elem_id="data-legend")
+    previews = gr.Gallery(
+        label="Mask overlays", columns=2, height=320, object_fit="contain", elem_id="data-previews"
+    )
+    upload.click(
+        _friendly(gr, cb.add_uploads), [folder, videos, masks], [folder, uploaded], api_visibility="private"
+    )
+    check.click(
+        _friendly(gr, cb.check_data),
+        [folder, model, template, subject1, subject2],
+        [report, legend, previews, prepared],
+        api_name="check_data",
+    )
+    gen_masks.click(
+        _friendly(gr, cb.masks_from_text), [folder, subject1, subject2], report, api_visibility="private"
+    )
+    return prepared
+
+
+def _train_tab(gr: Any, cb: _Callbacks, start: _Start, model: Any, prepared: Any) -> tuple[Any, Any]:
+    """The Train tab; returns the run box and the "use its adapters" button."""
+    from dreamrelation.training.config import PRESET_NAMES
+
+    with gr.Row():
+        with gr.Column(scale=1):
+            data = gr.Textbox(
+                "", label="Training data (prepared folder or exemplar folder)", elem_id="train-data"
+            )
+            method = gr.Dropdown(list(PRESET_NAMES), value="dreamrelation", label="Method preset")
+            with gr.Row():
+                steps = gr.Number(500, label="Steps", precision=0, elem_id="train-steps")
+                lr = gr.Number(2e-4, label="Learning rate")
+            with gr.Row():
+                rank = gr.Number(16, label="Adapter rank", precision=0)
+                lambda_m = gr.Number(50.0, label="lambda_m (mask loss weight)")
+            with gr.Row():
+                every = gr.Number(
+                    0, label="Validate every N steps (0: never)", precision=0, elem_id="train-every"
+                )
+                vprompt = gr.Textbox("", label="Validation prompt", elem_id="train-vprompt")
+            with gr.Accordion("Advanced: more trainer overrides (key=value ...)", open=False):
+                extra = gr.Textbox("", label="Overrides", elem_id="train-extra")
+        with gr.Column(scale=1):
+            run = gr.Dropdown(
+                start.runs, value=start.run, label="Run folder", allow_custom_value=True, elem_id="train-run"
+            )
+            with gr.Row():
+                new = gr.Button("Start new run", variant="primary", elem_id="train-start")
+                stop = gr.Button("Stop (saves a checkpoint)", variant="stop", elem_id="train-stop")
+                resume = gr.Button("Resume", elem_id="train-resume")
+            use = gr.Button("Use its adapters in Generate", elem_id="train-use")
+            progress = gr.HTML(elem_id="train-status")
+            summary = gr.Markdown()
+    chart = gr.LinePlot(
+        x="step",
+        y="value",
+        color="series",
+        title="Loss and its components",
+        height=320,
+        elem_id="train-chart",
+    )
+    videos = gr.Gallery(
+        label="Validation samples", columns=4, height=320, object_fit="contain", elem_id="train-videos"
+    )
+    sheets = gr.Gallery(label="Validation contact sheets", columns=2, height=320, object_fit="contain")
+    fields = [data, model, method, steps, lr, rank, lambda_m, every, vprompt, extra]
+    loaded = [progress, chart, summary, videos, sheets]
+    prepared.change(lambda p: p, prepared, data, api_visibility="private")
+    new.click(_friendly(gr, lambda *v: cb.start_run("", False, *v)), fields, run, api_name="start_training")
+    resume.click(
+        _friendly(gr, lambda r, *v: cb.start_run(r, True, *v)), [run, *fields], run, api_visibility="private"
+    )
+    stop.click(_friendly(gr, cb.stop_run), run, summary, api_name="stop_training")
+    run.change(_friendly(gr, cb.load_run), run, loaded, api_name="load_run")
+    gr.Timer(1.0).tick(cb.tick, run, loaded, api_visibility="private", show_progress="hidden")
+    return run, use
+
+
+def _generate_tab(gr: Any, cb: _Callbacks, start: _Start, model: Any) -> tuple[Any, list]:
     """The Generate tab and its events; returns the adapters box and what a scan updates."""
     with gr.Row():
         with gr.Column(scale=1):
-            model = gr.Textbox(
-                start.model, label="Model directory (diffusers Mochi or Wan; default: toy bundle)"
+            adapters = gr.Dropdown(
+                start.runs,
+                value=start.run,
+                allow_custom_value=True,
+                label="Adapters folder or training run folder (empty: bare model)",
+                elem_id="gen-adapters",
             )
-            adapters = gr.Textbox(
-                start.run, label="Adapters folder or training run folder (empty: bare model)"
-            )
-            scan = gr.Button("Scan adapters", size="sm")
             role_names = gr.State(start.roles[:MAX_ROLE_SLOTS])
             checks, sliders = _role_slots(gr, start)
             spec = role_spec(start.roles, [r in start.active for r in start.roles], [1.0] * len(start.roles))
             roles = gr.Textbox(
                 spec if start.roles else "",
+                elem_id="gen-roles",
                 label="Active roles (role=strength, ...; 'none' = bare model; empty = the folder's default)",
             )
-            prompt = gr.Textbox("A red circle is high-fiving a blue square.", label="Prompt", lines=2)
+            prompt = gr.Textbox(
+                "A red circle is high-fiving a blue square.", label="Prompt", lines=2, elem_id="gen-prompt"
+            )
+            negative = gr.Textbox("", label="Negative prompt", elem_id="gen-negative")
             with gr.Row():
-                seed = gr.Number(0, label="Seed", precision=0)
-                steps = gr.Slider(1, 128, start.steps, step=1, label="Steps")
+                seeds = gr.Textbox("0", label="Seeds (0, 1, 2 or random)", elem_id="gen-seeds")
+                steps = gr.Slider(2, 128, start.steps, step=1, label="Steps", elem_id="gen-steps")
                 guidance = gr.Slider(1.0, 12.0, start.guidance, step=0.1, label="CFG")
-            go = gr.Button("Generate", variant="primary")
+            with gr.Row():
+                frames = gr.Number(None, label="Frames (empty: model default)", precision=0)
+                height = gr.Number(None, label="Height", precision=0)
+                width = gr.Number(None, label="Width", precision=0)
+                fps = gr.Number(None, label="fps")
+                gif = gr.Checkbox(True, label="also GIF")
+            with gr.Row():
+                go = gr.Button("Generate", variant="primary", elem_id="gen-go")
+                cancel = gr.Button("Cancel", variant="stop", elem_id="gen-cancel")
         with gr.Column(scale=1):
-            video = gr.Video(label="Video", autoplay=True, loop=True)
-            status = gr.Markdown()
+            video = gr.Video(label="Video", autoplay=True, loop=True, elem_id="gen-video")
+            status = gr.Markdown(elem_id="gen-status")
+            files = gr.File(label="Files (MP4, GIF, sidecars)", file_count="multiple", elem_id="gen-files")
             sidecar = gr.JSON(label="Sidecar (JSON)")
-    scan_outputs = [role_names, roles, *checks, *sliders]
-    scan.click(cb.scan_adapters, adapters, scan_outputs, api_visibility="private")
-    adapters.submit(cb.scan_adapters, adapters, scan_outputs, api_visibility="private")
-    for widget in (*checks, *sliders):
-        widget.input(  # user edits only, not the updates made by a scan
-            cb.spec_from_slots, [role_names, *checks, *sliders], roles, api_visibility="private"
-        )
-    model.submit(cb.on_model, model, [steps, guidance], api_visibility="private")
-    go.click(
-        cb.generate,
-        [model, adapters, roles, prompt, seed, steps, guidance],
-        [video, sidecar, status],
-        api_name="generate",
+    past = gr.Gallery(
+        cb.history,
+        label="Earlier outputs (select one for its sidecar)",
+        columns=6,
+        height="auto",
+        object_fit="contain",
+        elem_id="gen-past",
     )
+    scan_outputs = [role_names, roles, *checks, *sliders]
+    adapters.change(_friendly(gr, cb.scan_adapters), adapters, scan_outputs, api_visibility="private")
+    for widget in (*checks, *sliders):
+        widget.input(cb.spec_from_slots, [role_names, *checks, *sliders], roles, api_visibility="private")
+    roles.input(
+        cb.slots_from_spec, [role_names, roles, adapters], [*checks, *sliders], api_visibility="private"
+    )
+    model.submit(model_defaults, model, [steps, guidance], api_visibility="private")
+
+    def run(*values: Any, progress: Any = gr.Progress()) -> tuple:
+        return cb.generate(*values, progress=progress)
+
+    inputs = [
+        model,
+        adapters,
+        roles,
+        prompt,
+        negative,
+        seeds,
+        steps,
+        guidance,
+        frames,
+        height,
+        width,
+        fps,
+        gif,
+    ]
+    busy = go.click(lambda: gr.update(interactive=False), None, go, api_visibility="private", queue=False)
+    job = busy.then(_friendly(gr, run), inputs, [video, sidecar, status, files, past], api_name="generate")
+    for after in (job.then, job.failure):  # enabled again after success and after a refused request
+        after(lambda: gr.update(interactive=True), None, go, api_visibility="private", queue=False)
+    cancel.click(cb.cancel, None, status, cancels=[job], api_visibility="private").then(
+        lambda: gr.update(interactive=True), None, go, api_visibility="private", queue=False
+    )
+
+    def pick(evt: Any) -> tuple:
+        return cb.show_past(evt)
+
+    pick.__annotations__ = {"evt": gr.SelectData, "return": tuple}  # Gradio passes the selection by type
+    past.select(pick, None, [video, sidecar], api_visibility="private")
     return adapters, scan_outputs
 
 
-def _run_tab(gr: Any, cb: _Callbacks, start: _Start, adapters: Any, scan_outputs: list) -> tuple[Any, list]:
-    """The Training run tab and its events; returns the run box and what loading a run updates."""
-    with gr.Row():
-        run = gr.Textbox(start.run, label="Run folder (from `dreamrelation train`)", scale=4)
-        load = gr.Button("Load", variant="primary", scale=1)
-        use = gr.Button("Use its adapters in Generate", scale=1)
-    with gr.Row():
-        curve = gr.Image(label="Loss", type="pil", format="png", interactive=False)
-        summary = gr.Markdown()
-    sheets = gr.Gallery(label="Validation contact sheets", columns=3, height="auto")
-    with gr.Row():
-        step = gr.Dropdown([], label="Validation step", interactive=True, scale=1)
-        sheet = gr.Image(label="Contact sheet", type="filepath", interactive=False, scale=3)
-    videos = gr.Gallery(label="Validation videos", columns=4, height="auto")
-    loaded = [curve, summary, step, sheets]
-    load.click(cb.load_run, run, loaded, api_name="load_run")
-    run.submit(cb.load_run, run, loaded, api_visibility="private")
-    step.change(cb.show_step, [run, step], [sheet, videos], api_name="show_step")
-    use.click(lambda r: r, run, adapters, api_visibility="private").then(
-        cb.scan_adapters, adapters, scan_outputs, api_visibility="private"
+def _share_tab(gr: Any, cb: _Callbacks, start: _Start) -> None:
+    """The Share tab: export a run's relation adapter as a downloadable file."""
+    source = gr.Dropdown(
+        start.runs,
+        value=start.run,
+        allow_custom_value=True,
+        label="Run or adapters folder",
+        elem_id="share-source",
     )
-    return run, loaded
+    fmt = gr.Radio(
+        ["diffusers", "comfyui", "genmo"],
+        value="comfyui",
+        elem_id="share-format",
+        label="Format: diffusers (zip of the per-role PEFT files), comfyui (Mochi LoRA loader), genmo (genmo's LoRA)",
+    )
+    go = gr.Button("Export", variant="primary", elem_id="share-go")
+    out = gr.File(label="Download", elem_id="share-file")
+    note = gr.Markdown(elem_id="share-note")
+    go.click(_friendly(gr, cb.export), [source, fmt], [out, note], api_name="export")
 
 
 def build_app(
@@ -730,9 +1247,12 @@ def build_app(
     default_run: str | os.PathLike | None = None,
     out_dir: str | os.PathLike = DEFAULT_OUT,
     cache: PipelineCache | None = None,
+    text_encoder: str | os.PathLike | None = None,
 ) -> gr.Blocks:
-    """The two-tab Gradio app. API endpoints: ``/generate``, ``/load_run`` and ``/show_step``."""
+    """The app: Data -> Train -> Generate -> Share tabs. API endpoints: ``/check_data``,
+    ``/start_training``, ``/stop_training``, ``/load_run``, ``/generate`` and ``/export``."""
     gr = _import_gradio()
+    from dreamrelation.apps.workflow import list_runs
     from dreamrelation.backbones.registry import model_dir
 
     for name, path in (("model", default_model), ("run folder", default_run)):
@@ -744,16 +1264,27 @@ def build_app(
         roles0, active0 = adapter_roles_in(run0) if run0 else ([], [])
     except UserError:
         roles0, active0 = [], []
-    start = _Start(model0, run0, list(roles0), list(active0), *model_defaults(model0))
-    cb = _Callbacks(gr, cache or PipelineCache(), Path(out_dir))
+    cb = _Callbacks(gr, cache or PipelineCache(), Path(out_dir), str(text_encoder) if text_encoder else None)
+    runs = list_runs(cb.runs_root)
+    runs = [run0, *runs] if run0 and run0 not in runs else runs
+    start = _Start(model0, run0, list(roles0), list(active0), *model_defaults(model0), runs=runs)
     with gr.Blocks(title="DreamRelation") as app:
-        gr.Markdown("## DreamRelation: relation adapters on Mochi 1 and Wan 2.1 video models")
-        with gr.Tab("Generate"):
-            adapters, scan_outputs = _generate_tab(gr, cb, start)
-        with gr.Tab("Training run"):
-            run, loaded = _run_tab(gr, cb, start, adapters, scan_outputs)
-        if run0:
-            app.load(cb.load_run, run, loaded, api_visibility="private")
+        gr.Markdown("## DreamRelation: your videos -> a relation adapter -> new videos")
+        model = gr.Textbox(
+            model0, label="Model directory (diffusers Mochi or Wan; default: toy bundle)", elem_id="model"
+        )
+        with gr.Tabs() as tabs:
+            with gr.Tab("1 Data", id="data"):
+                prepared = _data_tab(gr, cb, model)
+            with gr.Tab("2 Train", id="train"):
+                run, use = _train_tab(gr, cb, start, model, prepared)
+            with gr.Tab("3 Generate", id="generate"):
+                adapters, scan_outputs = _generate_tab(gr, cb, start, model)
+            with gr.Tab("4 Share", id="share"):
+                _share_tab(gr, cb, start)
+        use.click(
+            _friendly(gr, cb.use_adapters), run, [adapters, tabs, *scan_outputs], api_visibility="private"
+        )
     return app
 
 
@@ -769,14 +1300,21 @@ def launch(
 ) -> tuple[gr.Blocks, str]:
     """Build and serve the app on ``host:port`` (loopback by default; there is no login).
 
-    ``text_encoder``: the T5 folder of a genmo-layout Mochi model. ``block=False`` returns at once with the server running in a thread (stop it with ``app.close()``);
-    otherwise this returns when the server stops (Ctrl-C). Returns ``(app, local_url)``.
+    ``text_encoder``: the T5 folder of a genmo-layout Mochi model. ``block=False`` returns at once with the
+    server running in a thread (stop it with ``app.close()``); otherwise this returns when the server stops
+    (Ctrl-C). Returns ``(app, local_url)``.
     """
     if host not in ("127.0.0.1", "localhost", "::1"):
         warnings.warn(
             f"serving on {host}: anyone who can reach it can run the model (no login)", stacklevel=2
         )
-    app = build_app(default_model, default_run, out_dir, cache=PipelineCache(text_encoder=text_encoder))
+    app = build_app(
+        default_model,
+        default_run,
+        out_dir,
+        cache=PipelineCache(text_encoder=text_encoder),
+        text_encoder=text_encoder,
+    )
     app.queue(default_concurrency_limit=1)
     _, url, _ = app.launch(
         server_name=host,

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import atexit
 import csv
+import functools
 import hashlib
 import math
 import os
@@ -38,7 +39,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,14 +163,18 @@ def guidance_values(schedule: str | Sequence[float] | None, steps: int, guidance
 
 
 class GuidanceSchedule:
-    """``callback_on_step_end`` that sets the pipeline's CFG scale for the next step."""
+    """``callback_on_step_end`` that sets the pipeline's CFG scale for the next step and reports the step
+    done to ``on_step(step)`` (1-based; it may raise to stop sampling, e.g. a cancel in the UI)."""
 
-    def __init__(self, values: Sequence[float]) -> None:
+    def __init__(self, values: Sequence[float], on_step: Callable[[int], None] | None = None) -> None:
         self.values = list(values)
+        self.on_step = on_step
 
     def __call__(self, pipe, step: int, timestep, callback_kwargs: dict) -> dict:
         if step + 1 < len(self.values):
             pipe._guidance_scale = self.values[step + 1]
+        if self.on_step is not None:
+            self.on_step(step + 1)
         return {}
 
 
@@ -187,6 +192,8 @@ def generate_videos(
     *,
     batch_size: int = 1,
     image: Image.Image | None = None,
+    negative_prompt: str = "",
+    on_step: Callable[[int], None] | None = None,
 ) -> list[np.ndarray]:
     """One uint8 ``(T, H, W, 3)`` video per (prompt, seed) pair, in order; the active adapters apply.
 
@@ -196,14 +203,15 @@ def generate_videos(
     The initial noise comes from a CPU generator seeded with ``seed``: the same seed gives the same video
     on the same device, whatever the batch it is in (up to float rounding, within 1/255); ``batch_size``
     pairs go through the pipeline per call (on a CPU 16 is 1.2-1.5x faster than 1 for toy models).
-    ``guidance_schedule``: see :func:`guidance_values`.
+    ``guidance_schedule``: see :func:`guidance_values`. ``on_step(step)``: called after each denoising step.
     """
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds must have equal length")
     backbone = get_backbone(pipe)
     if num_inference_steps < backbone.min_sampling_steps:
         raise UserError(
-            f"steps={num_inference_steps}: {backbone.name} samples with at least {backbone.min_sampling_steps} steps"
+            f"steps={num_inference_steps}: must be at least {backbone.min_sampling_steps} ({backbone.name}'s "
+            "sampling schedule needs that many steps)"
         )
     values = guidance_values(guidance_schedule, num_inference_steps, guidance_scale)
     default_frames, default_height, default_width = video_geometry(pipe)
@@ -213,10 +221,13 @@ def generate_videos(
     for start in range(0, len(prompts), step):
         chunk = range(start, min(start + step, len(prompts)))
         texts = [prompts[i] for i in chunk]
-        sampler, inputs = pipe, {"prompt": texts, "negative_prompt": [""] * len(chunk)}
+        sampler, inputs = pipe, {"prompt": texts, "negative_prompt": [negative_prompt] * len(chunk)}
         if image is not None:
             sampler = image_pipeline(pipe)
-            inputs = {"image": image, **_prompt_embeds(pipe, texts, text_length, values[0] > 1)}
+            inputs = {
+                "image": image,
+                **_prompt_embeds(pipe, texts, text_length, values[0] > 1, negative_prompt),
+            }
         out = sampler(
             **inputs,
             num_frames=num_frames or default_frames,
@@ -227,7 +238,9 @@ def generate_videos(
             generator=[torch.Generator().manual_seed(int(seeds[i])) for i in chunk],
             max_sequence_length=text_length,
             output_type="np",
-            callback_on_step_end=GuidanceSchedule(values) if len(set(values)) > 1 else None,
+            callback_on_step_end=(
+                GuidanceSchedule(values, on_step) if len(set(values)) > 1 or on_step else None
+            ),
         )
         videos += [(np.clip(v, 0, 1) * 255).round().astype(np.uint8) for v in out.frames]
     return videos
@@ -251,12 +264,12 @@ def image_pipeline(pipe):
     return sampler
 
 
-def _prompt_embeds(pipe, prompts: Sequence[str], length: int, cfg: bool) -> dict:
-    """Prompt and empty-negative-prompt embeddings from the text pipeline's own ``encode_prompt`` (the image
+def _prompt_embeds(pipe, prompts: Sequence[str], length: int, cfg: bool, negative: str = "") -> dict:
+    """Prompt and negative-prompt embeddings from the text pipeline's own ``encode_prompt`` (the image
     pipeline's text cleaning needs ``ftfy``; the text pipeline's does not), so both encode text alike."""
     embeds, negative = pipe.encode_prompt(
         prompt=list(prompts),
-        negative_prompt=[""] * len(prompts),
+        negative_prompt=[negative] * len(prompts),
         do_classifier_free_guidance=cfg,
         max_sequence_length=length,
         device=pipe._execution_device,
@@ -511,6 +524,9 @@ class GenerationConfig:
     fps: float | None = None
     progress: bool = False  # a per-step progress bar on stderr (the CLI's)
     image: str | os.PathLike | Image.Image | None = None
+    negative_prompt: str = ""
+    #: ``on_step(video_index, step)`` after each denoising step (the UI's progress; raising stops the run)
+    on_step: Callable[[int, int], None] | None = None
 
 
 @dataclass
@@ -651,7 +667,7 @@ def _settings(run: _Run, pipe, sampler: dict) -> dict:
         "device": str(getattr(pipe, "_execution_device", run.device)),
         "offload": cfg.offload,
         "vae_tiling": bool(cfg.vae_tiling),
-        "negative_prompt": "",
+        "negative_prompt": cfg.negative_prompt,
         "backbone": get_backbone(pipe).name,
         **sampler,
         "noise_generator": "torch CPU generator seeded with seed",
@@ -690,6 +706,8 @@ def _write_one(
         record["guidance"],
         guidance_schedule=record["values"],
         image=record["image"],
+        negative_prompt=run.cfg.negative_prompt,
+        on_step=None if run.cfg.on_step is None else functools.partial(run.cfg.on_step, n),
         **geometry,
     )[0]
     stem = f"{n:03d}_{_slug(prompt)}_seed{seed}"

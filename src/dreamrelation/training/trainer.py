@@ -520,7 +520,7 @@ def train_adapters(
     :func:`dreamrelation.data.prepare.null_prompt_for` or a prepared cache's ``load_null_prompt``.
 
     Writes ``out_dir/checkpoints/step_N.safetensors`` every ``checkpoint_every`` steps and at the end,
-    ``out_dir/loss.csv``, ``out_dir/config.json`` and the final adapters ``out_dir/adapters/{role}.safetensors``
+    ``out_dir/loss.csv`` (rewritten every ``log_every`` steps), ``out_dir/config.json`` and the final adapters ``out_dir/adapters/{role}.safetensors``
     (diffusers LoRA format); ``out_dir`` is locked while the run writes to it (:class:`RunLock`).
     ``resume=True`` continues from the latest checkpoint. Ctrl-C (or a
     ``KeyboardInterrupt`` from ``callback(step, loss)``) saves a checkpoint and re-raises. A non-finite loss
@@ -764,6 +764,8 @@ class Trainer:
                         bar.set_postfix(
                             loss=f"{state.history['loss'][-1]:.4f}", lr=f"{lr:.2e}", refresh=False
                         )
+                        if ctx.is_main:  # watchers (the web UI) see the losses as they come
+                            _write_loss_csv(self.out, state.history)
                     if callback is not None:
                         callback(state.step, state.history["loss"][-1])
                     if (
