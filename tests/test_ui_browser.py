@@ -138,6 +138,18 @@ def _exemplar_zip(folder: Path) -> Path:
     return archive
 
 
+def _coloured_pixels(element) -> int:
+    """Saturated pixels in a screenshot of ``element``: the chart's lines and legend (its axes and grid are
+    grey), so an empty chart counts ~0."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(io.BytesIO(element.screenshot_as_png)).convert("RGB")).astype(int)
+    return int(((rgb.max(axis=-1) - rgb.min(axis=-1)) > 80).sum())
+
+
 def _status_step(page: Page, state: str) -> int:
     text = page.text("#train-status")
     m = re.search(rf"{state}: step (\d+)/", text)
@@ -177,6 +189,7 @@ def test_whole_workflow_in_the_browser(page: tuple[Page, Path], tmp_path: Path) 
     p.wait(lambda: p.d.find_elements(p.By.CSS_SELECTOR, "#train-videos img"), 60, "validation samples")
     assert PROMPT in p.text("#train-videos")  # each sample is captioned with its prompt
     p.wait(lambda: p.d.find_elements(p.By.CSS_SELECTOR, "#train-chart canvas, #train-chart svg"), 30, "chart")
+    p.wait(lambda: _coloured_pixels(p.el("#train-chart")) > 200, 30, "loss lines drawn in the chart")
     p.shot("train")
     p.click("train-stop")
     p.toast("stopping")

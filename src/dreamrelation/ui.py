@@ -933,9 +933,14 @@ class _Callbacks:
         )
 
     def _chart(self, path: Path) -> Any:
+        """The loss chart's data; None until the run has logged a step (an empty frame sent to a LinePlot
+        leaves it drawing axes without lines for every later update - seen in Chromium, gradio 6)."""
         import pandas as pd
 
-        frame = pd.DataFrame(loss_rows(path), columns=["step", "value", "series"])
+        rows = loss_rows(path)
+        if not rows:
+            return None
+        frame = pd.DataFrame(rows, columns=["step", "value", "series"])
         return frame.astype({"step": "int64", "value": "float64", "series": "str"})  # numeric axes
 
     @staticmethod
