@@ -128,9 +128,7 @@ def train(
     if num_gpus > 1 and not inside_launch():
         argv = _argv_without("--num-gpus")
         raise typer.Exit(launch_distributed(num_gpus, argv))
-    import torch
-
-    from dreamrelation.backbones.loading import load_pipeline, load_transformer, model_backbone_dir
+    from dreamrelation.backbones.loading import model_backbone_dir
     from dreamrelation.data.prepare_folder import load_null_prompt, load_prepared
     from dreamrelation.training.config import PRESET_NAMES, check_optim_config
     from dreamrelation.training.monitor import TrainingMonitor
@@ -153,23 +151,11 @@ def train(
     if official is not None and ctx.is_main:
         typer.echo(official.summary())
         official.write(out)
-    device = ctx.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" and cfg.mixed_precision != "fp32" else torch.float32
     with RunLock(out) if ctx.is_main else contextlib.nullcontext():
         if not prepared:  # raw videos: the same streaming decode as `prepare`
             data = _prepare_for_training(data, out / "prepared", model_path, text_encoder, ctx)
         samples, null_prompt = load_prepared(data), load_null_prompt(data)
-        pipe = None
-        if cfg.monitor.validate_every:  # validation samples need the text encoder and the VAE
-            pipe = load_pipeline(model_path, dtype=dtype, device=str(device), text_encoder=text_encoder)
-            transformer = pipe.transformer
-            if cfg.memory.offload_frozen and device.type != "cpu":
-                from dreamrelation.training.memory import park_frozen_parts
-
-                park_frozen_parts(pipe)  # on the CPU until a validation needs them
-        else:
-            spread = cfg.memory.blocks_to_swap or (cfg.memory.fsdp and ctx.enabled)  # the trainer places it
-            transformer = load_transformer(model_path, dtype=dtype, device="cpu" if spread else device)
+        transformer, pipe = _training_model(cfg, model_path, text_encoder, ctx)
         monitor = TrainingMonitor(cfg, out, pipe=pipe, rank=ctx.rank)
         try:
             result = train_adapters(
@@ -178,6 +164,26 @@ def train(
         finally:
             monitor.close()
     typer.echo(f"adapters: {result.adapter_dir}")
+
+
+def _training_model(cfg, model_path: Path, text_encoder: Path | None, ctx) -> tuple:
+    """``(transformer, pipeline or None)`` for training: the transformer alone, or the whole pipeline when
+    validation samples need its text encoder and VAE (parked on the CPU between validations)."""
+    import torch
+
+    from dreamrelation.backbones.loading import load_pipeline, load_transformer
+
+    device = ctx.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" and cfg.mixed_precision != "fp32" else torch.float32
+    if not cfg.monitor.validate_every:
+        spread = cfg.memory.blocks_to_swap or (cfg.memory.fsdp and ctx.enabled)  # the trainer places it
+        return load_transformer(model_path, dtype=dtype, device="cpu" if spread else device), None
+    pipe = load_pipeline(model_path, dtype=dtype, device=str(device), text_encoder=text_encoder)
+    if cfg.memory.offload_frozen and device.type != "cpu":
+        from dreamrelation.training.memory import park_frozen_parts
+
+        park_frozen_parts(pipe)  # on the CPU until a validation needs them
+    return pipe.transformer, pipe
 
 
 def _prepare_for_training(data: Path, cache: Path, model_path: Path, text_encoder: Path | None, ctx) -> Path:
@@ -358,43 +364,23 @@ def generate(
         "--image",
         help="Photo to start from (image-to-video, Wan 2.2 TI2V-5B); resized/cropped to the video size.",
     ),
+    negative_prompt: str = typer.Option("", help="Negative prompt (default: empty, as in the paper)."),
 ) -> None:
     """Generate videos with relation adapters: MP4 (+GIF) and a JSON sidecar per video, a contact sheet.
 
     With --image every video starts from that photo (image-to-video). Several GPUs: `--num-gpus N` splits
     the prompts x seeds over N processes; same files as one process.
     """
+    options = dict(locals())  # every option, by the GenerationConfig field it sets
     from dreamrelation.inference.run import cli_generation_config, run_generate
     from dreamrelation.training.distributed import inside_launch, launch_distributed
 
     if num_gpus > 1 and not inside_launch():
         raise typer.Exit(launch_distributed(num_gpus, _argv_without("--num-gpus")))
-
-    # each command hands its options on by name (parse -> config -> one call): such keyword lists look alike
-    cfg = cli_generation_config(
-        prompts,
-        prompts_file,
-        adapters,
-        role,
-        model=model,
-        text_encoder=text_encoder,
-        seeds=list(seed or [0]),
-        out_dir=out,
-        steps=steps,
-        guidance=guidance,
-        guidance_schedule=guidance_schedule,
-        gif=gif,
-        offload=offload,
-        vae_tiling=vae_tiling,
-        dtype=dtype,
-        device=device,
-        num_frames=num_frames,
-        height=height,
-        width=width,
-        fps=fps,
-        image=image,
-        progress=True,
-    )
+    del options["num_gpus"]
+    options.update(seeds=list(options.pop("seed") or [0]), out_dir=options.pop("out"), progress=True)
+    sources = [options.pop(k) for k in ("prompts", "prompts_file", "adapters", "role")]
+    cfg = cli_generation_config(*sources, **options)
     run_generate(cfg)
 
 

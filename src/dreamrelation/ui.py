@@ -1134,6 +1134,21 @@ def _train_tab(gr: Any, cb: _Callbacks, start: _Start, model: Any, prepared: Any
     return run, use
 
 
+def _sampling_fields(gr: Any, start: _Start) -> list:
+    """Seeds, steps, CFG, frames, height, width, fps and the GIF switch (in the order ``generate`` takes)."""
+    with gr.Row():
+        seeds = gr.Textbox("0", label="Seeds (0, 1, 2 or random)", elem_id="gen-seeds")
+        steps = gr.Slider(2, 128, start.steps, step=1, label="Steps", elem_id="gen-steps")
+        guidance = gr.Slider(1.0, 12.0, start.guidance, step=0.1, label="CFG")
+    with gr.Row():
+        frames = gr.Number(None, label="Frames (empty: model default)", precision=0)
+        height = gr.Number(None, label="Height", precision=0)
+        width = gr.Number(None, label="Width", precision=0)
+        fps = gr.Number(None, label="fps")
+        gif = gr.Checkbox(True, label="also GIF")
+    return [seeds, steps, guidance, frames, height, width, fps, gif]
+
+
 def _generate_tab(gr: Any, cb: _Callbacks, start: _Start, model: Any) -> tuple[Any, list]:
     """The Generate tab and its events; returns the adapters box and what a scan updates."""
     with gr.Row():
@@ -1157,16 +1172,7 @@ def _generate_tab(gr: Any, cb: _Callbacks, start: _Start, model: Any) -> tuple[A
                 "A red circle is high-fiving a blue square.", label="Prompt", lines=2, elem_id="gen-prompt"
             )
             negative = gr.Textbox("", label="Negative prompt", elem_id="gen-negative")
-            with gr.Row():
-                seeds = gr.Textbox("0", label="Seeds (0, 1, 2 or random)", elem_id="gen-seeds")
-                steps = gr.Slider(2, 128, start.steps, step=1, label="Steps", elem_id="gen-steps")
-                guidance = gr.Slider(1.0, 12.0, start.guidance, step=0.1, label="CFG")
-            with gr.Row():
-                frames = gr.Number(None, label="Frames (empty: model default)", precision=0)
-                height = gr.Number(None, label="Height", precision=0)
-                width = gr.Number(None, label="Width", precision=0)
-                fps = gr.Number(None, label="fps")
-                gif = gr.Checkbox(True, label="also GIF")
+            sampling = _sampling_fields(gr, start)
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id="gen-go")
                 cancel = gr.Button("Cancel", variant="stop", elem_id="gen-cancel")
@@ -1190,26 +1196,12 @@ def _generate_tab(gr: Any, cb: _Callbacks, start: _Start, model: Any) -> tuple[A
     roles.input(
         cb.slots_from_spec, [role_names, roles, adapters], [*checks, *sliders], api_visibility="private"
     )
-    model.submit(model_defaults, model, [steps, guidance], api_visibility="private")
+    model.submit(model_defaults, model, sampling[1:3], api_visibility="private")  # steps, CFG
 
     def run(*values: Any, progress: Any = gr.Progress()) -> tuple:
         return cb.generate(*values, progress=progress)
 
-    inputs = [
-        model,
-        adapters,
-        roles,
-        prompt,
-        negative,
-        seeds,
-        steps,
-        guidance,
-        frames,
-        height,
-        width,
-        fps,
-        gif,
-    ]
+    inputs = [model, adapters, roles, prompt, negative, *sampling]
     busy = go.click(lambda: gr.update(interactive=False), None, go, api_visibility="private", queue=False)
     job = busy.then(_friendly(gr, run), inputs, [video, sidecar, status, files, past], api_name="generate")
     for after in (job.then, job.failure):  # enabled again after success and after a refused request
