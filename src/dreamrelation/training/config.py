@@ -80,11 +80,9 @@ class OptimConfig:
 def check_optim_config(oc: OptimConfig) -> None:
     """Refuse values that cannot train (one line naming the key) and warn about a schedule that would not
     do what was meant (a warm-up as long as the run keeps the learning rate below ``lr`` throughout)."""
-    for key in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
+    for key in ("steps", "batch_size"):  # checkpoint_every=0: no periodic checkpoints
         if int(getattr(oc, key)) < 1:
-            raise UserError(
-                f"optim.{key}={getattr(oc, key)}: must be at least 1 (e.g. optim.{key}=500 for steps)."
-            )
+            raise UserError(f"optim.{key}={getattr(oc, key)}: must be at least 1 (e.g. optim.steps=500).")
     if not (0 < oc.lr < float("inf")):
         raise UserError(f"optim.lr={oc.lr}: must be a positive number (the paper uses 2e-4).")
     if oc.warmup_steps < 0 or not 0 <= oc.caption_dropout < 1:
