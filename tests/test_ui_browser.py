@@ -66,7 +66,8 @@ class Page:
         return self.el(css).text
 
     def type(self, elem_id: str, value: str, enter: bool = False) -> None:
-        box = self.el(f"#{elem_id} textarea, #{elem_id} input:not([type=file]):not([type=range])")
+        css = f"#{elem_id} textarea, #{elem_id} input:not([type=file]):not([type=range])"
+        box = self.wait(lambda: self.el(css).is_displayed() and self.el(css), 20, f"field {elem_id}")
         box.click()
         box.send_keys(self.Keys.CONTROL, "a")
         box.send_keys(self.Keys.DELETE)

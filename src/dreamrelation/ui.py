@@ -914,6 +914,7 @@ class _Callbacks:
         from dreamrelation.apps.workflow import run_state
 
         path = check_run_folder(run)
+        signature = self._signature(path)  # before reading: a change while this runs shows at the next tick
         state = run_state(path)
         steps = list_validation_steps(path)
         jobs = validation_prompts(path)
@@ -923,7 +924,7 @@ class _Callbacks:
             for v in s.videos
         ]
         sheets = [(_servable(s.contact_sheet), f"step {s.step}") for s in reversed(steps) if s.contact_sheet]
-        self.seen[str(path)] = self._signature(path)
+        self.seen[str(path)] = signature
         return (
             _progress_html(state.step, state.total, state.state, state.message),
             self._chart(path),
