@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from dreamrelation.toy.backbone import build_transformer
 from dreamrelation.training.config import TrainConfig
 from dreamrelation.training.losses import RelationalContrastiveLoss
 from dreamrelation.training.trainer import (
+    collate,
     compute_losses,
     condition_on_first_frames,
     loss_terms,
@@ -151,6 +153,24 @@ def test_i2v_step_feeds_the_clean_first_frame_at_timestep_zero() -> None:
     x = seen["hidden_states"]
     assert torch.equal(x[:, :, 0], batch["latents"][:, :, 0])  # the conditioning frame is the data
     assert not torch.allclose(x[:, :, 1:], batch["latents"][:, :, 1:])
+
+
+def test_i2v_step_conditions_on_the_posterior_mean_as_the_pipeline_encodes_the_image() -> None:
+    """Samples with a posterior: the generated frames are noised from a sampled latent, but the clean frame
+    is the mean (the image pipeline encodes the photo with the VAE's argmax)."""
+    with_var = [replace(s, latent_logvar=torch.full_like(s.latents, -1.0)) for s in samples()]
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    batch = collate(with_var, [0, 1], torch.device("cpu"), gens, caption_dropout=0.0)
+    means = torch.stack([s.latents for s in with_var])
+    assert torch.equal(batch["latent_means"], means)
+    assert (batch["latents"] - means).abs().mean() > 0.3  # sampled: std exp(-0.5) around the mean
+    seen = {}
+    transformer = tiny_transformer()
+    transformer.register_forward_pre_hook(lambda m, a, kw: seen.update(kw), with_kwargs=True)
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    compute_losses(transformer, batch, "relation", small_config(1.0), None, torch.Generator(), gens, 1)
+    assert torch.equal(seen["hidden_states"][:, :, 0], means[:, :, 0])
+    assert "latent_means" not in collate(samples(), [0, 1], torch.device("cpu"), gens, caption_dropout=0.0)
 
 
 def test_condition_on_first_frames_keeps_the_noise_elsewhere() -> None:

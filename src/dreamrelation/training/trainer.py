@@ -195,10 +195,10 @@ def collate(
     caption_dropout: float,
     null_prompt: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Stack a batch on ``device``; sample latents from mean/logvar; drop captions with probability
-    ``caption_dropout``: a dropped caption becomes ``null_prompt`` (the encoded empty prompt, embedding
-    ``(L, D)`` and mask ``(L,)``: Wan's unconditional input) or, without one, zeros (Mochi's pipeline zeroes
-    the empty prompt).
+    """Stack a batch on ``device``; sample latents from mean/logvar (the means kept as ``latent_means``);
+    drop captions with probability ``caption_dropout``: a dropped caption becomes ``null_prompt`` (the
+    encoded empty prompt, embedding ``(L, D)`` and mask ``(L,)``: Wan's unconditional input) or, without one,
+    zeros (Mochi's pipeline zeroes the empty prompt).
 
     ``gen``: one generator for the whole batch, or one per sample (see :func:`sample_generator`)."""
     batch = [samples[i] for i in idx]
@@ -225,6 +225,8 @@ def collate(
         emb[drop] = null_prompt[0].float()
         emask[drop] = null_prompt[1].bool()
     out = {"latents": torch.stack(latents), "prompt_embeds": emb, "prompt_mask": emask}
+    if any(s.latent_logvar is not None for s in batch):  # the posterior means: an image step's clean frame
+        out["latent_means"] = torch.stack([s.latents.float() for s in batch])
     if batch[0].masks is not None:
         out["masks"] = torch.stack([s.masks.float() for s in batch])
     return {k: v.to(device) for k, v in out.items()}
@@ -422,8 +424,9 @@ def compute_losses(
             for i, g in enumerate(noise_generators)
         ]
         noisy, timestep, target = (torch.cat([p[j] for p in parts]) for j in range(3))
-    if clean_frames:
-        noisy, timestep = condition_on_first_frames(batch["latents"], noisy, timestep, clean_frames)
+    if clean_frames:  # the image's latent is the VAE's mean, as the image pipeline encodes it (argmax)
+        image = batch.get("latent_means", batch["latents"])
+        noisy, timestep = condition_on_first_frames(image, noisy, timestep, clean_frames)
     pred = backbone.forward(
         transformer, noisy, timestep, batch["prompt_embeds"], batch["prompt_mask"]
     ).float()
