@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from tiny import TINY_TRANSFORMER
 
 from dreamrelation.adapters.triplet import named_adapter_parameters
+from dreamrelation.backbones.block_swap import swapped_blocks
 from dreamrelation.core.samples import TrainingSample
 from dreamrelation.training.config import TrainConfig
 from dreamrelation.training.distributed import DistContext, launch_command
@@ -49,8 +50,9 @@ def _samples(n: int = 5) -> list[TrainingSample]:
     return out
 
 
-def _config(rcl: bool, batch_size: int) -> TrainConfig:
+def _config(rcl: bool, batch_size: int, swap: int = 0) -> TrainConfig:
     cfg = TrainConfig()
+    cfg.memory.blocks_to_swap = swap
     cfg.contrastive.enabled = rcl
     cfg.optim.steps = 4
     cfg.optim.warmup_steps = 1
@@ -61,10 +63,14 @@ def _config(rcl: bool, batch_size: int) -> TrainConfig:
     return cfg
 
 
-def _run(rcl: bool, batch_size: int, out: Path) -> tuple[dict[str, torch.Tensor], list[float], list[str]]:
+def _run(
+    rcl: bool, batch_size: int, out: Path, swap: int = 0
+) -> tuple[dict[str, torch.Tensor], list[float], list[str]]:
     model = _model()
-    result = train_adapters(model, _samples(), _config(rcl, batch_size), out, progress=False)
+    result = train_adapters(model, _samples(), _config(rcl, batch_size, swap), out, progress=False)
     weights = {n: p.detach().clone() for n, p in named_adapter_parameters(model).items()}
+    swap_state = swapped_blocks(model)
+    weights["fetches"] = torch.tensor(swap_state.fetches if swap_state else 0)  # blocks streamed in
     return weights, result.losses, result.choices
 
 
@@ -81,12 +87,12 @@ def _worker(rank: int, port: int, root: str) -> None:
     )
     torch.set_num_threads(1)
     try:
-        for rcl in (False, True):
+        for name, rcl, swap in (("rcl0", False, 0), ("rcl1", True, 0), ("swap1", True, 1)):
             # rank 1 gets its own run folder, which must stay empty: only rank 0 writes
-            weights, losses, choices = _run(rcl, PER_RANK, Path(root) / f"run-rcl{int(rcl)}-rank{rank}")
+            weights, losses, choices = _run(rcl, PER_RANK, Path(root) / f"run-{name}-rank{rank}", swap)
             weights["losses"] = torch.tensor(losses, dtype=torch.float64)
             weights["choices"] = torch.tensor([len(c) for c in choices])
-            save_file(weights, str(Path(root) / f"rcl{int(rcl)}-rank{rank}.safetensors"))
+            save_file(weights, str(Path(root) / f"{name}-rank{rank}.safetensors"))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -100,7 +106,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> Path:
-    """Train on 2 forked CPU processes (gloo) with and without RCL; one file of results per rank and run."""
+    """Train on 2 forked CPU processes (gloo) with and without RCL, and with a swapped block; one file of results
+    per rank and run."""
     root = tmp_path_factory.mktemp("ddp")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -113,9 +120,12 @@ def two_ranks(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("rcl", [False, True])
-def test_two_ranks_match_one_process_with_the_combined_batch(two_ranks: Path, tmp_path, rcl: bool) -> None:
-    ranks = [load_file(str(two_ranks / f"rcl{int(rcl)}-rank{r}.safetensors")) for r in range(WORLD)]
+@pytest.mark.parametrize(("name", "rcl"), [("rcl0", False), ("rcl1", True), ("swap1", True)])
+def test_two_ranks_match_one_process_with_the_combined_batch(
+    two_ranks: Path, tmp_path, name: str, rcl: bool
+) -> None:
+    """``swap1``: each rank swaps a block (memory.blocks_to_swap=1), the one process does not."""
+    ranks = [load_file(str(two_ranks / f"{name}-rank{r}.safetensors")) for r in range(WORLD)]
     # (a) identical adapters (and logged global losses) on every rank
     assert ranks[0].keys() == ranks[1].keys()
     for k in ranks[0]:
@@ -127,6 +137,7 @@ def test_two_ranks_match_one_process_with_the_combined_batch(two_ranks: Path, tm
         single, losses, _ = _run(rcl, WORLD * PER_RANK, tmp_path / "single")
     finally:
         torch.set_num_threads(threads)
+    assert (ranks[0]["fetches"] > 0) == (name == "swap1") and single.pop("fetches") == 0
     moved = {n: p for n, p in single.items() if ".lora_B." in n and p.abs().max() > 0}
     assert moved, "training did not update any adapter"
     for n, p in single.items():
@@ -135,7 +146,7 @@ def test_two_ranks_match_one_process_with_the_combined_batch(two_ranks: Path, tm
         ranks[0]["losses"], torch.tensor(losses, dtype=torch.float64), atol=1e-5, rtol=1e-5
     )
     # only rank 0 wrote checkpoints / adapters / loss.csv
-    rank0, rank1 = (two_ranks / f"run-rcl{int(rcl)}-rank{r}" for r in range(WORLD))
+    rank0, rank1 = (two_ranks / f"run-{name}-rank{r}" for r in range(WORLD))
     assert (rank0 / "adapters").is_dir() and (rank0 / "loss.csv").is_file()
     assert not any(p.is_file() for p in rank1.rglob("*"))
 
