@@ -2,6 +2,10 @@
 
 Every command takes an optional YAML config and ``key.path=value`` overrides; bad input ends with one
 line naming the problem and a non-zero exit, never a traceback.
+
+Each command imports the library it needs inside its function (the one place in the package that does
+so for our own modules): ``dreamrelation --help`` and a mistyped option answer in 0.3 s, while importing
+torch, diffusers and the trainer takes ~6 s on the 2-core CI machine.
 """
 
 from __future__ import annotations

@@ -36,8 +36,30 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw
 
+from dreamrelation.adapters.triplet import read_adapter_metadata
+from dreamrelation.apps.workflow import (
+    TrainRequest,
+    add_uploads,
+    check_data,
+    export_relation_adapter,
+    generate_masks_for,
+    list_runs,
+    mask_weights,
+    run_state,
+    stamp,
+    start_training,
+    stop_training,
+    unique_folder,
+)
+from dreamrelation.backbones.loading import load_pipeline
+from dreamrelation.backbones.registry import MOCHI, model_dir, model_profile
+from dreamrelation.core.roles import PAPER_ROLES
 from dreamrelation.errors import UserError
+from dreamrelation.inference.generate import GenerationConfig, generate_to_folder, resolve_dtype
+from dreamrelation.inference.run import parse_roles
+from dreamrelation.training.config import PRESET_NAMES
 from dreamrelation.utils.extras import require
+from dreamrelation.utils.media import read_video, save_png, write_gif
 from dreamrelation.utils.plots import default_font
 
 if TYPE_CHECKING:
@@ -104,8 +126,6 @@ def resolve_adapter_folder(path: str | os.PathLike | None) -> Path | None:
 def adapter_roles_in(folder: str | os.PathLike | None) -> tuple[list[str], list[str]]:
     """``(roles, default_roles)`` of an adapters folder (or run folder): every ``{role}.safetensors`` and the
     inference roles recorded by the trainer (else relation + output where present)."""
-    from dreamrelation.adapters.triplet import read_adapter_metadata
-    from dreamrelation.core.roles import PAPER_ROLES
 
     path = resolve_adapter_folder(folder)
     if path is None:
@@ -129,7 +149,6 @@ def adapter_roles_in(folder: str | os.PathLike | None) -> tuple[list[str], list[
 def parse_role_spec(text: str | None) -> dict[str, float] | None:
     """``"relation=1, output=0.8"`` -> strengths; ``""``/``"default"`` -> ``None`` (the folder's default
     roles); ``"none"`` -> ``{}`` (the bare model)."""
-    from dreamrelation.inference.run import parse_roles
 
     spec = (text or "").strip()
     if spec.lower() in ("", "default"):
@@ -148,7 +167,6 @@ def role_spec(roles: Sequence[str], active: Sequence[bool], strengths: Sequence[
 def model_defaults(model: str | os.PathLike | None) -> tuple[int, float]:
     """``(steps, guidance)`` defaults for a model directory without loading it: toy 32 / 4.0, else its
     backbone's (Mochi 64 / 6.0, Wan 50 / 5.0)."""
-    from dreamrelation.backbones.registry import MOCHI, model_dir, model_profile
 
     try:
         profile = model_profile(model_dir(model))
@@ -190,7 +208,6 @@ class PipelineCache:
     @staticmethod
     def key(model: str | os.PathLike | None) -> str:
         """The cache key: the resolved model path (the toy bundle for ``None``/empty)."""
-        from dreamrelation.backbones.registry import model_dir
 
         path = model_dir(model)
         if not path.exists():
@@ -199,8 +216,6 @@ class PipelineCache:
 
     def get(self, model: str | os.PathLike | None):
         """The pipeline for ``model``, loaded on first use."""
-        from dreamrelation.backbones.loading import load_pipeline
-        from dreamrelation.inference.generate import resolve_dtype
 
         key = self.key(model)
         with self.lock:
@@ -287,7 +302,6 @@ def generate_one(
     :class:`GenerationConfig` fields (``negative_prompt``, ``num_frames``, ``height``, ``width``, ``fps``,
     ``gif``, ``on_step``). ``cache`` reuses loaded pipelines; without one the pipeline is loaded for this call.
     """
-    from dreamrelation.inference.generate import GenerationConfig, generate_to_folder
 
     if not str(prompt or "").strip():
         raise UserError("empty prompt")
@@ -498,7 +512,6 @@ def loss_curve_image(
 
 def loss_curve_png(run: str | os.PathLike, out: str | os.PathLike | None = None, **kwargs: Any) -> Path:
     """Write :func:`loss_curve_image` of a run folder (or ``loss.csv``) as PNG (default ``{run}/loss.png``)."""
-    from dreamrelation.utils.media import save_png
 
     source = _loss_csv(run)
     target = Path(out) if out is not None else source.parent / "loss.png"
@@ -613,7 +626,6 @@ def validation_caption(video: Path, jobs: Sequence[tuple[str, int]], step: int) 
 
 def preview_gif(video: Path, max_frames: int = 64) -> Path:
     """An animated GIF of ``video`` in the temp dir (cached by path and time), which galleries play inline."""
-    from dreamrelation.utils.media import read_video, write_gif
 
     key = hashlib.sha1(f"{video.resolve()}:{video.stat().st_mtime_ns}".encode()).hexdigest()[:16]
     gif = Path(tempfile.gettempdir()) / "dreamrelation-ui" / "gif" / f"{key}.gif"
@@ -831,7 +843,6 @@ class _Callbacks:
     # ------------------------------------------------------------------------------------------ data
 
     def add_uploads(self, folder: str, videos: list | None, masks: list | None) -> tuple:
-        from dreamrelation.apps.workflow import add_uploads, stamp, unique_folder
 
         data_root = self.out_root / "data"
         target = Path(str(folder or "").strip())
@@ -847,7 +858,6 @@ class _Callbacks:
         return self.gr.update(choices=choices, value=str(target)), f"added {len(added)} file(s) to `{target}`"
 
     def check_data(self, folder: str, model: str, template: str, subject1: str, subject2: str) -> tuple:
-        from dreamrelation.apps.workflow import check_data
 
         src = Path(str(folder or "").strip()).expanduser()
         digest = hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:8]
@@ -863,7 +873,6 @@ class _Callbacks:
         return report, f"Mask colours: {check.legend}", gallery, ready
 
     def masks_from_text(self, folder: str, subject1: str, subject2: str) -> str:
-        from dreamrelation.apps.workflow import generate_masks_for, mask_weights
 
         weights = mask_weights()
         if weights is None:
@@ -874,7 +883,6 @@ class _Callbacks:
     # ------------------------------------------------------------------------------------------ train
 
     def start_run(self, run: str, resume: bool, *fields: Any) -> tuple:
-        from dreamrelation.apps.workflow import TrainRequest, list_runs, stamp, start_training, unique_folder
 
         data, model, method, steps, lr, rank, lambda_m, every, prompt, extra = fields
         req = TrainRequest(
@@ -904,14 +912,12 @@ class _Callbacks:
         return self.gr.update(choices=list_runs(self.runs_root), value=str(path))
 
     def stop_run(self, run: str) -> str:
-        from dreamrelation.apps.workflow import stop_training
 
         message = stop_training(check_run_folder(run))
         self.gr.Info(message)
         return message
 
     def load_run(self, run: str) -> tuple:
-        from dreamrelation.apps.workflow import run_state
 
         path = check_run_folder(run)
         signature = self._signature(path)  # before reading: a change while this runs shows at the next tick
@@ -946,7 +952,6 @@ class _Callbacks:
 
     @staticmethod
     def _signature(path: Path) -> tuple:
-        from dreamrelation.apps.workflow import run_state
 
         files = [path / "loss.csv", path / "ui_train.log", path / "validation"]
         return (run_state(path).state, *(f.stat().st_mtime_ns if f.exists() else 0 for f in files))
@@ -970,7 +975,6 @@ class _Callbacks:
     # ------------------------------------------------------------------------------------------ share
 
     def export(self, adapters: str, fmt: str) -> tuple:
-        from dreamrelation.apps.workflow import export_relation_adapter
 
         folder = resolve_adapter_folder(adapters)
         if folder is None:
@@ -1012,7 +1016,6 @@ def _role_slots(gr: Any, start: _Start) -> tuple[list, list]:
 
 def _data_tab(gr: Any, cb: _Callbacks, model: Any) -> Any:
     """The Data tab; returns the prepared-folder box the Train tab reads."""
-    from dreamrelation.apps.workflow import mask_weights
 
     with gr.Row():
         with gr.Column():
@@ -1078,7 +1081,6 @@ def _data_tab(gr: Any, cb: _Callbacks, model: Any) -> Any:
 
 def _train_tab(gr: Any, cb: _Callbacks, start: _Start, model: Any, prepared: Any) -> tuple[Any, Any]:
     """The Train tab; returns the run box and the "use its adapters" button."""
-    from dreamrelation.training.config import PRESET_NAMES
 
     with gr.Row():
         with gr.Column(scale=1):
@@ -1250,8 +1252,6 @@ def build_app(
     """The app: Data -> Train -> Generate -> Share tabs. API endpoints: ``/check_data``,
     ``/start_training``, ``/stop_training``, ``/load_run``, ``/generate`` and ``/export``."""
     gr = _import_gradio()
-    from dreamrelation.apps.workflow import list_runs
-    from dreamrelation.backbones.registry import model_dir
 
     for name, path in (("model", default_model), ("run folder", default_run)):
         if path and not Path(path).is_dir():

@@ -22,7 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
+from dreamrelation.adapters.interop import export_adapters
+from dreamrelation.backbones.loading import model_backbone_dir
+from dreamrelation.data.mask_generation import generate_masks, load_grounding_dino, load_sam2_video
+from dreamrelation.data.prepare_folder import PrepareConfig, prepare_folder, read_example
 from dreamrelation.errors import UserError
+from dreamrelation.training.config import PRESET_NAMES, check_optim_config
+from dreamrelation.training.official import load_train_config
+from dreamrelation.utils.io import RunLock, atomic_path, ensure_output_dir
+from dreamrelation.utils.media import overlay_masks, save_png
 
 #: Mask overlay colours of the previews (subject1, subject2) and their names for the legend.
 PREVIEW_COLOURS = ((255, 40, 40), (40, 120, 255))
@@ -125,7 +133,6 @@ def legend(subject1: str = "", subject2: str = "") -> str:
 
 def mask_preview(frames: np.ndarray, masks: np.ndarray, count: int = 4) -> np.ndarray:
     """``count`` evenly spaced frames side by side, the subjects' masks overlaid in :data:`PREVIEW_COLOURS`."""
-    from dreamrelation.utils.media import overlay_masks
 
     picks = np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int)
     overlaid = overlay_masks(frames[picks], masks[:, picks], colours=list(PREVIEW_COLOURS), alpha=0.55)
@@ -143,9 +150,6 @@ def check_data(
 ) -> DataCheck:
     """Run ``prepare`` on ``src`` into ``prepared`` (re-runs skip unchanged videos) and draw a mask preview
     of every prepared video into ``prepared/ui_previews``; problems are ``prepare``'s lines."""
-    from dreamrelation.backbones.loading import model_backbone_dir
-    from dreamrelation.data.prepare_folder import PrepareConfig, prepare_folder, read_example
-    from dreamrelation.utils.media import save_png
 
     src = Path(str(src).strip()).expanduser()
     if not str(src).strip() or not src.is_dir():
@@ -190,8 +194,6 @@ def generate_masks_for(
 ) -> list[str]:
     """Masks for every video of ``src`` from two subject texts (Grounding DINO + SAM 2); problem lines."""
     import torch
-
-    from dreamrelation.data.mask_generation import generate_masks, load_grounding_dino, load_sam2_video
 
     if not subject1.strip() or not subject2.strip():
         raise UserError("masks from text need both subject names (e.g. man, dog)")
@@ -239,10 +241,6 @@ class TrainRequest:
 
 def check_request(req: TrainRequest, run: Path, resume: bool) -> None:
     """What ``dreamrelation train`` checks before it starts (same messages), here before a process starts."""
-    from dreamrelation.backbones.loading import model_backbone_dir
-    from dreamrelation.training.config import PRESET_NAMES, check_optim_config
-    from dreamrelation.training.official import load_train_config
-    from dreamrelation.utils.io import RunLock, ensure_output_dir
 
     if req.method not in PRESET_NAMES:
         raise UserError(f"--method {req.method!r}: unknown preset; choose one of {', '.join(PRESET_NAMES)}")
@@ -404,8 +402,6 @@ EXPORT_FORMATS = ("diffusers", "comfyui", "genmo")
 def export_relation_adapter(adapters: str | os.PathLike, fmt: str, out_dir: str | os.PathLike) -> Path:
     """One downloadable file of a run's adapters: ``diffusers`` (a zip of the per-role PEFT files), or
     the merged relation adapter for ComfyUI / genmo (:func:`export_adapters`). Nothing is left on failure."""
-    from dreamrelation.adapters.interop import export_adapters
-    from dreamrelation.utils.io import atomic_path
 
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
