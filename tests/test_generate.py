@@ -218,3 +218,28 @@ def _other_bundle(tmp_path: Path) -> Path:
     )
     other.save_config(tmp_path / "other" / "transformer")
     return tmp_path / "other"
+
+
+def test_group_offload_samples_the_same_video(tiny_bundle: Path, adapters: Path) -> None:
+    """``offload="group"`` (diffusers' block-level group offloading, installed after the adapters as
+    generate does) changes where weights live, not the video. The CPU is both devices here, so this checks
+    the wiring - the hooks run around every block with the adapters inside them."""
+    from diffusers.hooks.group_offloading import _is_group_offload_enabled
+
+    from dreamrelation.inference.generate import (
+        enable_offload,
+        generate_videos,
+        load_adapter_choices,
+        resolve_adapters,
+    )
+
+    videos = []
+    for mode in ("none", "group"):
+        pipe = load_pipeline(tiny_bundle)
+        load_adapter_choices(pipe, resolve_adapters(adapters, {"relation": 1.0, "output": 1.0}))
+        enable_offload(pipe, mode, "cpu")
+        assert _is_group_offload_enabled(pipe.transformer) == (mode == "group")
+        videos.append(generate_videos(pipe, PROMPTS[:1], [3], num_inference_steps=2)[0])
+    np.testing.assert_array_equal(videos[0], videos[1])
+    with pytest.raises(UserError, match="choose one of none, model, group, sequential"):
+        enable_offload(pipe, "blocks", "cpu")

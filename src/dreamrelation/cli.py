@@ -348,7 +348,10 @@ def generate(
         None, help="Per-step CFG: 'linear:6->3' or comma-separated values."
     ),
     gif: bool = typer.Option(False, help="Also write a GIF per video."),
-    offload: str = typer.Option("none", help="CPU offload on a GPU machine: none, model or sequential."),
+    offload: str = typer.Option(
+        "none",
+        help="CPU offload on a GPU machine: none, model, group (block by block, prefetched), sequential.",
+    ),
     vae_tiling: bool = typer.Option(False, help="Decode with the tiled VAE (less memory)."),
     dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16 or float16."),
     device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),

@@ -69,7 +69,11 @@ from dreamrelation.utils.media import (
     write_video,
 )
 
-OFFLOAD_MODES = ("none", "model", "sequential")
+#: CPU offloading on a GPU machine (diffusers' hooks): ``model`` moves whole components to the GPU in turn,
+#: ``group`` streams every component one block at a time with the next block prefetched on a CUDA stream
+#: (diffusers' group offloading: block swapping for sampling, between model and sequential in speed and
+#: memory), ``sequential`` one layer at a time (least memory, slowest).
+OFFLOAD_MODES = ("none", "model", "group", "sequential")
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -732,12 +736,30 @@ def _write_one(
     return {"prompt": prompt, "seed": int(seed), **files, "json": f"{stem}.json"}
 
 
+def enable_offload(pipe, mode: str, device: str | torch.device) -> None:
+    """Install one of :data:`OFFLOAD_MODES` on ``pipe`` (loaded on the CPU, adapters already loaded)."""
+    if mode == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif mode == "group":
+        cuda = torch.device(device).type == "cuda"
+        pipe.enable_group_offload(
+            onload_device=torch.device(device),
+            offload_device=torch.device("cpu"),
+            offload_type="block_level",
+            num_blocks_per_group=1,
+            use_stream=cuda,
+            non_blocking=cuda,
+        )
+    elif mode == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    elif mode != "none":
+        raise UserError(f"offload {mode!r}: choose one of {', '.join(OFFLOAD_MODES)}")
+
+
 def _set_up(run: _Run, pipe, owned: bool) -> None:
     """Offloading (for a pipeline loaded here) and VAE tiling."""
-    if owned and run.cfg.offload == "model":
-        pipe.enable_model_cpu_offload(device=run.device)
-    elif owned and run.cfg.offload == "sequential":
-        pipe.enable_sequential_cpu_offload(device=run.device)
+    if owned:
+        enable_offload(pipe, run.cfg.offload, run.device)
     if run.cfg.vae_tiling:
         pipe.vae.enable_tiling()
 
