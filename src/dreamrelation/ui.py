@@ -126,7 +126,6 @@ def resolve_adapter_folder(path: str | os.PathLike | None) -> Path | None:
 def adapter_roles_in(folder: str | os.PathLike | None) -> tuple[list[str], list[str]]:
     """``(roles, default_roles)`` of an adapters folder (or run folder): every ``{role}.safetensors`` and the
     inference roles recorded by the trainer (else relation + output where present)."""
-
     path = resolve_adapter_folder(folder)
     if path is None:
         return [], []
@@ -149,7 +148,6 @@ def adapter_roles_in(folder: str | os.PathLike | None) -> tuple[list[str], list[
 def parse_role_spec(text: str | None) -> dict[str, float] | None:
     """``"relation=1, output=0.8"`` -> strengths; ``""``/``"default"`` -> ``None`` (the folder's default
     roles); ``"none"`` -> ``{}`` (the bare model)."""
-
     spec = (text or "").strip()
     if spec.lower() in ("", "default"):
         return None
@@ -167,7 +165,6 @@ def role_spec(roles: Sequence[str], active: Sequence[bool], strengths: Sequence[
 def model_defaults(model: str | os.PathLike | None) -> tuple[int, float]:
     """``(steps, guidance)`` defaults for a model directory without loading it: toy 32 / 4.0, else its
     backbone's (Mochi 64 / 6.0, Wan 50 / 5.0)."""
-
     try:
         profile = model_profile(model_dir(model))
     except ValueError:  # not (yet) a model directory: the field is still being typed
@@ -208,7 +205,6 @@ class PipelineCache:
     @staticmethod
     def key(model: str | os.PathLike | None) -> str:
         """The cache key: the resolved model path (the toy bundle for ``None``/empty)."""
-
         path = model_dir(model)
         if not path.exists():
             raise UserError(f"model path not found: {path}")
@@ -216,7 +212,6 @@ class PipelineCache:
 
     def get(self, model: str | os.PathLike | None):
         """The pipeline for ``model``, loaded on first use."""
-
         key = self.key(model)
         with self.lock:
             if key in self._pipes:
@@ -302,7 +297,6 @@ def generate_one(
     :class:`GenerationConfig` fields (``negative_prompt``, ``num_frames``, ``height``, ``width``, ``fps``,
     ``gif``, ``on_step``). ``cache`` reuses loaded pipelines; without one the pipeline is loaded for this call.
     """
-
     if not str(prompt or "").strip():
         raise UserError("empty prompt")
     seeds = list(seed) if isinstance(seed, (list, tuple)) else parse_seeds(seed)
@@ -512,7 +506,6 @@ def loss_curve_image(
 
 def loss_curve_png(run: str | os.PathLike, out: str | os.PathLike | None = None, **kwargs: Any) -> Path:
     """Write :func:`loss_curve_image` of a run folder (or ``loss.csv``) as PNG (default ``{run}/loss.png``)."""
-
     source = _loss_csv(run)
     target = Path(out) if out is not None else source.parent / "loss.png"
     return save_png(target, loss_curve_image(source, **kwargs))
@@ -626,7 +619,6 @@ def validation_caption(video: Path, jobs: Sequence[tuple[str, int]], step: int) 
 
 def preview_gif(video: Path, max_frames: int = 64) -> Path:
     """An animated GIF of ``video`` in the temp dir (cached by path and time), which galleries play inline."""
-
     key = hashlib.sha1(f"{video.resolve()}:{video.stat().st_mtime_ns}".encode()).hexdigest()[:16]
     gif = Path(tempfile.gettempdir()) / "dreamrelation-ui" / "gif" / f"{key}.gif"
     if not gif.is_file():
@@ -1016,7 +1008,6 @@ def _role_slots(gr: Any, start: _Start) -> tuple[list, list]:
 
 def _data_tab(gr: Any, cb: _Callbacks, model: Any) -> Any:
     """The Data tab; returns the prepared-folder box the Train tab reads."""
-
     with gr.Row():
         with gr.Column():
             folder = gr.Dropdown(
@@ -1081,7 +1072,6 @@ def _data_tab(gr: Any, cb: _Callbacks, model: Any) -> Any:
 
 def _train_tab(gr: Any, cb: _Callbacks, start: _Start, model: Any, prepared: Any) -> tuple[Any, Any]:
     """The Train tab; returns the run box and the "use its adapters" button."""
-
     with gr.Row():
         with gr.Column(scale=1):
             data = gr.Textbox(

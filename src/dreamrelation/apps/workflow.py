@@ -133,7 +133,6 @@ def legend(subject1: str = "", subject2: str = "") -> str:
 
 def mask_preview(frames: np.ndarray, masks: np.ndarray, count: int = 4) -> np.ndarray:
     """``count`` evenly spaced frames side by side, the subjects' masks overlaid in :data:`PREVIEW_COLOURS`."""
-
     picks = np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int)
     overlaid = overlay_masks(frames[picks], masks[:, picks], colours=list(PREVIEW_COLOURS), alpha=0.55)
     return np.concatenate(list(overlaid), axis=1)
@@ -150,7 +149,6 @@ def check_data(
 ) -> DataCheck:
     """Run ``prepare`` on ``src`` into ``prepared`` (re-runs skip unchanged videos) and draw a mask preview
     of every prepared video into ``prepared/ui_previews``; problems are ``prepare``'s lines."""
-
     src = Path(str(src).strip()).expanduser()
     if not str(src).strip() or not src.is_dir():
         raise UserError(f"exemplar folder not found: {src}; upload videos or give a folder")
@@ -241,7 +239,6 @@ class TrainRequest:
 
 def check_request(req: TrainRequest, run: Path, resume: bool) -> None:
     """What ``dreamrelation train`` checks before it starts (same messages), here before a process starts."""
-
     if req.method not in PRESET_NAMES:
         raise UserError(f"--method {req.method!r}: unknown preset; choose one of {', '.join(PRESET_NAMES)}")
     data = Path(req.data.strip()).expanduser()
@@ -402,7 +399,6 @@ EXPORT_FORMATS = ("diffusers", "comfyui", "genmo")
 def export_relation_adapter(adapters: str | os.PathLike, fmt: str, out_dir: str | os.PathLike) -> Path:
     """One downloadable file of a run's adapters: ``diffusers`` (a zip of the per-role PEFT files), or
     the merged relation adapter for ComfyUI / genmo (:func:`export_adapters`). Nothing is left on failure."""
-
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
     folder = Path(adapters)
