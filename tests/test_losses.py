@@ -16,6 +16,7 @@ from dreamrelation.training.losses import (
     flow_matching_inputs,
     hybrid_loss,
     masked_mse,
+    shift_sigmas,
 )
 
 # ------------------------------------------------------------------------------------------ flow matching
@@ -30,6 +31,21 @@ def test_flow_matching_inputs_follow_the_mochi_convention() -> None:
     s = sigma.view(-1, 1, 1, 1, 1)
     assert torch.allclose(noisy, (1 - s) * z + s * eps, atol=1e-6)
     assert abs(eps.std().item() - 1) < 0.05  # eps is the Gaussian noise
+
+
+def test_shifted_noise_levels_are_the_sd3_shift_of_the_same_draws() -> None:
+    z = torch.randn(4096, 1, 1, 1, 1)
+    _, _, target, plain = flow_matching_inputs(z, torch.Generator().manual_seed(0))
+    _, timestep, shifted_target, shifted = flow_matching_inputs(
+        z, torch.Generator().manual_seed(0), shift=3.0
+    )
+    torch.testing.assert_close(shifted, 3 * plain / (1 + 2 * plain))  # same uniform draws, shifted
+    assert torch.equal(target, shifted_target)  # the same noise follows: only the level moves
+    assert torch.allclose(timestep, (1 - shifted) * 1000)
+    assert abs(shifted.median().item() - 0.75) < 0.02 and abs(plain.median().item() - 0.5) < 0.02
+    assert torch.equal(shift_sigmas(plain, 1.0), plain)
+    ends = shift_sigmas(torch.tensor([0.0, 1.0]), 5.0)
+    assert ends.tolist() == [0.0, 1.0]
 
 
 def test_pipeline_scheduler_integrates_the_training_target_exactly() -> None:

@@ -175,3 +175,25 @@ def test_a_local_attention_text_encoder_binds_colours_to_shapes(architecture: st
     # a random T5/UMT5 averages over the caption; heads on the neighbouring words carry the shape to its colour
     assert binding[False] > 0.99 and binding[True] < 0.9, binding
     assert own_shape[False] < 2 and own_shape[True] > 3, own_shape
+
+
+def test_a_fine_tune_starts_from_a_bundles_weights(tiny_bundle: Path) -> None:
+    from dataclasses import replace
+
+    pipe = load_pipeline(tiny_bundle)
+    # seed 1: a fresh model differs from the bundle's (made with seed 0)
+    cfg = PretrainConfig(seed=1, transformer_batch=2, backbone=TINY_MOCHI_TOY, init_from=str(tiny_bundle))
+    transformer, text_encoder, log = _run(cfg, None, 0)
+    assert log == []
+    for mine, theirs in ((transformer, pipe.transformer), (text_encoder, pipe.text_encoder)):
+        for (name, p), q in zip(mine.state_dict().items(), theirs.state_dict().values(), strict=True):
+            assert torch.equal(p, q.float()), name
+    fresh, _, _ = _run(replace(cfg, init_from=None), None, 0)
+    assert not all(
+        torch.equal(p, q) for p, q in zip(fresh.parameters(), transformer.parameters(), strict=True)
+    )
+    other = replace(cfg, backbone=replace(TINY_MOCHI_TOY, num_layers=TINY_MOCHI_TOY.num_layers + 1))
+    with pytest.raises(UserError, match="not the backbone.* architecture"):
+        _run(other, None, 0)
+    with pytest.raises(UserError, match="no transformer/ there"):
+        _run(replace(cfg, init_from=str(tiny_bundle.parent)), None, 0)

@@ -67,6 +67,11 @@ class PretrainConfig:
     # share of pretraining captions whose relation phrase is a made-up word outside the vocabulary: the model
     # learns to keep both subjects when it cannot read the relation (a user's relation comes with its own word)
     unknown_word_prob: float = 0.0
+    # noise levels drawn for the transformer, shifted towards pure noise (training.losses.shift_sigmas): a toy
+    # base decides its layout (how many blobs, which colour where) at sigma > 0.8 and fails there
+    sigma_shift: float = 1.0
+    # a toy bundle whose transformer and text encoder start the transformer stage (a fine-tune), else random
+    init_from: str | None = None
     backbone: ToyBackboneConfig = field(default_factory=ToyBackboneConfig)
 
 
@@ -369,6 +374,18 @@ def _load_checkpoint(work: Path | None, cfg: PretrainConfig) -> dict | None:
     return state
 
 
+def _load_bundle_weights(bundle: Path, transformer: torch.nn.Module, text_encoder: torch.nn.Module) -> None:
+    """Start from a toy bundle's transformer and text encoder (same architecture, else one clear line)."""
+    for module, folder in ((transformer, "transformer"), (text_encoder, "text_encoder")):
+        if not (bundle / folder / "config.json").is_file():
+            raise UserError(f"init_from={bundle}: no {folder}/ there; give a toy bundle folder")
+        loaded = type(module).from_pretrained(bundle / folder)  # load_state_dict casts to the module dtype
+        try:
+            module.load_state_dict(loaded.state_dict())
+        except RuntimeError as exc:
+            raise UserError(f"init_from={bundle}: its {folder} is not the backbone.* architecture") from exc
+
+
 def train_transformer(
     cfg: PretrainConfig,
     latents: torch.Tensor,
@@ -389,6 +406,8 @@ def train_transformer(
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     transformer = build_transformer(cfg.backbone, seed=cfg.seed)
+    if cfg.init_from:
+        _load_bundle_weights(Path(cfg.init_from), transformer, text_encoder)
     groups = [{"params": list(transformer.parameters()), "lr": cfg.transformer_lr}]
     text_lr = cfg.text_encoder_lr or cfg.transformer_lr
     if cfg.train_text_encoder:
@@ -413,7 +432,7 @@ def train_transformer(
         drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
         with torch.set_grad_enabled(cfg.train_text_encoder):
             emb, mask = captions.encode(text_encoder, idx, drop)
-        noisy, timestep, target, _ = flow_matching_inputs(latents[idx], gen, backbone.flow)
+        noisy, timestep, target, _ = flow_matching_inputs(latents[idx], gen, backbone.flow, cfg.sigma_shift)
         loss = F.mse_loss(backbone.forward(transformer, noisy, timestep, emb, mask), target)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)

@@ -9,19 +9,28 @@ from dreamrelation.core.flow import MOCHI_FLOW, FlowConvention
 from dreamrelation.training.config import ContrastiveConfig
 
 
+def shift_sigmas(sigma: torch.Tensor, shift: float) -> torch.Tensor:
+    """The timestep shift of SD3 / Wan: ``shift * s / (1 + (shift - 1) * s)``; ``shift`` > 1 moves noise levels
+    towards pure noise (3: the median of U(0, 1) becomes 0.75), 1 leaves them as they are."""
+    return sigma if shift == 1.0 else shift * sigma / (1.0 + (shift - 1.0) * sigma)
+
+
 def flow_matching_inputs(
-    latents: torch.Tensor, generator: torch.Generator | None = None, flow: FlowConvention = MOCHI_FLOW
+    latents: torch.Tensor,
+    generator: torch.Generator | None = None,
+    flow: FlowConvention = MOCHI_FLOW,
+    shift: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Noisy input, model timestep, velocity target and noise level for clean ``latents`` (B, C, F, h, w).
 
-    sigma ~ U(0, 1) per sample, ``z_sigma = (1 - sigma) z + sigma eps``. Mochi (default ``flow``): timestep
+    sigma ~ U(0, 1) per sample (then :func:`shift_sigmas`), ``z_sigma = (1 - sigma) z + sigma eps``. Mochi (default ``flow``): timestep
     ``(1 - sigma) * 1000`` and target ``v = z - eps``, the velocity towards the data, as
     ``FlowMatchEulerDiscreteScheduler(invert_sigmas=True)`` integrates it (``x += (s_next - s) * v`` with its
     ``s = 1 - sigma`` increasing from 0 at pure noise). Other backbones: see :class:`FlowConvention`.
     Random numbers are drawn on the CPU from ``generator`` so runs reproduce across devices.
     """
     b = latents.shape[0]
-    sigma = torch.rand(b, generator=generator, dtype=torch.float32)
+    sigma = shift_sigmas(torch.rand(b, generator=generator, dtype=torch.float32), shift)
     eps = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
     sigma, eps = sigma.to(latents.device), eps.to(latents.device)
     z = latents.float()
