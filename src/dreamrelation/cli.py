@@ -727,9 +727,17 @@ def toy_check(
     ),
     strict: bool = typer.Option(False, help="Exit 1 when a criterion fails (default: always exit 0)."),
     threads: int = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+    denoise_from: str = typer.Option(
+        "", help="Also finish the rendered base videos from these noise levels, e.g. 0.7,0.85,0.95."
+    ),
 ) -> None:
     """Judge a toy base model by generating from it: both subjects present, one each, relation accuracy."""
     from dreamrelation.toy.check import CheckConfig, run_check
+
+    try:
+        levels = tuple(float(x) for x in denoise_from.replace(" ", "").split(",") if x)
+    except ValueError as exc:
+        raise UserError(f"--denoise-from {denoise_from!r}: give noise levels such as 0.7,0.85,0.95") from exc
 
     cfg = CheckConfig(
         model=model or "mochi",
@@ -739,6 +747,7 @@ def toy_check(
         min_ok=min_ok,
         min_base_accuracy=min_accuracy,
         max_held_out_accuracy=max_held_out_accuracy,
+        denoise_from=levels,
         threads=threads,
     )
     data = run_check(cfg)

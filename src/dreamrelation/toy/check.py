@@ -12,6 +12,10 @@ is scored by the toy tracker:
 
 The report gives each proportion with its Wilson 95% interval and PASS/FAIL against thresholds (a strong base
 draws two distinct subjects, follows base relations and is near chance on held-out ones).
+
+``denoise_from`` says where a base fails: the same base videos, rendered, noised to each level and finished
+by the model. A base that keeps two subjects from sigma 0.7 but not from pure noise draws well and fails
+at deciding the layout.
 """
 
 from __future__ import annotations
@@ -29,12 +33,14 @@ from rich.table import Table
 from tqdm.auto import tqdm
 
 from dreamrelation.backbones.loading import load_pipeline
-from dreamrelation.backbones.registry import TOY
+from dreamrelation.backbones.registry import TOY, get_backbone
+from dreamrelation.data.prepare import encode_video, latent_normalisation, null_prompt_for
 from dreamrelation.errors import UserError
 from dreamrelation.evaluation.report import markdown_table, wilson_interval, write_report
 from dreamrelation.inference.generate import generate_videos, prepare_sampling
 from dreamrelation.toy import world
 from dreamrelation.toy.backbone import tokenize_captions
+from dreamrelation.toy.render import render_video
 from dreamrelation.toy.tracker import (
     TrackResult,
     colour_mask,
@@ -75,6 +81,8 @@ class CheckConfig:
     min_base_accuracy: float = 0.85
     max_held_out_accuracy: float = 0.25  # "near chance" (10 classes)
     sheet_videos: int = 12
+    # noise levels from which the model also finishes the *rendered* base videos (see denoise_rendered)
+    denoise_from: tuple[float, ...] = ()
     threads: int | None = None
     device: str = "cpu"
     progress: bool = True
@@ -232,7 +240,10 @@ def print_results(rows: list[dict], criteria: list[dict]) -> None:
     for column in ("n", *SCORES.values()):
         table.add_column(column, justify="right")
     for i, row in enumerate(_table_rows(rows, sep="\n")):  # interval below: fits 80 columns
-        table.add_row(*(str(v) for v in row.values()), end_section=i == len(world.BASE_RELATIONS) - 1)
+        table.add_row(
+            *(str(v) for v in row.values()),
+            end_section=i in (len(world.BASE_RELATIONS) - 1, len(world.BASE_RELATIONS) + 1),
+        )
     console.print(table)
     for c in criteria:
         verdict = "[green]PASS[/green]" if c["passed"] else "[red]FAIL[/red]"
@@ -259,6 +270,60 @@ def generate_and_score(pipe, jobs: list[CheckJob], cfg: CheckConfig) -> tuple[li
         if len(kept) < cfg.sheet_videos:
             kept.append(video)
     return records, kept
+
+
+@torch.no_grad()
+def denoise_rendered(pipe, job: CheckJob, sigma: float, cfg: CheckConfig) -> np.ndarray:
+    """The rendered video of ``job`` encoded, noised to ``sigma`` (noise seeded by the job's seed) and finished
+    by the model: Euler steps on the backbone's flow (``num_inference_steps * sigma`` of them, at least 2), CFG
+    with the pipeline's unconditional input, then the VAE; uint8 ``(T, H, W, 3)``."""
+    backbone, transformer = get_backbone(pipe), pipe.transformer
+    device, dtype = transformer.device, transformer.dtype
+    latent, _ = encode_video(pipe.vae, render_video(job.spec).frames)
+    emb, mask = backbone.encode_prompts(pipe, [job.prompt])
+    null = null_prompt_for(pipe)
+    null_emb, null_mask = (
+        (torch.zeros_like(emb), torch.zeros_like(mask))
+        if null is None
+        else (
+            null[0][None].float(),
+            null[1][None],
+        )
+    )
+    emb, mask = torch.cat([emb, null_emb]).to(device, dtype), torch.cat([mask, null_mask]).to(device)
+    eps = torch.randn(latent.shape, generator=torch.Generator().manual_seed(job.seed))
+    x = ((1.0 - sigma) * latent + sigma * eps)[None].to(device)
+    toward_noise = -1.0 if backbone.flow.velocity_to_data else 1.0  # d x / d sigma = toward_noise * v
+    levels = torch.linspace(sigma, 0.0, max(2, round(cfg.num_inference_steps * sigma)) + 1).tolist()
+    for a, b in zip(levels[:-1], levels[1:], strict=True):
+        timestep = backbone.flow.timestep(torch.full((2,), a)).to(device)
+        v = backbone.forward(transformer, torch.cat([x, x]).to(dtype), timestep, emb, mask).float()
+        v = v[1:] + cfg.guidance_scale * (v[:1] - v[1:])
+        x = x + (b - a) * toward_noise * v
+    mean, std, scaling = latent_normalisation(pipe.vae)
+    mu = x[0].cpu() * std / scaling + mean
+    video = pipe.vae.decode(mu[None].to(device, pipe.vae.dtype)).sample[0].float().cpu()
+    return ((video.permute(1, 2, 3, 0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+
+
+def denoise_and_score(pipe, jobs: list[CheckJob], cfg: CheckConfig) -> list[dict]:
+    """Per level of ``cfg.denoise_from``: the base jobs' rendered videos finished from it, scored (a row of
+    proportions each)."""
+    base = [job for job in jobs if not job.held_out]
+    rows = []
+    for sigma in cfg.denoise_from:
+        scores = [
+            score_video(denoise_rendered(pipe, job, sigma, cfg), job.spec)
+            for job in tqdm(base, desc=f"denoise from {sigma:g}", disable=not cfg.progress)
+        ]
+        rows.append(
+            {
+                "group": f"from sigma {sigma:g}",
+                "n": len(scores),
+                **{key: proportion(sum(bool(r[key]) for r in scores), len(scores)) for key in SCORES},
+            }
+        )
+    return rows
 
 
 def write_outputs(
@@ -304,6 +369,16 @@ def write_outputs(
         ("Results", table),
         ("Verdict", verdicts),
         ("Failures", reading),
+    ]
+    if data.get("denoised"):
+        note = (
+            "The base videos rendered, noised to sigma and finished by the model (Euler, "
+            f"{cfg.num_inference_steps} x sigma steps, CFG {cfg.guidance_scale}): where the layout is given, "
+            "does it keep two subjects?\n\n"
+        )
+        denoised = markdown_table(_table_rows(data["denoised"]), ["group", "n", *SCORES.values()])
+        sections.append(("Denoising rendered videos", note + denoised))
+    sections += [
         ("Contact sheet", "![contact sheet](contact_sheet.png)" if videos else "no videos"),
     ]
     write_report(out, "Toy base model check", sections, data)
@@ -337,6 +412,8 @@ def _check_config(cfg: CheckConfig) -> None:
         raise UserError("toy check needs num_prompts >= 0 and num_held_out >= 0, not both 0")
     if cfg.num_inference_steps < 1:
         raise UserError(f"num_inference_steps must be >= 1; got {cfg.num_inference_steps}")
+    if any(not 0.0 < s <= 1.0 for s in cfg.denoise_from):
+        raise UserError(f"denoise_from {list(cfg.denoise_from)}: noise levels must be in (0, 1]")
     if cfg.threads is not None and cfg.threads < 1:
         raise UserError(f"threads must be >= 1; got {cfg.threads}")
 
@@ -360,6 +437,7 @@ def run_check(cfg: CheckConfig) -> dict:
         jobs = check_jobs(cfg)
         console.print(f"toy check: {model} ({len(jobs)} videos, {cfg.num_inference_steps} steps)")
         records, videos = generate_and_score(pipe, jobs, cfg)
+        denoised = denoise_and_score(pipe, jobs, cfg)
         binding = caption_binding(pipe)
     finally:
         torch.set_num_threads(threads)
@@ -372,12 +450,13 @@ def run_check(cfg: CheckConfig) -> dict:
         "sampler": sampler,
         "caption_binding_cosine": binding,
         "summary": rows,
+        "denoised": denoised,
         "criteria": criteria,
         "passed": all(c["passed"] for c in criteria),
         "seconds": round(time.time() - start, 1),
         "videos": records,
     }
     write_outputs(out, cfg, data, rows, records, videos)
-    print_results(rows, criteria)
+    print_results(rows + denoised, criteria)
     console.print(f"report: {out / 'report.md'} ({data['seconds']:.0f} s)")
     return data
