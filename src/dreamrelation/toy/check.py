@@ -282,14 +282,10 @@ def denoise_rendered(pipe, job: CheckJob, sigma: float, cfg: CheckConfig) -> np.
     latent, _ = encode_video(pipe.vae, render_video(job.spec).frames)
     emb, mask = backbone.encode_prompts(pipe, [job.prompt])
     null = null_prompt_for(pipe)
-    null_emb, null_mask = (
-        (torch.zeros_like(emb), torch.zeros_like(mask))
-        if null is None
-        else (
-            null[0][None].float(),
-            null[1][None],
-        )
-    )
+    if null is None:  # Mochi's pipeline zeroes the unconditional prompt
+        null_emb, null_mask = torch.zeros_like(emb), torch.zeros_like(mask)
+    else:
+        null_emb, null_mask = null[0][None].float(), null[1][None].to(mask.dtype)
     emb, mask = torch.cat([emb, null_emb]).to(device, dtype), torch.cat([mask, null_mask]).to(device)
     eps = torch.randn(latent.shape, generator=torch.Generator().manual_seed(job.seed))
     x = ((1.0 - sigma) * latent + sigma * eps)[None].to(device)
