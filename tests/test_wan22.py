@@ -25,11 +25,10 @@ from dreamrelation.data.latent_masks import latent_masks
 from dreamrelation.errors import UserError
 from dreamrelation.toy.backbone import build_transformer
 from dreamrelation.training.config import TrainConfig
-from dreamrelation.training.losses import RelationalContrastiveLoss
+from dreamrelation.training.losses import RelationalContrastiveLoss, condition_on_first_frames
 from dreamrelation.training.trainer import (
     collate,
     compute_losses,
-    condition_on_first_frames,
     loss_terms,
     sample_generator,
     train_adapters,

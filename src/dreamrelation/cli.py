@@ -644,10 +644,12 @@ def toy_pretrain(
     overrides: list[str] = typer.Argument(
         None, help="PretrainConfig overrides such as transformer_steps=1000."
     ),
-    architecture: str = typer.Option("mochi", help="Toy backbone: mochi or wan (Wan 2.1 classes)."),
+    architecture: str = typer.Option(
+        "mochi", help="Toy backbone: mochi, wan (Wan 2.1 classes) or wan22 (Wan 2.2 TI2V-5B's layout)."
+    ),
     work_dir: Path = typer.Option(
         None,
-        help="Where stage results and resumable checkpoints are kept (default runs/toy-pretrain[-wan]).",
+        help="Where stage results and resumable checkpoints are kept (default runs/toy-pretrain[-ARCH]).",
     ),
     vae_from: Path = typer.Option(
         None, help="Reuse the VAE of this toy bundle instead of training one (e.g. the shipped bundle)."

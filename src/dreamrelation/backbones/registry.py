@@ -471,7 +471,7 @@ class ToyModels:
 
 
 TOY = ToyModels(
-    bundles={"mochi": _ASSETS / "toy-mochi", "wan": _ASSETS / "toy-wan"},
+    bundles={"mochi": _ASSETS / "toy-mochi", "wan": _ASSETS / "toy-wan", "wan22": _ASSETS / "toy-wan22"},
     default_geometry=(25, 64, 64),  # 25 = 6k + 1 = 4k + 1 frames: both VAEs keep frame 0 and every 6th / 4th
     sampling_defaults=(32, 4.0, 8.0),
     clip_fps=8.0,  # the rendered world's frame rate: `toy render` writes it and `prepare` reads at it

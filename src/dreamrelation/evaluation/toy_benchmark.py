@@ -47,6 +47,7 @@ from dreamrelation.evaluation.toy_study import (
     tracked_panel,
     train_and_generate,
 )
+from dreamrelation.inference.generate import image_pipeline
 from dreamrelation.toy import world
 from dreamrelation.utils.io import atomic_path, atomic_write_json
 from dreamrelation.utils.media import contact_sheet, save_png
@@ -181,6 +182,7 @@ def fingerprint(cfg: ToyBenchmarkConfig) -> dict:
     """The settings a unit's scores depend on (the bundle by content); other settings run it again."""
     keys = ("bundle", "num_exemplars", "exemplar_seed", "subjects", "seeds", "num_inference_steps")
     keys += ("guidance_scale", "train_steps", "batch_size", "lr", "warmup_steps", "rank")
+    keys += ("relation_word", "image_to_video", "i2v_probability")
     return {**{k: getattr(cfg, k) for k in keys}, "bundle_digest": bundle_digest(TOY.bundle_path(cfg.bundle))}
 
 
@@ -463,13 +465,15 @@ def _run_missing(
     if not todo:
         return
     pipe = load_pipeline(TOY.bundle_path(cfg.bundle))
+    if cfg.image_to_video:
+        image_pipeline(pipe)  # a UserError for a bundle that cannot take an image, before any training
     left = list(todo)
     for relation in dict.fromkeys(u.relation for u in todo):
         console.rule(f"[bold]{relation}")
         exemplars = render_exemplars(
             pipe, relation, cfg.num_exemplars, cfg.exemplar_seed, word=cfg.relation_word
         )
-        jobs = make_jobs(relation, cfg.subjects, cfg.seeds, cfg.relation_word)
+        jobs = make_jobs(relation, cfg.subjects, cfg.seeds, cfg.relation_word, cfg.image_to_video)
         for unit in [u for u in todo if u.relation == relation]:
             start = time.time()
             results[unit] = run_unit(pipe, exemplars, unit, jobs, cfg, progress)
@@ -486,7 +490,9 @@ def _contact_sheets(cfg: ToyBenchmarkConfig, units: Sequence[Unit]) -> None:
     """One sheet per relation: each method's first training seed on the first prompts and seed; each cell
     shows frames and the tracked trajectories on a still."""
     for relation in cfg.relations:
-        jobs = make_jobs(relation, cfg.subjects[:SHEET_PROMPTS], cfg.seeds[:1], cfg.relation_word)
+        jobs = make_jobs(
+            relation, cfg.subjects[:SHEET_PROMPTS], cfg.seeds[:1], cfg.relation_word, cfg.image_to_video
+        )
         rows, labels = [], []
         for method in cfg.methods:
             seeds = method_seeds(cfg, method, relation)
@@ -525,6 +531,7 @@ def run_toy_benchmark(cfg: ToyBenchmarkConfig, progress: bool = True) -> dict:
         "units": [{**r["unit"], "timings": r["timings"]} for r in results.values()],
         "seconds": time.time() - start,
     }
-    write_report(out, "DreamRelation on the toy world: the paper's tables", sections, data)
+    mode = " (image-to-video)" if cfg.image_to_video else ""
+    write_report(out, f"DreamRelation on the toy world{mode}: the paper's tables", sections, data)
     console.print(f"report: {out / 'report.md'} ({data['seconds']:.0f} s)")
     return data

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from dreamrelation.adapters.triplet import set_active_roles
 from dreamrelation.core.samples import TrainingSample
@@ -58,11 +59,13 @@ GENERATE_BATCH = 16  # jobs per pipeline call
 
 @dataclass
 class Job:
-    """One video to generate: the prompt, its two subjects and the seed."""
+    """One video to generate: the prompt, its two subjects and the seed; ``image``: the first frame
+    (image-to-video), else None (text-to-video)."""
 
     prompt: str
     subjects: tuple[world.SubjectSpec, world.SubjectSpec]
     seed: int
+    image: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def stem(self) -> str:
@@ -87,16 +90,29 @@ def worded(caption: str, word: str = "") -> str:
 
 
 def make_jobs(
-    relation: str, subjects: Sequence[Sequence[str]], seeds: Sequence[int], word: str = ""
+    relation: str,
+    subjects: Sequence[Sequence[str]],
+    seeds: Sequence[int],
+    word: str = "",
+    stills: bool = False,
 ) -> list[Job]:
     """Prompts with new subjects (``[shape1, colour1, shape2, colour2]`` each) x seeds; ``word`` replaces the
-    relation phrase (see :func:`worded`)."""
+    relation phrase (see :func:`worded`). ``stills``: each prompt starts from :func:`relation_still` of its
+    subjects (image-to-video), the same still for every seed."""
     jobs = []
-    for s1, c1, s2, c2 in subjects:
+    for index, (s1, c1, s2, c2) in enumerate(subjects):
         pair = (world.SubjectSpec(s1, c1), world.SubjectSpec(s2, c2))
         prompt = worded(world.caption(world.VideoSpec(relation, *pair)), word)
-        jobs += [Job(prompt, pair, int(seed)) for seed in seeds]
+        image = relation_still(relation, pair, index) if stills else None
+        jobs += [Job(prompt, pair, int(seed), image) for seed in seeds]
     return jobs
+
+
+def relation_still(relation: str, subjects: Sequence[world.SubjectSpec], seed: int) -> np.ndarray:
+    """The first frame ``(H, W, 3)`` of a rendered ``relation`` video of ``subjects`` on a plain background:
+    the two subjects where the relation starts them, before it happens (the photo of an image-to-video job)."""
+    spec = world.VideoSpec(relation, subjects[0], subjects[1], scene="plain", seed=int(seed))
+    return render_video(spec).frames[0]
 
 
 def write_exemplar_videos(
@@ -145,7 +161,9 @@ class ToyExperimentConfig:
     The recipe is the same for every method: a trainer preset with these steps, batch, lr and rank.
     """
 
-    bundle: str = ""  # empty or "mochi": the shipped toy bundle; "wan": the toy Wan 2.1 bundle; or a path
+    bundle: str = (
+        ""  # empty or "mochi": the shipped toy bundle; "wan" / "wan22": the toy Wan 2.1 / 2.2; a path
+    )
     num_exemplars: int = 16
     exemplar_seed: int = 1234
     subjects: list[list[str]] = field(default_factory=lambda: [list(s) for s in DEFAULT_SUBJECTS])
@@ -160,6 +178,10 @@ class ToyExperimentConfig:
     # a made-up word for the relation in exemplar captions and prompts (a user's relation comes with its own
     # word, which the toy vocabulary lacks); empty: the relation's own phrase
     relation_word: str = ""
+    # image-to-video (a bundle that takes an image, Wan 2.2): every prompt starts from a still of its subjects
+    # (:func:`relation_still`) and the methods train with this share of image-conditioned steps
+    image_to_video: bool = False
+    i2v_probability: float = 0.5
 
 
 def toy_recipe(method: str, cfg: ToyExperimentConfig, train_seed: int = 0) -> TrainConfig | None:
@@ -179,6 +201,7 @@ def toy_recipe(method: str, cfg: ToyExperimentConfig, train_seed: int = 0) -> Tr
     train.optim.checkpoint_every = cfg.train_steps
     train.adapter.rank = cfg.rank
     train.adapter.alpha = float(cfg.rank)
+    train.i2v.probability = cfg.i2v_probability if cfg.image_to_video else 0.0
     return train
 
 
@@ -187,10 +210,32 @@ def generate_jobs(
     pipe, jobs: Sequence[Job], steps: int, guidance: float, batch_size: int = GENERATE_BATCH
 ) -> list[np.ndarray]:
     """Generate every job with the adapters currently active in ``pipe``, ``batch_size`` jobs per call (each
-    with its own seeded noise, see :func:`~dreamrelation.inference.generate.generate_videos`)."""
-    return generate_videos(
-        pipe, [j.prompt for j in jobs], [j.seed for j in jobs], steps, guidance, batch_size=batch_size
-    )
+    with its own seeded noise, see :func:`~dreamrelation.inference.generate.generate_videos`); jobs with an
+    image start from it, consecutive jobs with the same image sharing a call."""
+    videos: list[np.ndarray] = []
+    for group in _runs_of_same_image(jobs):
+        image = None if group[0].image is None else Image.fromarray(group[0].image)
+        videos += generate_videos(
+            pipe,
+            [j.prompt for j in group],
+            [j.seed for j in group],
+            steps,
+            guidance,
+            batch_size=batch_size,
+            image=image,
+        )
+    return videos
+
+
+def _runs_of_same_image(jobs: Sequence[Job]) -> list[list[Job]]:
+    """``jobs`` split where the image changes (all of them at once for text-to-video jobs)."""
+    runs: list[list[Job]] = []
+    for job in jobs:
+        if runs and runs[-1][0].image is job.image:
+            runs[-1].append(job)
+        else:
+            runs.append([job])
+    return runs
 
 
 def train_and_generate(

@@ -9,13 +9,15 @@ everywhere else. ``ToyBackboneConfig.architecture`` picks the stack: ``mochi`` (
 
 The toy VAE is trained to reproduce a fixed, *analytic* latent space (see :func:`analytic_latents`):
 the colour of each 4x4-pixel sub-cell at every keyframe (every 6th frame for Mochi, every 4th for Wan: the
-frames the causal VAE keeps), packed into 12 latent channels per 8x8 cell. That makes the VAE trainable in
-minutes on a CPU and lets the transformer pretrain on latents computed without the VAE.
+frames the causal VAE keeps), packed into 12 latent channels per 8x8 cell (Wan 2.2: 48 channels per 16x16
+cell, the same sub-cells). That makes the VAE trainable in minutes on a CPU and lets the transformer
+pretrain on latents computed without the VAE.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,12 +30,10 @@ from dreamrelation.toy import world
 SPATIAL_FACTOR = 8  # Mochi and Wan VAEs: 8x8 pixels per latent cell (hard-coded in diffusers' MochiPipeline)
 TEMPORAL_FACTOR = 6  # Mochi: 6 frames per latent frame, the first frame alone
 TEMPORAL_FACTORS = {"mochi": 6, "wan": 4, "wan22": 4}
-ARCHITECTURES = ("mochi", "wan")  # the toy world's pretrained bundles
-BUILD_ARCHITECTURES = tuple(
-    TEMPORAL_FACTORS
-)  # wan22: Wan 2.2 TI2V-5B's classes and VAE layout, not pretrained
+ARCHITECTURES = tuple(TEMPORAL_FACTORS)  # the toy world's backbones (wan22: Wan 2.2 TI2V-5B's layout)
 LATENT_CHANNELS = 12
 WAN22_LATENT_CHANNELS = 48  # the Wan 2.2 VAE: 16x16 pixels (2x2 patches of 8x8) per cell, 48 channels
+WAN22_SPATIAL_FACTOR = 16
 SUBCELL = 4  # analytic latent: colour of 4x4 sub-cells, 2x2 of them per latent cell
 MAX_SEQUENCE_LENGTH = 32
 
@@ -46,8 +46,9 @@ class ToyBackboneConfig:
     """Sizes of the toy stack. Defaults: a customization step well under a second on 2 CPU cores.
 
     ``architecture``: ``mochi``, ``wan`` or ``wan22`` (Wan 2.2 TI2V-5B's configuration: residual
-    patchified VAE with 16x16 spatial compression to 48 channels, ``expand_timesteps``; built, not pretrained). The ``vae_*_channels`` / ``vae_layers_per_block`` sizes are the
-    Mochi VAE's; ``wan_vae_base_dim`` and ``wan_ffn_dim`` size the Wan VAE and feed-forward layers.
+    patchified VAE with 16x16 spatial compression to 48 channels, ``expand_timesteps``). The
+    ``vae_*_channels`` / ``vae_layers_per_block`` sizes are the Mochi VAE's; ``wan_vae_base_dim`` and
+    ``wan_ffn_dim`` size the Wan VAE and feed-forward layers.
     """
 
     architecture: str = "mochi"
@@ -70,15 +71,20 @@ class ToyBackboneConfig:
     wan_ffn_dim: int = 256
 
     def __post_init__(self) -> None:
-        if self.architecture not in BUILD_ARCHITECTURES:
+        if self.architecture not in ARCHITECTURES:
             raise ValueError(
-                f"toy architecture {self.architecture!r}: choose one of {', '.join(BUILD_ARCHITECTURES)}"
+                f"toy architecture {self.architecture!r}: choose one of {', '.join(ARCHITECTURES)}"
             )
 
     @property
     def latent_channels(self) -> int:
         """Latent channels of this architecture's VAE."""
         return WAN22_LATENT_CHANNELS if self.architecture == "wan22" else LATENT_CHANNELS
+
+    @property
+    def spatial_factor(self) -> int:
+        """Pixels per latent cell side of this architecture's VAE."""
+        return WAN22_SPATIAL_FACTOR if self.architecture == "wan22" else SPATIAL_FACTOR
 
     @property
     def temporal_factor(self) -> int:
@@ -280,36 +286,40 @@ def build_scheduler(architecture: str = "mochi"):
     return FlowMatchEulerDiscreteScheduler(invert_sigmas=True)
 
 
-def analytic_latents(video: torch.Tensor, temporal: int = TEMPORAL_FACTOR) -> torch.Tensor:
-    """The toy latent of videos ``(B, 3, T, H, W)`` in [-1, 1] -> ``(B, 12, F, H/8, W/8)``.
+def analytic_latents(
+    video: torch.Tensor, temporal: int = TEMPORAL_FACTOR, spatial: int = SPATIAL_FACTOR
+) -> torch.Tensor:
+    """The toy latent of videos ``(B, 3, T, H, W)`` in [-1, 1] -> ``(B, 3 (spatial/4)^2, F, H/s, W/s)``.
 
     Latent frame ``i`` is the keyframe ``temporal * i`` (frame 0 alone, then the last frame of each group of
-    ``temporal``: 6 for Mochi, 4 for Wan); each 8x8 cell holds the mean colour of its 2x2 sub-cells of 4x4
-    pixels, channel ``c*4 + 2*dy + dx``.
+    ``temporal``: 6 for Mochi, 4 for Wan); each ``spatial`` x ``spatial`` cell holds the mean colour of its
+    r x r sub-cells of 4x4 pixels (r = spatial / 4), channel ``c*r*r + r*dy + dx``: 12 channels per 8x8
+    cell (Mochi, Wan 2.1), 48 per 16x16 cell (Wan 2.2).
     """
     b, c, t, h, w = video.shape
-    if (t - 1) % temporal or h % SPATIAL_FACTOR or w % SPATIAL_FACTOR:
+    if (t - 1) % temporal or h % spatial or w % spatial:
         raise ValueError(
-            f"video of {t} frames {h}x{w}: frames must be {temporal}k+1 and sizes multiples of 8"
+            f"video of {t} frames {h}x{w}: frames must be {temporal}k+1 and sizes multiples of {spatial}"
         )
     keyframes = video[:, :, ::temporal]  # (B, 3, F, H, W)
     f = keyframes.shape[2]
     pooled = F.avg_pool2d(keyframes.transpose(1, 2).reshape(b * f, c, h, w), SUBCELL)  # (BF, 3, H/4, W/4)
-    packed = F.pixel_unshuffle(pooled, 2)  # (BF, 12, H/8, W/8), channel = c*4 + 2*dy + dx
-    return packed.reshape(b, f, LATENT_CHANNELS, h // SPATIAL_FACTOR, w // SPATIAL_FACTOR).transpose(1, 2)
+    packed = F.pixel_unshuffle(pooled, spatial // SUBCELL)  # (BF, 3 r^2, H/s, W/s)
+    return packed.reshape(b, f, -1, h // spatial, w // spatial).transpose(1, 2)
 
 
 def analytic_decode(latents: torch.Tensor, temporal: int = TEMPORAL_FACTOR) -> torch.Tensor:
-    """The reference inverse of :func:`analytic_latents`: ``(B, 12, F, h, w)`` ->
-    ``(B, 3, temporal (F-1) + 1, 8h, 8w)``.
+    """The reference inverse of :func:`analytic_latents`: ``(B, 3 r^2, F, h, w)`` ->
+    ``(B, 3, temporal (F-1) + 1, 4 r h, 4 r w)``.
 
     Sub-cell colours are upsampled (nearest) and the frames between keyframes linearly interpolated; the
     trained VAE decoder should do at least this well (it can also sharpen edges).
     """
-    b, _, f, h, w = latents.shape
-    cells = F.pixel_shuffle(latents.transpose(1, 2).reshape(b * f, LATENT_CHANNELS, h, w), 2)
+    b, channels, f, h, w = latents.shape
+    r = math.isqrt(channels // 3)
+    cells = F.pixel_shuffle(latents.transpose(1, 2).reshape(b * f, channels, h, w), r)
     keyframes = F.interpolate(cells, scale_factor=SUBCELL, mode="nearest")
-    keyframes = keyframes.reshape(b, f, 3, h * SPATIAL_FACTOR, w * SPATIAL_FACTOR).transpose(1, 2)
+    keyframes = keyframes.reshape(b, f, 3, h * SUBCELL * r, w * SUBCELL * r).transpose(1, 2)
     frames = [keyframes[:, :, :1]]
     weights = torch.arange(1, temporal + 1, dtype=latents.dtype).view(1, 1, -1, 1, 1) / temporal
     for i in range(1, f):

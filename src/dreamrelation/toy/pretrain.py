@@ -1,7 +1,8 @@
 """Pretraining of the toy backbone: the VAE on random moving shapes, the transformer on base relations.
 
 ``dreamrelation toy pretrain`` runs both stages (seeded, reproducible) and writes a diffusers-format
-MochiPipeline directory, or a WanPipeline one with ``--architecture wan``. Held-out relations never appear
+MochiPipeline directory, or a WanPipeline one with ``--architecture wan`` (Wan 2.1) or ``wan22`` (Wan 2.2
+TI2V-5B's layout, pretrained for text- and image-to-video: ``image_condition_prob``). Held-out relations never appear
 in the transformer's data.
 """
 
@@ -23,8 +24,6 @@ from dreamrelation.backbones.registry import get_backbone
 from dreamrelation.errors import UserError
 from dreamrelation.toy import world
 from dreamrelation.toy.backbone import (
-    ARCHITECTURES,
-    LATENT_CHANNELS,
     ToyBackboneConfig,
     analytic_latents,
     build_text_encoder,
@@ -37,7 +36,7 @@ from dreamrelation.toy.backbone import (
     toy_words,
 )
 from dreamrelation.toy.render import render_video
-from dreamrelation.training.losses import flow_matching_inputs
+from dreamrelation.training.losses import condition_on_first_frames, flow_matching_inputs
 
 VAE_LOGVAR_TARGET = -10.0  # near-deterministic posterior: the analytic latent is the mean
 
@@ -72,6 +71,9 @@ class PretrainConfig:
     sigma_shift: float = 1.0
     # a toy bundle whose transformer and text encoder start the transformer stage (a fine-tune), else random
     init_from: str | None = None
+    # share of transformer steps conditioned on a clean first latent frame (timestep 0 there, no loss), as
+    # Wan 2.2 TI2V-5B is trained for text+image-to-video; the others are text-to-video. Wan 2.2 only.
+    image_condition_prob: float = 0.0
     backbone: ToyBackboneConfig = field(default_factory=ToyBackboneConfig)
 
 
@@ -110,7 +112,7 @@ def random_shape_clips(batch: int, frames: int, size: int, gen: torch.Generator)
 
 
 def vae_moments(vae, clips: torch.Tensor) -> torch.Tensor:
-    """The encoder's ``(B, 2 * 12, F, h, w)`` posterior moments (mean, then log-variance) of ``clips``."""
+    """The encoder's ``(B, 2 C, F, h, w)`` posterior moments (mean, then log-variance) of ``clips``."""
     from diffusers import AutoencoderKLWan
 
     if isinstance(vae, AutoencoderKLWan):
@@ -132,7 +134,8 @@ def _fit_vae(
     vae, cfg: PretrainConfig, steps: int, batch: int, frames: int, lr: float, gen, desc: str, progress: bool
 ) -> list[dict]:
     """Adam on encoder -> analytic latent plus decoder(latent + noise) -> pixels; returns the loss log."""
-    temporal = cfg.backbone.temporal_factor
+    temporal, spatial = cfg.backbone.temporal_factor, cfg.backbone.spatial_factor
+    channels = cfg.backbone.latent_channels
     opt = torch.optim.Adam(vae.parameters(), lr=lr)
     log = []
     bar = tqdm(range(steps), desc=desc, disable=not progress)
@@ -140,10 +143,10 @@ def _fit_vae(
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, steps, lr, warmup=min(100, steps // 10))
         clips = random_shape_clips(batch, frames, cfg.vae_crop, gen)
-        target = analytic_latents(clips, temporal)
+        target = analytic_latents(clips, temporal, spatial)
         moments = vae_moments(vae, clips)
-        encoder_loss = F.mse_loss(moments[:, :LATENT_CHANNELS], target) + 0.01 * F.mse_loss(
-            moments[:, LATENT_CHANNELS:], torch.full_like(target, VAE_LOGVAR_TARGET)
+        encoder_loss = F.mse_loss(moments[:, :channels], target) + 0.01 * F.mse_loss(
+            moments[:, channels:], torch.full_like(target, VAE_LOGVAR_TARGET)
         )
         noisy = target + cfg.vae_latent_noise * torch.randn(target.shape, generator=gen)
         decoder_loss = F.mse_loss(vae_decode(vae, noisy), clips)
@@ -225,8 +228,9 @@ def vae_report(vae) -> dict:
 def vae_quality(vae, clips: torch.Tensor) -> dict:
     """L1 errors (pixels in [-1, 1]) of decode(analytic), decode(encode) and a per-clip mean-colour guess."""
 
-    target = analytic_latents(clips, get_backbone(vae).temporal_compression)
-    moments = vae_moments(vae, clips)[:, :LATENT_CHANNELS]
+    backbone = get_backbone(vae)
+    target = analytic_latents(clips, backbone.temporal_compression, backbone.spatial_compression)
+    moments = vae_moments(vae, clips)[:, : target.shape[1]]
     from_analytic = vae_decode(vae, target)
     round_trip = vae_decode(vae, moments)
     return {
@@ -238,10 +242,10 @@ def vae_quality(vae, clips: torch.Tensor) -> dict:
 
 
 def render_pretraining_set(
-    num_videos: int, seed: int, progress: bool = True, temporal: int = 6
+    num_videos: int, seed: int, progress: bool = True, temporal: int = 6, spatial: int = 8
 ) -> tuple[torch.Tensor, list[str]]:
-    """Render base-relation videos (never held-out ones) -> analytic latents ``(N, 12, F, h, w)`` with
-    ``temporal`` frames per latent frame, and captions."""
+    """Render base-relation videos (never held-out ones) -> analytic latents ``(N, C, F, h, w)`` with
+    ``temporal`` frames per latent frame and ``spatial`` pixels per cell side, and captions."""
 
     rng = np.random.default_rng(seed)
     base = list(world.BASE_RELATIONS)
@@ -249,7 +253,7 @@ def render_pretraining_set(
     for i in tqdm(range(num_videos), desc="render base relations", disable=not progress):
         spec = world.sample_video_spec(rng, relations=base)
         video = render_video(spec)
-        latent = analytic_latents(frames_to_tensor(video.frames), temporal)[0]
+        latent = analytic_latents(frames_to_tensor(video.frames), temporal, spatial)[0]
         if latents is None:
             # one buffer: small tensors kept between the large per-video ones fragment the heap (a list of
             # 24000 latents grew the process to 17 GB at 14000 videos)
@@ -260,18 +264,25 @@ def render_pretraining_set(
 
 
 def cached_pretraining_set(
-    work: Path, num_videos: int, seed: int, progress: bool = True, temporal: int = 6
+    work: Path, num_videos: int, seed: int, progress: bool = True, temporal: int = 6, spatial: int = 8
 ) -> tuple[torch.Tensor, list[str]]:
     """:func:`render_pretraining_set`, kept in ``work`` so a resumed run does not render it again."""
-    path = work / f"pretraining_set_{num_videos}_seed{seed}_t{temporal}.pt"
+    cells = "" if spatial == 8 else f"_s{spatial}"
+    path = work / f"pretraining_set_{num_videos}_seed{seed}_t{temporal}{cells}.pt"
     if path.is_file():
         data = torch.load(path, weights_only=True)
         return data["latents"], list(data["captions"])
-    latents, captions = render_pretraining_set(num_videos, seed, progress, temporal)
+    latents, captions = render_pretraining_set(num_videos, seed, progress, temporal, spatial)
     tmp = path.with_suffix(".tmp")
     torch.save({"latents": latents, "captions": captions}, tmp)
     tmp.replace(path)
     return latents, captions
+
+
+def _pretraining_set(cfg: PretrainConfig, work: Path, progress: bool) -> tuple[torch.Tensor, list[str]]:
+    """The cached pretraining set in the geometry of ``cfg``'s backbone."""
+    geometry = cfg.backbone.temporal_factor, cfg.backbone.spatial_factor
+    return cached_pretraining_set(work, cfg.num_videos, cfg.seed, progress, *geometry)
 
 
 def with_made_up_words(captions: list[str], probability: float, seed: int) -> list[str]:
@@ -403,6 +414,11 @@ def train_transformer(
     """
 
     backbone = get_backbone(cfg.backbone.architecture)
+    if cfg.image_condition_prob > 0 and not backbone.takes_image:
+        raise UserError(
+            f"image_condition_prob={cfg.image_condition_prob}: the {cfg.backbone.architecture} toy cannot take "
+            "an image; image-conditioned pretraining needs --architecture wan22"
+        )
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     transformer = build_transformer(cfg.backbone, seed=cfg.seed)
@@ -433,7 +449,11 @@ def train_transformer(
         with torch.set_grad_enabled(cfg.train_text_encoder):
             emb, mask = captions.encode(text_encoder, idx, drop)
         noisy, timestep, target, _ = flow_matching_inputs(latents[idx], gen, backbone.flow, cfg.sigma_shift)
-        loss = F.mse_loss(backbone.forward(transformer, noisy, timestep, emb, mask), target)
+        clean = int(cfg.image_condition_prob > 0 and torch.rand((), generator=gen) < cfg.image_condition_prob)
+        if clean:  # image-to-video: the first latent frame is the image, the loss is on the others
+            noisy, timestep = condition_on_first_frames(latents[idx], noisy, timestep)
+        pred = backbone.forward(transformer, noisy, timestep, emb, mask)
+        loss = F.mse_loss(pred[:, :, clean:], target[:, :, clean:])
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
         opt.step()
@@ -472,17 +492,15 @@ def adopt_vae(bundle: Path, work: Path) -> None:
 
 
 def _transformer_stage(cfg: PretrainConfig, work: Path, tokenizer, text_encoder, progress: bool) -> None:
-    latents, captions = cached_pretraining_set(
-        work, cfg.num_videos, cfg.seed, progress, cfg.backbone.temporal_factor
-    )
+    latents, captions = _pretraining_set(cfg, work, progress)
     mean = latents.mean(dim=(0, 2, 3, 4))
     std = latents.std(dim=(0, 2, 3, 4))
     normalised = (latents - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
     ids, masks = tokenize_captions(tokenizer, with_made_up_words(captions, cfg.unknown_word_prob, cfg.seed))
     null_ids, null_mask = tokenize_captions(tokenizer, [""])
     # WanPipeline encodes the empty negative prompt; Mochi's pipeline zeroes it
-    wan = cfg.backbone.architecture == "wan"
-    caption_set = CaptionSet(ids, masks, null_ids[0], null_mask[0], zero_dropped=not wan)
+    zeroed = get_backbone(cfg.backbone.architecture).empty_prompt_zeroed
+    caption_set = CaptionSet(ids, masks, null_ids[0], null_mask[0], zero_dropped=zeroed)
     transformer, seconds, log = train_transformer(cfg, normalised, caption_set, text_encoder, progress, work)
     _save_transformer_stage(work, cfg, transformer, text_encoder, (mean, std), seconds, log)
 
@@ -510,7 +528,7 @@ def snapshot_bundle(out_dir: Path, cfg: PretrainConfig, work_dir: Path) -> Path:
         raise UserError(
             f"{work}: no transformer checkpoint yet (one is written every checkpoint_every steps)"
         )
-    latents, _ = cached_pretraining_set(work, cfg.num_videos, cfg.seed, False, cfg.backbone.temporal_factor)
+    latents, _ = _pretraining_set(cfg, work, False)
     stats = (latents.mean(dim=(0, 2, 3, 4)), latents.std(dim=(0, 2, 3, 4)))
     tokenizer = build_tokenizer(toy_words())
     transformer = build_transformer(cfg.backbone, seed=cfg.seed)
@@ -572,11 +590,6 @@ def pretrain(
     so a stage not requested is read from an earlier run, and an interrupted transformer stage resumes
     from its last checkpoint there."""
     cfg = cfg or PretrainConfig()
-    if cfg.backbone.architecture not in ARCHITECTURES:
-        raise UserError(
-            f"backbone.architecture={cfg.backbone.architecture}: the toy world pretrains "
-            f"{', '.join(ARCHITECTURES)} only (a Wan 2.2 toy bundle is not built yet)"
-        )
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(toy_words())

@@ -39,6 +39,20 @@ def flow_matching_inputs(
     return noisy, flow.timestep(sigma), flow.target(z, eps), sigma
 
 
+def condition_on_first_frames(
+    latents: torch.Tensor, noisy: torch.Tensor, timestep: torch.Tensor, frames: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image conditioning as Wan 2.2's image pipeline samples it: the first ``frames`` latent frames clean
+    (the data itself) at timestep 0, the rest noised at ``timestep`` ``(B,)``; returns the input and the
+    per-frame timesteps ``(B, F)``."""
+    if not 0 < frames < latents.shape[2]:
+        raise ValueError(f"{frames} conditioning frames of {latents.shape[2]} latent frames")
+    noisy = torch.cat([latents[:, :, :frames].to(noisy.dtype), noisy[:, :, frames:]], dim=2)
+    per_frame = timestep[:, None].expand(-1, latents.shape[2]).clone()
+    per_frame[:, :frames] = 0.0
+    return noisy, per_frame
+
+
 def _broadcast_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if mask.ndim == like.ndim - 1:  # (B, F, h, w) -> (B, 1, F, h, w): same mask for every channel
         mask = mask.unsqueeze(1)

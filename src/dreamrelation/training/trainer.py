@@ -65,7 +65,12 @@ from dreamrelation.training.distributed import (
     init_distributed,
     shard_frozen_base,
 )
-from dreamrelation.training.losses import RelationalContrastiveLoss, flow_matching_inputs, masked_mse
+from dreamrelation.training.losses import (
+    RelationalContrastiveLoss,
+    condition_on_first_frames,
+    flow_matching_inputs,
+    masked_mse,
+)
 from dreamrelation.training.memory import (
     apply_memory_modes,
     attention_kernel,
@@ -412,7 +417,7 @@ def compute_losses(
     ``choice`` "all" (HMT disabled) uses the plain MSE only (plus RCL when enabled). Sigma and eps come from
     ``noise_generators`` (one per sample) when given, else from ``generator``, which also drives the RCL.
     The call signature and the flow convention (timestep, velocity sign) are the backbone's.
-    ``clean_frames`` > 0: an image-to-video step (:func:`condition_on_first_frames`); the losses cover the
+    ``clean_frames`` > 0: an image-to-video step (:func:`~dreamrelation.training.losses.condition_on_first_frames`); the losses cover the
     other frames only.
     """
     backbone = get_backbone(transformer)
@@ -432,20 +437,6 @@ def compute_losses(
     ).float()
     with torch.autocast(pred.device.type, enabled=False):  # losses in fp32 even under bf16 autocast
         return loss_terms(pred, target, batch.get("masks"), choice, cfg, rcl, generator, clean_frames)
-
-
-def condition_on_first_frames(
-    latents: torch.Tensor, noisy: torch.Tensor, timestep: torch.Tensor, frames: int = 1
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image conditioning as Wan 2.2's image pipeline samples it: the first ``frames`` latent frames clean
-    (the data itself) at timestep 0, the rest noised at ``timestep`` ``(B,)``; returns the input and the
-    per-frame timesteps ``(B, F)``."""
-    if not 0 < frames < latents.shape[2]:
-        raise ValueError(f"{frames} conditioning frames of {latents.shape[2]} latent frames")
-    noisy = torch.cat([latents[:, :, :frames].to(noisy.dtype), noisy[:, :, frames:]], dim=2)
-    per_frame = timestep[:, None].expand(-1, latents.shape[2]).clone()
-    per_frame[:, :frames] = 0.0
-    return noisy, per_frame
 
 
 def loss_terms(
