@@ -7,9 +7,11 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from dreamrelation.backbones.registry import TOY
@@ -292,3 +294,32 @@ def test_cli_denoise_levels_are_parsed_and_checked(monkeypatch, tmp_path) -> Non
     assert bad.exit_code != 0
     with pytest.raises(check.UserError, match=r"must be in \(0, 1\]"):
         check._check_config(CheckConfig(denoise_from=(1.5,)))
+
+
+def test_first_frame_rows_generate_from_the_rendered_first_frame(tiny_wan22_bundle: Path) -> None:
+    from dreamrelation.backbones.loading import load_pipeline
+    from dreamrelation.inference.generate import generate_videos
+
+    pipe = load_pipeline(tiny_wan22_bundle)
+    cfg = CheckConfig(
+        num_prompts=2, num_held_out=1, num_inference_steps=2, from_first_frame=True, progress=False
+    )
+    jobs = check_jobs(cfg)
+    (row,) = check.first_frame_and_score(pipe, jobs, cfg)
+    expected = []
+    for job in jobs[:2]:  # the base jobs only, each from its own still
+        still = Image.fromarray(render_video(job.spec).frames[0])
+        video = generate_videos(pipe, [job.prompt], [job.seed], 2, cfg.guidance_scale, image=still)[0]
+        expected.append(check.score_video(video, job.spec))
+    assert row["group"] == check.FIRST_FRAME_ROW and row["n"] == 2
+    for key in check.SCORES:
+        assert row[key]["k"] == sum(bool(s[key]) for s in expected)
+    assert check.first_frame_and_score(pipe, jobs, CheckConfig(progress=False)) == []
+
+
+def test_first_frame_check_is_refused_for_a_text_only_model(tiny_bundle: Path, tmp_path: Path) -> None:
+    cfg = CheckConfig(
+        model=str(tiny_bundle), num_prompts=1, num_held_out=0, from_first_frame=True, out_dir=str(tmp_path)
+    )
+    with pytest.raises(check.UserError, match="takes an image"):
+        check.run_check(cfg)

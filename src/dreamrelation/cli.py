@@ -717,7 +717,7 @@ def toy_relations() -> None:
 @toy_app.command("check")
 def toy_check(
     model: str = typer.Option(
-        None, "--model", "-m", help="Toy bundle directory, or mochi / wan (default: the shipped toy Mochi)."
+        None, "--model", "-m", help="Toy bundle directory, or mochi / wan / wan22 (default: the toy Mochi)."
     ),
     num_prompts: int = typer.Option(200, help="Base-relation prompts (balanced over the six)."),
     num_held_out: int = typer.Option(48, help="Held-out relation prompts (the untuned model)."),
@@ -731,6 +731,9 @@ def toy_check(
     threads: int = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
     denoise_from: str = typer.Option(
         "", help="Also finish the rendered base videos from these noise levels, e.g. 0.7,0.85,0.95."
+    ),
+    from_first_frame: bool = typer.Option(
+        False, help="Also generate the base videos from their rendered first frame (Wan 2.2: image-to-video)."
     ),
 ) -> None:
     """Judge a toy base model by generating from it: both subjects present, one each, relation accuracy."""
@@ -750,6 +753,7 @@ def toy_check(
         min_base_accuracy=min_accuracy,
         max_held_out_accuracy=max_held_out_accuracy,
         denoise_from=levels,
+        from_first_frame=from_first_frame,
         threads=threads,
     )
     data = run_check(cfg)

@@ -15,7 +15,8 @@ draws two distinct subjects, follows base relations and is near chance on held-o
 
 ``denoise_from`` says where a base fails: the same base videos, rendered, noised to each level and finished
 by the model. A base that keeps two subjects from sigma 0.7 but not from pure noise draws well and fails
-at deciding the layout.
+at deciding the layout. ``from_first_frame`` (models that take an image): the same videos generated from
+their rendered first frame, which gives the layout as a user's photo would.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -59,6 +61,7 @@ MAX_MERGED_SHARE = 0.2  # ... in at most this share of the frames
 HELD_OUT_SEED_OFFSET = 500_000  # generation seeds of held-out prompts start this far after the base ones
 HELD_OUT_ROW = "held out (untuned)"
 ALL_BASE_ROW = "all base"
+FIRST_FRAME_ROW = "from the first frame (image-to-video)"
 
 
 @dataclass
@@ -69,7 +72,7 @@ class CheckConfig:
     small torch seeds for its noise), so the check sees prompts and noise the model was not trained on.
     """
 
-    model: str = "mochi"  # a toy bundle name (mochi, wan) or a bundle directory
+    model: str = "mochi"  # a toy bundle name (mochi, wan, wan22) or a bundle directory
     num_prompts: int = 200  # base-relation prompts, balanced over the six base relations
     num_held_out: int = 48  # held-out relation prompts (untuned), balanced over the four
     num_inference_steps: int = TOY.sampling_defaults[0]
@@ -83,6 +86,8 @@ class CheckConfig:
     sheet_videos: int = 12
     # noise levels from which the model also finishes the *rendered* base videos (see denoise_rendered)
     denoise_from: tuple[float, ...] = ()
+    # models that take an image (Wan 2.2): also generate each base video from its rendered first frame
+    from_first_frame: bool = False
     threads: int | None = None
     device: str = "cpu"
     progress: bool = True
@@ -189,14 +194,7 @@ def summarize(records: list[dict]) -> list[dict]:
         (ALL_BASE_ROW, [r for r in records if not r["held_out"]]),
         (HELD_OUT_ROW, [r for r in records if r["held_out"]]),
     ]
-    return [
-        {
-            "group": name,
-            "n": len(rows),
-            **{key: proportion(sum(bool(r[key]) for r in rows), len(rows)) for key in SCORES},
-        }
-        for name, rows in groups
-    ]
+    return [_proportions(name, rows) for name, rows in groups]
 
 
 def judge(rows: list[dict], cfg: CheckConfig) -> list[dict]:
@@ -312,14 +310,34 @@ def denoise_and_score(pipe, jobs: list[CheckJob], cfg: CheckConfig) -> list[dict
             score_video(denoise_rendered(pipe, job, sigma, cfg), job.spec)
             for job in tqdm(base, desc=f"denoise from {sigma:g}", disable=not cfg.progress)
         ]
-        rows.append(
-            {
-                "group": f"from sigma {sigma:g}",
-                "n": len(scores),
-                **{key: proportion(sum(bool(r[key]) for r in scores), len(scores)) for key in SCORES},
-            }
-        )
+        rows.append(_proportions(f"from sigma {sigma:g}", scores))
     return rows
+
+
+def first_frame_and_score(pipe, jobs: list[CheckJob], cfg: CheckConfig) -> list[dict]:
+    """With ``cfg.from_first_frame``: each base job generated from its rendered first frame (image-to-video,
+    same prompt and seed), scored - one row of proportions; else no row."""
+    if not cfg.from_first_frame:
+        return []
+    scores = []
+    for job in tqdm(
+        [j for j in jobs if not j.held_out], desc="from the first frame", disable=not cfg.progress
+    ):
+        still = Image.fromarray(render_video(job.spec).frames[0])
+        video = generate_videos(
+            pipe, [job.prompt], [job.seed], cfg.num_inference_steps, cfg.guidance_scale, image=still
+        )[0]
+        scores.append(score_video(video, job.spec))
+    return [_proportions(FIRST_FRAME_ROW, scores)]
+
+
+def _proportions(group: str, scores: list[dict]) -> dict:
+    """A row: ``group``, n and each score's proportion over ``scores``."""
+    return {
+        "group": group,
+        "n": len(scores),
+        **{key: proportion(sum(bool(r[key]) for r in scores), len(scores)) for key in SCORES},
+    }
 
 
 def write_outputs(
@@ -369,8 +387,9 @@ def write_outputs(
     if data.get("denoised"):
         note = (
             "The base videos rendered, noised to sigma and finished by the model (Euler, "
-            f"{cfg.num_inference_steps} x sigma steps, CFG {cfg.guidance_scale}): where the layout is given, "
-            "does it keep two subjects?\n\n"
+            f"{cfg.num_inference_steps} x sigma steps, CFG {cfg.guidance_scale}), or generated from their "
+            "rendered first frame (image-to-video, same prompts and seeds): where the layout is given, does it "
+            "keep two subjects?\n\n"
         )
         denoised = markdown_table(_table_rows(data["denoised"]), ["group", "n", *SCORES.values()])
         sections.append(("Denoising rendered videos", note + denoised))
@@ -429,11 +448,13 @@ def run_check(cfg: CheckConfig) -> dict:
         pipe = load_pipeline(model, device=cfg.device)
         if not TOY.is_pipeline(pipe):
             raise UserError(f"{model}: not a toy bundle; `toy check` judges toy-world models only")
+        if cfg.from_first_frame and not get_backbone(pipe).takes_image:
+            raise UserError(f"{model}: --from-first-frame needs a model that takes an image (a Wan 2.2 toy)")
         sampler = prepare_sampling(pipe)
         jobs = check_jobs(cfg)
         console.print(f"toy check: {model} ({len(jobs)} videos, {cfg.num_inference_steps} steps)")
         records, videos = generate_and_score(pipe, jobs, cfg)
-        denoised = denoise_and_score(pipe, jobs, cfg)
+        denoised = denoise_and_score(pipe, jobs, cfg) + first_frame_and_score(pipe, jobs, cfg)
         binding = caption_binding(pipe)
     finally:
         torch.set_num_threads(threads)
