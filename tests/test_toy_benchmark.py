@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -252,3 +253,27 @@ def test_a_made_up_relation_word_reaches_exemplar_captions_and_prompts(tmp_path)
     assert make_jobs("pushing", [["star", "red", "circle", "blue"]], [0])[0].prompt == (
         "A red star is pushing a blue circle."
     )
+
+
+def test_image_to_video_benchmark_starts_every_video_from_its_still(tiny_wan22_bundle, tmp_path):
+    cfg = fast_preset(ToyBenchmarkConfig(out_dir=str(tmp_path / "i2v")))
+    cfg = toy_benchmark.image_to_video_preset(cfg)
+    assert cfg.bundle == "wan22" and cfg.image_to_video and "wo_hmt" not in cfg.methods
+    cfg.bundle, cfg.out_dir = str(tiny_wan22_bundle), str(tmp_path / "i2v")
+    cfg.train_steps, cfg.num_inference_steps, cfg.num_exemplars, cfg.rank, cfg.n_boot = 2, 2, 2, 4, 200
+    cfg.train_seeds, cfg.i2v_probability = [0], 1.0
+    report = run_toy_benchmark(cfg, progress=False)
+    assert [row["method"] for row in report["tables"]["Table 1: comparison"]] == [
+        "untuned",
+        "direct_lora",
+        "dreamrelation",
+    ]
+    assert "(image-to-video)" in (tmp_path / "i2v" / "report.md").read_text()
+    # every training step conditioned on the first frame (i2v_probability 1)
+    for method in ("direct_lora", "dreamrelation"):
+        rows = (tmp_path / "i2v" / "train" / "high_fiving" / f"{method}_seed0" / "loss.csv").read_text()
+        assert [line.split(",")[-1] for line in rows.splitlines()[1:]] == ["1"] * cfg.train_steps
+    videos = np.load(tmp_path / "i2v" / "units" / "high_fiving" / "untuned.npz")["videos"]
+    assert videos.shape[1:] == (25, 64, 64, 3)
+    # text-to-video units of the same settings are other units
+    assert toy_benchmark.fingerprint(cfg) != toy_benchmark.fingerprint(replace(cfg, image_to_video=False))

@@ -608,7 +608,9 @@ def benchmark_toy(
         None, help="ToyBenchmarkConfig overrides such as relations=[pushing]."
     ),
     preset: str = typer.Option(
-        "full", help="full (4 held-out relations, every method, 2-3 training seeds) or fast (CI-sized)."
+        "full",
+        help="full (4 held-out relations, every method, 2-3 training seeds), fast (CI-sized) or i2v "
+        "(Table 1 from a still of the new subjects, on the toy Wan 2.2).",
     ),
     config: Path = typer.Option(None, "--config", "-c", help="YAML file with ToyBenchmarkConfig fields."),
     estimate: bool = typer.Option(
@@ -624,12 +626,14 @@ def benchmark_toy(
         ToyBenchmarkConfig,
         describe_plan,
         fast_preset,
+        image_to_video_preset,
         run_toy_benchmark,
     )
 
-    if preset not in ("full", "fast"):
-        raise UserError(f"--preset {preset!r}: choose full or fast")
-    base = fast_preset(ToyBenchmarkConfig()) if preset == "fast" else ToyBenchmarkConfig()
+    presets = {"full": lambda cfg: cfg, "fast": fast_preset, "i2v": image_to_video_preset}
+    if preset not in presets:
+        raise UserError(f"--preset {preset!r}: choose {', '.join(presets)}")
+    base = presets[preset](ToyBenchmarkConfig())
     cfg = load_config(base, config, overrides)
     if estimate:
         typer.echo(describe_plan(cfg)[1])

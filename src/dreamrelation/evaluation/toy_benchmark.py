@@ -125,6 +125,15 @@ def fast_preset(cfg: ToyBenchmarkConfig) -> ToyBenchmarkConfig:
     return cfg
 
 
+def image_to_video_preset(cfg: ToyBenchmarkConfig) -> ToyBenchmarkConfig:
+    """Table 1 from a photo: the toy Wan 2.2 bundle, every prompt starting from a still of its new subjects
+    (``image_to_video``), untuned vs direct LoRA vs DreamRelation on the four held-out relations."""
+    cfg.bundle, cfg.image_to_video = "wan22", True
+    cfg.methods = [UNTUNED, *TABLE1_METHODS]
+    cfg.out_dir = "runs/benchmark-toy-i2v"
+    return cfg
+
+
 # --------------------------------------------------------------------------------------------------
 # Units of work
 # --------------------------------------------------------------------------------------------------
