@@ -323,3 +323,51 @@ def test_first_frame_check_is_refused_for_a_text_only_model(tiny_bundle: Path, t
     )
     with pytest.raises(check.UserError, match="takes an image"):
         check.run_check(cfg)
+
+
+def _report(oks: list[bool], seeds: list[int] | None = None) -> dict:
+    seeds = seeds or list(range(len(oks)))
+    videos = [
+        {"prompt": f"p{i}", "seed": s, "held_out": False, "ok": ok, "present": True, "relation_correct": ok}
+        for i, (ok, s) in enumerate(zip(oks, seeds, strict=True))
+    ]
+    held = {
+        "prompt": "h",
+        "seed": 99,
+        "held_out": True,
+        "ok": True,
+        "present": True,
+        "relation_correct": True,
+    }
+    return {"videos": [*videos, held]}
+
+
+def test_compare_reports_pairs_the_base_videos(tmp_path: Path) -> None:
+    a = _report([True] * 6 + [False] * 2 + [True] * 4)  # 10 of 12
+    b = _report([False] * 6 + [False] * 2 + [True] * 4)  # 4 of 12: A wins on 6 pairs, never loses
+    rows = {r["score"]: r for r in check.compare_reports(a, b, n_boot=2000)}
+    ok = rows["one subject each"]
+    assert ok["n"] == 12 and ok["a"] == pytest.approx(10 / 12) and ok["b"] == pytest.approx(4 / 12)
+    assert ok["diff"] == pytest.approx(0.5) and 0 < ok["low"] <= 0.5 <= ok["high"] <= 1 and ok["significant"]
+    assert rows["both present"]["diff"] == 0 and not rows["both present"]["significant"]
+    with pytest.raises(check.UserError, match="different prompts or seeds"):
+        check.compare_reports(a, _report([True] * 12, seeds=[s + 1 for s in range(12)]))
+    (tmp_path / "A").mkdir()
+    (tmp_path / "A" / "report.json").write_text(json.dumps(a))
+    (tmp_path / "B.json").write_text(json.dumps(b))
+    result = CliRunner().invoke(app, ["toy", "compare", str(tmp_path / "A"), str(tmp_path / "B.json")])
+    assert result.exit_code == 0 and "one subject each: 0.833 vs 0.333, difference +0.500" in result.output
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dreamrelation.cli",
+            "toy",
+            "compare",
+            str(tmp_path),
+            str(tmp_path / "B.json"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "not a `toy check` report" in bad.stderr

@@ -765,6 +765,22 @@ def toy_check(
         raise typer.Exit(1)
 
 
+@toy_app.command("compare")
+def toy_compare(
+    a: Path = typer.Argument(..., help="A `toy check` output folder (or its report.json)."),
+    b: Path = typer.Argument(..., help="Another one, made on the same prompts and seeds."),
+) -> None:
+    """Paired differences A minus B of two `toy check` runs on the base prompts, with bootstrap intervals."""
+    from dreamrelation.toy.check import compare_reports, read_report
+
+    for row in compare_reports(read_report(a), read_report(b)):
+        verdict = "significant" if row["significant"] else "not significant"
+        typer.echo(
+            f"{row['score']}: {row['a']:.3f} vs {row['b']:.3f}, difference {row['diff']:+.3f} "
+            f"[{row['low']:+.3f}, {row['high']:+.3f}] ({verdict}; {row['n']} paired videos)"
+        )
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into one line and exit code 2."""
     try:

@@ -21,6 +21,7 @@ their rendered first frame, which gives the layout as a user's photo would.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -38,7 +39,7 @@ from dreamrelation.backbones.loading import load_pipeline
 from dreamrelation.backbones.registry import TOY, get_backbone
 from dreamrelation.data.prepare import encode_video, latent_normalisation, null_prompt_for
 from dreamrelation.errors import UserError
-from dreamrelation.evaluation.report import markdown_table, wilson_interval, write_report
+from dreamrelation.evaluation.report import markdown_table, paired_bootstrap, wilson_interval, write_report
 from dreamrelation.inference.generate import generate_videos, prepare_sampling
 from dreamrelation.toy import world
 from dreamrelation.toy.backbone import tokenize_captions
@@ -476,4 +477,44 @@ def run_check(cfg: CheckConfig) -> dict:
     write_outputs(out, cfg, data, rows, records, videos)
     print_results(rows + denoised, criteria)
     console.print(f"report: {out / 'report.md'} ({data['seconds']:.0f} s)")
+    return data
+
+
+def compare_reports(a: dict, b: dict, n_boot: int = 10000) -> list[dict]:
+    """Paired differences A minus B of two check reports on the same prompts and seeds (e.g. two pretraining
+    trials): per score, both proportions and the difference with a bootstrap 95% interval over the videos."""
+    jobs_a, jobs_b = ([(v["prompt"], v["seed"]) for v in r["videos"]] for r in (a, b))
+    if jobs_a != jobs_b:
+        raise UserError(
+            "the two reports were made on different prompts or seeds; run both with the same "
+            "--num-prompts / --num-held-out"
+        )
+    base = [i for i, v in enumerate(a["videos"]) if not v["held_out"]]
+    rows = []
+    for key, label in SCORES.items():
+        va, vb = ([float(r["videos"][i][key]) for i in base] for r in (a, b))
+        diff = paired_bootstrap(va, vb, n_boot=n_boot)
+        rows.append(
+            {
+                "score": label,
+                "n": len(base),
+                "a": float(np.mean(va)),
+                "b": float(np.mean(vb)),
+                **diff._asdict(),
+            }
+        )
+    return rows
+
+
+def read_report(path: Path) -> dict:
+    """A check's ``report.json`` (``path``: it, or the check's output folder), with one clear error."""
+    path = Path(path)
+    file = path / "report.json" if path.is_dir() else path
+    try:
+        data = json.loads(file.read_text())
+        data["videos"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(
+            f"{file}: not a `toy check` report; give a folder written by `toy check --out`"
+        ) from None
     return data
