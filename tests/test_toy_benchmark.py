@@ -3,6 +3,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from dreamrelation.evaluation import toy_benchmark
 from dreamrelation.evaluation.toy_benchmark import (
@@ -19,7 +20,7 @@ from dreamrelation.evaluation.toy_benchmark import (
     plan_units,
     run_toy_benchmark,
 )
-from dreamrelation.evaluation.toy_study import DEFAULT_SUBJECTS, toy_recipe
+from dreamrelation.evaluation.toy_study import DEFAULT_SUBJECTS, make_jobs, toy_recipe
 from dreamrelation.toy import world
 
 
@@ -213,7 +214,7 @@ def test_cli_estimate_prints_the_plan(tmp_path):
 @pytest.mark.parametrize("bundle", ["tiny_bundle", "tiny_wan_bundle"])
 def test_batched_generation_matches_one_by_one(bundle, request):
     from dreamrelation.backbones.loading import load_pipeline
-    from dreamrelation.evaluation.toy_study import generate_jobs, make_jobs
+    from dreamrelation.evaluation.toy_study import generate_jobs
     from dreamrelation.inference.generate import generate_videos
 
     pipe = load_pipeline(request.getfixturevalue(bundle))
@@ -275,5 +276,10 @@ def test_image_to_video_benchmark_starts_every_video_from_its_still(tiny_wan22_b
         assert [line.split(",")[-1] for line in rows.splitlines()[1:]] == ["1"] * cfg.train_steps
     videos = np.load(tmp_path / "i2v" / "units" / "high_fiving" / "untuned.npz")["videos"]
     assert videos.shape[1:] == (25, 64, 64, 3)
+    # the contact sheet shows the stills (nearest-upscaled x2) above the generated videos
+    sheet = np.asarray(Image.open(tmp_path / "i2v" / "contact_sheet_high_fiving.png").convert("RGB"))
+    job = make_jobs("high_fiving", cfg.subjects[:1], [0], stills=True)[0]
+    colour = job.subjects[0].rgb
+    assert (sheet == colour).all(-1).sum() >= 4 * (job.image == colour).all(-1).sum() > 0
     # text-to-video units of the same settings are other units
     assert toy_benchmark.fingerprint(cfg) != toy_benchmark.fingerprint(replace(cfg, image_to_video=False))

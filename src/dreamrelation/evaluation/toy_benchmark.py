@@ -497,7 +497,7 @@ def _run_missing(
 
 def _contact_sheets(cfg: ToyBenchmarkConfig, units: Sequence[Unit]) -> None:
     """One sheet per relation: each method's first training seed on the first prompts and seed; each cell
-    shows frames and the tracked trajectories on a still."""
+    shows frames and the tracked trajectories on a still (image-to-video: the given stills on top)."""
     for relation in cfg.relations:
         jobs = make_jobs(
             relation, cfg.subjects[:SHEET_PROMPTS], cfg.seeds[:1], cfg.relation_word, cfg.image_to_video
@@ -510,6 +510,9 @@ def _contact_sheets(cfg: ToyBenchmarkConfig, units: Sequence[Unit]) -> None:
                 videos = np.load(npz)["videos"]
                 rows.append([tracked_panel(v, job.subjects) for v, job in zip(videos, jobs, strict=False)])
                 labels.append(method)
+        if rows and cfg.image_to_video:  # the photo each video starts from, above them
+            rows.insert(0, [job.image for job in jobs])
+            labels.insert(0, "still (first frame given)")
         if rows:
             sheet = contact_sheet(rows, row_labels=labels, col_labels=[j.prompt for j in jobs])
             save_png(Path(cfg.out_dir) / f"contact_sheet_{relation}.png", sheet)
