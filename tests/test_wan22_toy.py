@@ -166,3 +166,32 @@ def test_image_to_video_experiments_train_with_image_steps() -> None:
     cfg = ToyExperimentConfig(image_to_video=True, i2v_probability=0.3)
     assert toy_recipe("dreamrelation", cfg).i2v.probability == 0.3
     assert toy_recipe("dreamrelation", ToyExperimentConfig()).i2v.probability == 0.0
+
+
+def test_vae_stage_fine_tunes_from_a_saved_vae_on_long_crops(tmp_path: Path, monkeypatch) -> None:
+    from dreamrelation.toy.pretrain import extend_vae, train_vae
+
+    base = PretrainConfig(vae_steps=1, vae_batch=1, vae_frames=5, backbone=TINY_WAN22_TOY)
+    vae, _ = train_vae(base, tmp_path / "first", progress=False)
+    vae.save_pretrained(tmp_path / "saved" / "vae")
+    again, _ = train_vae(
+        PretrainConfig(vae_steps=0, vae_init_from=str(tmp_path / "saved"), backbone=TINY_WAN22_TOY),
+        tmp_path / "second",
+        progress=False,
+    )
+    for name, weight in vae.state_dict().items():
+        assert torch.equal(again.state_dict()[name], weight), name
+    sizes = []
+    clips = pretrain_module.random_shape_clips
+    monkeypatch.setattr(
+        pretrain_module,
+        "random_shape_clips",
+        lambda b, f, size, gen: sizes.append((b, f, size)) or clips(b, f, size, gen),
+    )
+    long = PretrainConfig(vae_long_steps=1, vae_long_batch=1, vae_long_crop=64, backbone=TINY_WAN22_TOY)
+    extend_vae(again, long, tmp_path / "second", progress=False)
+    assert sizes == [(1, world.NUM_FRAMES, 64)]
+    with pytest.raises(UserError, match="no VAE there"):
+        train_vae(
+            PretrainConfig(vae_init_from=str(tmp_path / "nothing"), backbone=TINY_WAN22_TOY), tmp_path, False
+        )

@@ -54,7 +54,10 @@ class PretrainConfig:
     vae_long_steps: int | None = None  # then steps on toy-length clips; None: Mochi 0, Wan 300 (extend_vae)
     vae_long_batch: int = 4
     vae_long_lr: float = 3e-4
+    vae_long_crop: int | None = None  # crop size of the long-clip phase; None: vae_crop
     vae_latent_noise: float = 0.03
+    # a VAE folder, or a toy bundle with one, that the VAE stage starts from (a fine-tune), else random
+    vae_init_from: str | None = None
     num_videos: int = 6000
     transformer_steps: int = 10000
     transformer_batch: int = 16
@@ -131,9 +134,17 @@ def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
 
 
 def _fit_vae(
-    vae, cfg: PretrainConfig, steps: int, batch: int, frames: int, lr: float, gen, desc: str, progress: bool
+    vae,
+    cfg: PretrainConfig,
+    steps: int,
+    clips: tuple[int, int, int],
+    lr: float,
+    gen,
+    desc: str,
+    progress: bool,
 ) -> list[dict]:
-    """Adam on encoder -> analytic latent plus decoder(latent + noise) -> pixels; returns the loss log."""
+    """Adam on encoder -> analytic latent plus decoder(latent + noise) -> pixels, on random-shape ``clips``
+    of (batch, frames, crop size); returns the loss log."""
     temporal, spatial = cfg.backbone.temporal_factor, cfg.backbone.spatial_factor
     channels = cfg.backbone.latent_channels
     opt = torch.optim.Adam(vae.parameters(), lr=lr)
@@ -142,14 +153,14 @@ def _fit_vae(
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, steps, lr, warmup=min(100, steps // 10))
-        clips = random_shape_clips(batch, frames, cfg.vae_crop, gen)
-        target = analytic_latents(clips, temporal, spatial)
-        moments = vae_moments(vae, clips)
+        video = random_shape_clips(*clips, gen)
+        target = analytic_latents(video, temporal, spatial)
+        moments = vae_moments(vae, video)
         encoder_loss = F.mse_loss(moments[:, :channels], target) + 0.01 * F.mse_loss(
             moments[:, channels:], torch.full_like(target, VAE_LOGVAR_TARGET)
         )
         noisy = target + cfg.vae_latent_noise * torch.randn(target.shape, generator=gen)
-        decoder_loss = F.mse_loss(vae_decode(vae, noisy), clips)
+        decoder_loss = F.mse_loss(vae_decode(vae, noisy), video)
         (encoder_loss + decoder_loss).backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
@@ -172,11 +183,22 @@ def train_vae(cfg: PretrainConfig, out_dir: Path, progress: bool = True):
     # than the one after the lone first frame: three latent frames (9 frames) cover both cases.
     frames = cfg.vae_frames or (temporal + 1 if cfg.backbone.architecture == "mochi" else 2 * temporal + 1)
     start = time.time()
-    log = _fit_vae(vae, cfg, cfg.vae_steps, cfg.vae_batch, frames, cfg.vae_lr, gen, "toy VAE", progress)
+    if cfg.vae_init_from:
+        vae.load_state_dict(_vae_weights(Path(cfg.vae_init_from), type(vae)))
+    shape = (cfg.vae_batch, frames, cfg.vae_crop)
+    log = _fit_vae(vae, cfg, cfg.vae_steps, shape, cfg.vae_lr, gen, "toy VAE", progress)
     seconds = time.time() - start
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "vae_log.json").write_text(json.dumps({"seconds": seconds, "log": log}))
     return vae, seconds
+
+
+def _vae_weights(source: Path, vae_cls) -> dict:
+    """The state dict of the VAE in ``source``: a VAE folder, or a toy bundle / work dir with ``vae/``."""
+    folder = source / "vae" if (source / "vae" / "config.json").is_file() else source
+    if not (folder / "config.json").is_file():
+        raise UserError(f"vae_init_from={source}: no VAE there; give a VAE folder or a toy bundle")
+    return vae_cls.from_pretrained(folder).float().state_dict()
 
 
 def long_clip_steps(cfg: PretrainConfig) -> int:
@@ -191,6 +213,8 @@ def extend_vae(vae, cfg: PretrainConfig, out_dir: Path, progress: bool = True):
 
     Wan's chunked decoder, trained on 9-frame clips only, drifts over its own longer rollouts (decode error
     0.05 on the first 9 frames, about 0.2 after frame 13); a short phase on full-length clips stabilises it.
+    ``vae_long_crop``: the crop size of this phase. The Wan 2.2 layout needs the toy's 64x64 here: its VAE
+    trained on 32x32 crops (2x2 latent cells) encodes 64x64 videos badly (latent error 0.11 vs 0.01).
     Returns ``(vae, seconds)`` and writes ``vae_long_log.json``; a no-op for 0 steps.
     """
 
@@ -200,17 +224,8 @@ def extend_vae(vae, cfg: PretrainConfig, out_dir: Path, progress: bool = True):
     gen = torch.Generator().manual_seed(cfg.seed + 2)
     start = time.time()
     vae.train()
-    log = _fit_vae(
-        vae,
-        cfg,
-        steps,
-        cfg.vae_long_batch,
-        world.NUM_FRAMES,
-        cfg.vae_long_lr,
-        gen,
-        "toy VAE, long clips",
-        progress,
-    )
+    shape = (cfg.vae_long_batch, world.NUM_FRAMES, cfg.vae_long_crop or cfg.vae_crop)
+    log = _fit_vae(vae, cfg, steps, shape, cfg.vae_long_lr, gen, "toy VAE, long clips", progress)
     seconds = time.time() - start
     (out_dir / "vae_long_log.json").write_text(json.dumps({"seconds": seconds, "log": log}))
     return vae, seconds
