@@ -2,8 +2,8 @@
 
 ``dreamrelation toy pretrain`` runs both stages (seeded, reproducible) and writes a diffusers-format
 MochiPipeline directory, or a WanPipeline one with ``--architecture wan`` (Wan 2.1) or ``wan22`` (Wan 2.2
-TI2V-5B's layout, pretrained for text- and image-to-video: ``image_condition_prob``). Held-out relations never appear
-in the transformer's data.
+TI2V-5B's layout, pretrained for text- and image-to-video: ``image_condition_prob``). Held-out relations
+never appear in the transformer's data.
 """
 
 from __future__ import annotations
