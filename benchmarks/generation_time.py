@@ -31,7 +31,7 @@ from dreamrelation.adapters.triplet import adapter_parameters, add_relation_adap
 from dreamrelation.backbones.loading import load_pipeline
 from dreamrelation.backbones.registry import TOY
 from dreamrelation.core.roles import AdapterConfig
-from dreamrelation.inference.generate import generate_videos
+from dreamrelation.inference.generate import Sampling, generate_videos
 
 PROMPTS = ["A red circle is high-fiving with a blue square.", "A green star is pushing a yellow diamond."]
 VARIANTS = {"untuned": None, "adapters": ["relation", "output"], "all_roles": None}
@@ -57,7 +57,7 @@ def time_variant(pipe, variant: str, steps: int, seed: int) -> tuple[float, floa
         roles = VARIANTS[variant] or list(adapter_parameters(transformer))
         set_active_roles(transformer, roles, trainable=False)
     cpu, wall = time.process_time(), time.perf_counter()
-    generate_videos(pipe, PROMPTS, [seed] * len(PROMPTS), num_inference_steps=steps, guidance_scale=4.0)
+    generate_videos(pipe, PROMPTS, [seed] * len(PROMPTS), Sampling(steps, 4.0))
     return (time.process_time() - cpu) / len(PROMPTS), (time.perf_counter() - wall) / len(PROMPTS)
 
 

@@ -227,6 +227,7 @@ def test_group_offload_samples_the_same_video(tiny_bundle: Path, adapters: Path)
     from diffusers.hooks.group_offloading import _is_group_offload_enabled
 
     from dreamrelation.inference.generate import (
+        Sampling,
         enable_offload,
         generate_videos,
         load_adapter_choices,
@@ -239,7 +240,7 @@ def test_group_offload_samples_the_same_video(tiny_bundle: Path, adapters: Path)
         load_adapter_choices(pipe, resolve_adapters(adapters, {"relation": 1.0, "output": 1.0}))
         enable_offload(pipe, mode, "cpu")
         assert _is_group_offload_enabled(pipe.transformer) == (mode == "group")
-        videos.append(generate_videos(pipe, PROMPTS[:1], [3], num_inference_steps=2)[0])
+        videos.append(generate_videos(pipe, PROMPTS[:1], [3], Sampling(2))[0])
     np.testing.assert_array_equal(videos[0], videos[1])
     with pytest.raises(UserError, match="choose one of none, model, group, sequential"):
         enable_offload(pipe, "blocks", "cpu")

@@ -7,7 +7,7 @@ from PIL import Image
 
 from dreamrelation.backbones.loading import load_pipeline
 from dreamrelation.backbones.registry import TOY
-from dreamrelation.inference.generate import generate_videos
+from dreamrelation.inference.generate import Sampling, generate_videos
 from dreamrelation.toy import world
 from dreamrelation.toy.render import render_video
 from dreamrelation.toy.tracker import track_subjects
@@ -43,7 +43,7 @@ def test_shipped_bundle_samples_show_prompted_subjects_moving(architecture: str)
         world.sample_video_spec(rng, relations=[r], person_prob=0.0) for r in ("approaching", "moving_away")
     ]
     specs += [world.sample_video_spec(rng, relations=["walking_alongside"], person_prob=0.0)]
-    videos = generate_videos(pipe, [world.caption(s) for s in specs], [0, 1, 2], 32, 4.0)
+    videos = generate_videos(pipe, [world.caption(s) for s in specs], [0, 1, 2], Sampling(32, 4.0))
     found, motion = _found_and_motion(videos, specs)
     # prompted colours present in most frames (a random-weight model scores ~0) and subjects move
     assert np.mean(found) >= 0.6, found
@@ -64,7 +64,11 @@ def test_shipped_wan22_bundle_moves_the_subjects_of_its_first_frame() -> None:
     ]
     videos = [
         generate_videos(
-            pipe, [world.caption(spec)], [seed], 32, 4.0, image=Image.fromarray(render_video(spec).frames[0])
+            pipe,
+            [world.caption(spec)],
+            [seed],
+            Sampling(32, 4.0),
+            image=Image.fromarray(render_video(spec).frames[0]),
         )[0]
         for seed, spec in enumerate(specs)
     ]

@@ -215,12 +215,12 @@ def test_cli_estimate_prints_the_plan(tmp_path):
 def test_batched_generation_matches_one_by_one(bundle, request):
     from dreamrelation.backbones.loading import load_pipeline
     from dreamrelation.evaluation.toy_study import generate_jobs
-    from dreamrelation.inference.generate import generate_videos
+    from dreamrelation.inference.generate import Sampling, generate_videos
 
     pipe = load_pipeline(request.getfixturevalue(bundle))
     jobs = make_jobs("pushing", DEFAULT_SUBJECTS[:2], [0, 5])
     batched = generate_jobs(pipe, jobs, steps=2, guidance=4.0, batch_size=3)
-    single = generate_videos(pipe, [j.prompt for j in jobs], [j.seed for j in jobs], 2, 4.0)
+    single = generate_videos(pipe, [j.prompt for j in jobs], [j.seed for j in jobs], Sampling(2, 4.0))
     assert len(batched) == 4
     for a, b in zip(batched, single, strict=True):
         assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).max() <= 1

@@ -298,7 +298,7 @@ def test_cli_denoise_levels_are_parsed_and_checked(monkeypatch, tmp_path) -> Non
 
 def test_first_frame_rows_generate_from_the_rendered_first_frame(tiny_wan22_bundle: Path) -> None:
     from dreamrelation.backbones.loading import load_pipeline
-    from dreamrelation.inference.generate import generate_videos
+    from dreamrelation.inference.generate import Sampling, generate_videos
 
     pipe = load_pipeline(tiny_wan22_bundle)
     cfg = CheckConfig(
@@ -309,7 +309,9 @@ def test_first_frame_rows_generate_from_the_rendered_first_frame(tiny_wan22_bund
     expected = []
     for job in jobs[:2]:  # the base jobs only, each from its own still
         still = Image.fromarray(render_video(job.spec).frames[0])
-        video = generate_videos(pipe, [job.prompt], [job.seed], 2, cfg.guidance_scale, image=still)[0]
+        video = generate_videos(pipe, [job.prompt], [job.seed], Sampling(2, cfg.guidance_scale), image=still)[
+            0
+        ]
         expected.append(check.score_video(video, job.spec))
     assert row["group"] == check.FIRST_FRAME_ROW and row["n"] == 2
     for key in check.SCORES:

@@ -23,7 +23,7 @@ from dreamrelation.evaluation.toy_study import (
     relation_still,
     toy_recipe,
 )
-from dreamrelation.inference.generate import generate_videos
+from dreamrelation.inference.generate import Sampling, generate_videos
 from dreamrelation.toy import world
 from dreamrelation.toy.backbone import (
     analytic_decode,
@@ -129,7 +129,11 @@ def test_wan22_toy_pretrains_to_a_bundle_that_samples_from_an_image(tmp_path: Pa
         "high_fiving", (world.SubjectSpec("star", "red"), world.SubjectSpec("circle", "blue")), 0
     )
     (video,) = generate_videos(
-        pipe, ["A red star is high-fiving with a blue circle."], [0], 2, 1.0, image=Image.fromarray(still)
+        pipe,
+        ["A red star is high-fiving with a blue circle."],
+        [0],
+        Sampling(2, 1.0),
+        image=Image.fromarray(still),
     )
     assert video.shape == (world.NUM_FRAMES, world.HEIGHT, world.WIDTH, 3)
 
@@ -158,7 +162,9 @@ def test_image_jobs_generate_as_one_call_per_job_would(tiny_wan22_bundle: Path) 
     )
     batched = generate_jobs(pipe, jobs, steps=2, guidance=1.0)
     for job, video in zip(jobs, batched, strict=True):
-        (alone,) = generate_videos(pipe, [job.prompt], [job.seed], 2, 1.0, image=Image.fromarray(job.image))
+        (alone,) = generate_videos(
+            pipe, [job.prompt], [job.seed], Sampling(2, 1.0), image=Image.fromarray(job.image)
+        )
         assert np.abs(alone.astype(int) - video.astype(int)).max() <= 1
 
 

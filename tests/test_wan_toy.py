@@ -29,7 +29,7 @@ from dreamrelation.data.prepare_folder import (
 )
 from dreamrelation.errors import UserError
 from dreamrelation.evaluation.toy_study import write_exemplar_videos
-from dreamrelation.inference.generate import GenerationConfig, generate_to_folder, generate_videos
+from dreamrelation.inference.generate import GenerationConfig, Sampling, generate_to_folder, generate_videos
 from dreamrelation.toy.backbone import MAX_SEQUENCE_LENGTH, analytic_decode, analytic_latents, build_vae
 from dreamrelation.toy.pretrain import (
     PretrainConfig,
@@ -130,7 +130,7 @@ def test_wan_bundle_samples_as_wanpipeline_at_the_toy_text_length(
     pipe = load_pipeline(tiny_wan_bundle)
     assert model_profile(pipe) is TOY and TOY.sampling_defaults == (32, 4.0, 8.0)
     assert TOY.default_geometry == (25, 64, 64)
-    ours = generate_videos(pipe, [PROMPT], [3], num_inference_steps=2, guidance_scale=4.0)[0]
+    ours = generate_videos(pipe, [PROMPT], [3], Sampling(2, 4.0))[0]
 
     def direct(**kwargs) -> np.ndarray:
         generator = torch.Generator().manual_seed(3)

@@ -38,7 +38,7 @@ from dreamrelation.backbones.loading import load_pipeline
 from dreamrelation.backbones.registry import get_backbone, model_profile
 from dreamrelation.data.prepare import encode_prompts, encode_video
 from dreamrelation.errors import UserError
-from dreamrelation.inference.generate import generate_videos, load_adapter_choices, resolve_adapters
+from dreamrelation.inference.generate import Sampling, generate_videos, load_adapter_choices, resolve_adapters
 from dreamrelation.utils.io import atomic_write_json
 from dreamrelation.utils.media import VIDEO_SUFFIXES, contact_sheet, read_video, save_png
 from dreamrelation.utils.plots import INFERNO, colour_map, heatmap_image
@@ -758,9 +758,7 @@ def _resolve_inputs(
         else:
             caption = str(item)
             d_steps, d_guidance, _ = model_profile(pipe).sampling_defaults
-            frames = generate_videos(
-                pipe, [caption], [seed], num_inference_steps=steps or d_steps, guidance_scale=d_guidance
-            )[0]
+            frames = generate_videos(pipe, [caption], [seed], Sampling(steps or d_steps, d_guidance))[0]
             name, source = f"prompt{i:02d}", "generated"
         out.append(
             AnalysisInput(

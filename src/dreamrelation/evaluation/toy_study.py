@@ -21,7 +21,7 @@ from dreamrelation.core.samples import TrainingSample
 from dreamrelation.data.mask_io import write_colour_masks
 from dreamrelation.data.prepare import null_prompt_for, prepare_samples
 from dreamrelation.evaluation.report import bootstrap_ci, wilson_interval
-from dreamrelation.inference.generate import generate_videos
+from dreamrelation.inference.generate import Sampling, generate_videos
 from dreamrelation.toy import world
 from dreamrelation.toy.render import RenderedVideo, render_video
 from dreamrelation.toy.tracker import evaluate_video, track_subjects
@@ -219,8 +219,7 @@ def generate_jobs(
             pipe,
             [j.prompt for j in group],
             [j.seed for j in group],
-            steps,
-            guidance,
+            Sampling(steps, guidance),
             batch_size=batch_size,
             image=image,
         )

@@ -182,21 +182,29 @@ class GuidanceSchedule:
         return {}
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How each video is sampled: denoising steps, CFG scale (or a per-step ``guidance_schedule``, see
+    :func:`guidance_values`), the negative prompt and the geometry (None: the model's own)."""
+
+    steps: int = 64
+    guidance: float = 6.0
+    guidance_schedule: str | Sequence[float] | None = None
+    negative_prompt: str = ""
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+
+
 @torch.no_grad()
 def generate_videos(
     pipe,
     prompts: Sequence[str],
     seeds: Sequence[int],
-    num_inference_steps: int = 64,
-    guidance_scale: float = 6.0,
-    num_frames: int | None = None,
-    height: int | None = None,
-    width: int | None = None,
-    guidance_schedule: str | Sequence[float] | None = None,
+    sampling: Sampling = Sampling(),
     *,
     batch_size: int = 1,
     image: Image.Image | None = None,
-    negative_prompt: str = "",
     on_step: Callable[[int], None] | None = None,
 ) -> list[np.ndarray]:
     """One uint8 ``(T, H, W, 3)`` video per (prompt, seed) pair, in order; the active adapters apply.
@@ -207,19 +215,20 @@ def generate_videos(
     The initial noise comes from a CPU generator seeded with ``seed``: the same seed gives the same video
     on the same device, whatever the batch it is in (up to float rounding, within 1/255); ``batch_size``
     pairs go through the pipeline per call (on a CPU 16 is 1.2-1.5x faster than 1 for toy models).
-    ``guidance_schedule``: see :func:`guidance_values`. ``on_step(step)``: called after each denoising step.
+    ``on_step(step)``: called after each denoising step.
     """
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds must have equal length")
     backbone = get_backbone(pipe)
-    if num_inference_steps < backbone.min_sampling_steps:
+    if sampling.steps < backbone.min_sampling_steps:
         raise UserError(
-            f"steps={num_inference_steps}: must be at least {backbone.min_sampling_steps} ({backbone.name}'s "
+            f"steps={sampling.steps}: must be at least {backbone.min_sampling_steps} ({backbone.name}'s "
             "sampling schedule needs that many steps)"
         )
-    values = guidance_values(guidance_schedule, num_inference_steps, guidance_scale)
+    values = guidance_values(sampling.guidance_schedule, sampling.steps, sampling.guidance)
     default_frames, default_height, default_width = video_geometry(pipe)
-    text_length = get_backbone(pipe).text_length(pipe)
+    text_length = backbone.text_length(pipe)
+    negative_prompt = sampling.negative_prompt
     step = max(1, int(batch_size))
     videos = []
     for start in range(0, len(prompts), step):
@@ -234,10 +243,10 @@ def generate_videos(
             }
         out = sampler(
             **inputs,
-            num_frames=num_frames or default_frames,
-            height=height or default_height,
-            width=width or default_width,
-            num_inference_steps=num_inference_steps,
+            num_frames=sampling.num_frames or default_frames,
+            height=sampling.height or default_height,
+            width=sampling.width or default_width,
+            num_inference_steps=sampling.steps,
             guidance_scale=values[0],
             generator=[torch.Generator().manual_seed(int(seeds[i])) for i in chunk],
             max_sequence_length=text_length,
@@ -702,17 +711,20 @@ def _write_one(
     start = time.time()
     if run.cfg.progress:
         pipe.set_progress_bar_config(disable=False, desc=f"video {n + 1}/{len(run.jobs)}", leave=False)
+    sampling = Sampling(
+        steps=settings["steps"],
+        guidance=record["guidance"],
+        guidance_schedule=record["values"],
+        negative_prompt=run.cfg.negative_prompt,
+        **geometry,
+    )
     video = generate_videos(
         pipe,
         [prompt],
         [seed],
-        settings["steps"],
-        record["guidance"],
-        guidance_schedule=record["values"],
+        sampling,
         image=record["image"],
-        negative_prompt=run.cfg.negative_prompt,
         on_step=None if run.cfg.on_step is None else functools.partial(run.cfg.on_step, n),
-        **geometry,
     )[0]
     stem = f"{n:03d}_{_slug(prompt)}_seed{seed}"
     fps = settings["fps"]

@@ -40,7 +40,7 @@ from dreamrelation.backbones.registry import TOY, get_backbone
 from dreamrelation.data.prepare import encode_video, latent_normalisation, null_prompt_for
 from dreamrelation.errors import UserError
 from dreamrelation.evaluation.report import markdown_table, paired_bootstrap, wilson_interval, write_report
-from dreamrelation.inference.generate import generate_videos, prepare_sampling
+from dreamrelation.inference.generate import Sampling, generate_videos, prepare_sampling
 from dreamrelation.toy import world
 from dreamrelation.toy.backbone import tokenize_captions
 from dreamrelation.toy.render import render_video
@@ -253,9 +253,9 @@ def generate_and_score(pipe, jobs: list[CheckJob], cfg: CheckConfig) -> tuple[li
     """Generate and score one video per job; returns the per-video records and the first videos (sheet)."""
     records, kept = [], []
     for index, job in enumerate(tqdm(jobs, desc="toy check", disable=not cfg.progress)):
-        video = generate_videos(pipe, [job.prompt], [job.seed], cfg.num_inference_steps, cfg.guidance_scale)[
-            0
-        ]
+        video = generate_videos(
+            pipe, [job.prompt], [job.seed], Sampling(cfg.num_inference_steps, cfg.guidance_scale)
+        )[0]
         record = {
             "index": index,
             "prompt": job.prompt,
@@ -326,7 +326,7 @@ def first_frame_and_score(pipe, jobs: list[CheckJob], cfg: CheckConfig) -> list[
     ):
         still = Image.fromarray(render_video(job.spec).frames[0])
         video = generate_videos(
-            pipe, [job.prompt], [job.seed], cfg.num_inference_steps, cfg.guidance_scale, image=still
+            pipe, [job.prompt], [job.seed], Sampling(cfg.num_inference_steps, cfg.guidance_scale), image=still
         )[0]
         scores.append(score_video(video, job.spec))
     return [_proportions(FIRST_FRAME_ROW, scores)]

@@ -12,7 +12,7 @@ from pathlib import Path
 from dreamrelation.adapters.triplet import set_active_roles
 from dreamrelation.backbones.registry import model_profile
 from dreamrelation.errors import UserError
-from dreamrelation.inference.generate import generate_videos
+from dreamrelation.inference.generate import Sampling, generate_videos
 from dreamrelation.training.config import TrainConfig
 from dreamrelation.training.memory import frozen_parts_on
 from dreamrelation.training.trainer import lr_at
@@ -77,11 +77,13 @@ class TrainingMonitor:
                 self.pipe,
                 [j[0] for j in jobs],
                 [j[1] for j in jobs],
-                mon.num_inference_steps,
-                mon.guidance_scale,
-                mon.num_frames,
-                mon.height,
-                mon.width,
+                Sampling(
+                    mon.num_inference_steps,
+                    mon.guidance_scale,
+                    num_frames=mon.num_frames,
+                    height=mon.height,
+                    width=mon.width,
+                ),
             )
         folder = self.out / "validation" / f"step_{step:06d}"
         fps = model_profile(self.pipe).sampling_defaults[2]
