@@ -16,7 +16,7 @@ from PIL import Image
 
 from dreamrelation.adapters.triplet import adapter_parameters, add_relation_adapters, save_adapters
 from dreamrelation.core.roles import AdapterConfig
-from dreamrelation.errors import UserError
+from dreamrelation.errors import InputWarning, UserError
 from dreamrelation.ui import (
     LossLog,
     PipelineCache,
@@ -198,6 +198,21 @@ def test_parse_seeds_and_negative_prompt(tiny_bundle: Path, tmp_path: Path) -> N
 
     with pytest.raises(KeyboardInterrupt):
         generate_one(PROMPT, model=tiny_bundle, seed="0, 1", steps=3, out_dir=tmp_path, on_step=cancel)
+
+
+def test_generate_one_from_a_photo(tiny_wan22_bundle: Path, tiny_bundle: Path, tmp_path: Path) -> None:
+    """Image-to-video in the UI: the photo (a PIL image, as Gradio's ``gr.Image`` gives it) is fitted to the
+    video's frame and recorded; a text-only model refuses it in one line and nothing is written."""
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 90, 3), dtype=np.uint8))
+    with pytest.warns(InputWarning, match="the image"):
+        made = generate_one(PROMPT, model=tiny_wan22_bundle, steps=2, out_dir=tmp_path, image=photo)
+    settings = made.info["settings"]
+    assert settings["image"]["size"] == [90, 40] and settings["image"]["fitted"] != "used as is"
+    assert made.video.stat().st_size > 0
+    before = sorted(tmp_path.iterdir())
+    with pytest.raises(UserError, match="cannot take an image"):
+        generate_one(PROMPT, model=tiny_bundle, steps=2, out_dir=tmp_path, image=photo)
+    assert sorted(tmp_path.iterdir()) == before
     assert list(tmp_path.iterdir()) == [made.folder]  # the cancelled request left nothing
 
 
@@ -214,7 +229,7 @@ def _free_port() -> int:
 
 def test_app_generates_over_http(run_dir: Path, tiny_bundle: Path, tmp_path: Path, monkeypatch) -> None:
     pytest.importorskip("gradio", reason="the web UI is optional: pip install 'dreamrelation[ui]'")
-    from gradio_client import Client
+    from gradio_client import Client, handle_file
 
     from dreamrelation.ui import launch
 
@@ -228,7 +243,7 @@ def test_app_generates_over_http(run_dir: Path, tiny_bundle: Path, tmp_path: Pat
         client = Client(url, verbose=False, download_files=str(tmp_path / "downloads"))
         args = [str(tiny_bundle), str(run_dir), "relation=1, output=0.5", PROMPT, "", "3", 2, 4.0]
         video, sidecar, note, files, _ = client.predict(
-            *args, None, None, None, None, True, api_name="/generate"
+            *args, None, None, None, None, True, None, api_name="/generate"
         )
         path = Path(video["video"] if isinstance(video, dict) else video)
         assert path.suffix == ".mp4" and path.stat().st_size > 0
@@ -239,7 +254,14 @@ def test_app_generates_over_http(run_dir: Path, tiny_bundle: Path, tmp_path: Pat
         # bad input: one line each, and no output folder for a failed request
         for seeds, message in (("", "no seed given"), (str(2**70), "must be between 0 and 2**63 - 1")):
             with pytest.raises(Exception, match=re.escape(message)):
-                client.predict(*args[:5], seeds, 2, 4.0, None, None, None, None, False, api_name="/generate")
+                client.predict(
+                    *args[:5], seeds, 2, 4.0, None, None, None, None, False, None, api_name="/generate"
+                )
+        photo = save_png(tmp_path / "photo.png", np.zeros((16, 16, 3), dtype=np.uint8))
+        with pytest.raises(Exception, match="cannot take an image"):  # the tiny Mochi is text-to-video only
+            client.predict(
+                *args, None, None, None, None, False, handle_file(str(photo)), api_name="/generate"
+            )
         assert len(list((tmp_path / "ui" / "generate").iterdir())) == 1
         _, chart, summary, videos, sheets = client.predict(str(run_dir), api_name="/load_run")
         assert "120 logged steps" in summary and len(sheets) == 1 and len(videos) == 4

@@ -283,8 +283,6 @@ def generate_one(
     adapters: str | os.PathLike | None = None,
     roles: dict[str, float] | str | None = None,
     seed: int | str | Sequence[int] = 0,
-    steps: int | None = None,
-    guidance: float | None = None,
     out_dir: str | os.PathLike = DEFAULT_OUT,
     cache: PipelineCache | None = None,
     **options: Any,
@@ -294,8 +292,9 @@ def generate_one(
     ``adapters``: an adapters folder or a training run folder (``None``: the bare model). ``roles``: role ->
     strength or a spec string (see :func:`parse_role_spec`); ``None`` means the folder's default roles.
     ``seed``: an int, a list, or text for :func:`parse_seeds`. ``options``: further
-    :class:`GenerationConfig` fields (``negative_prompt``, ``num_frames``, ``height``, ``width``, ``fps``,
-    ``gif``, ``on_step``). ``cache`` reuses loaded pipelines; without one the pipeline is loaded for this call.
+    :class:`GenerationConfig` fields (``steps``, ``guidance``, ``negative_prompt``, ``num_frames``,
+    ``height``, ``width``, ``fps``, ``gif``, ``image`` for image-to-video, ``on_step``). ``cache`` reuses
+    loaded pipelines; without one the pipeline is loaded for this call.
     """
     if not str(prompt or "").strip():
         raise UserError("empty prompt")
@@ -314,8 +313,6 @@ def generate_one(
             roles=wanted,
             seeds=seeds,
             out_dir=out,
-            steps=None if steps is None else int(steps),
-            guidance=None if guidance is None else float(guidance),
             device=cache.device,
             **options,
         )
@@ -771,8 +768,9 @@ class _Callbacks:
 
     def generate(self, *values: Any, progress: Any = None) -> tuple:
         model, adapters, roles, prompt, negative, seeds, steps, guidance, frames, height, width, fps, gif = (
-            values
+            values[:13]
         )
+        image = values[13] if len(values) > 13 else None  # the first frame (image-to-video), a PIL image
         self.cancel_event.clear()
         total = int(steps or 0) * max(1, len(str(seeds).split(",")))
 
@@ -802,6 +800,7 @@ class _Callbacks:
                 cache=self.cache,
                 negative_prompt=str(negative or "").strip(),
                 gif=bool(gif),
+                image=image,
                 on_step=on_step,
                 **{k: (None if v in (None, "", 0) else v) for k, v in numbers.items()},
             )
@@ -810,9 +809,12 @@ class _Callbacks:
         active = (
             ", ".join(f"{a['role']}={a['scale']:g}" for a in made.info["adapters"]) or "none (bare model)"
         )
+        still = made.info["settings"].get("image")
+        from_still = "" if still is None else f"from the first frame ({still['fitted']}); "
         note = (
             f"{len(made.videos)} video(s) in {made.info['seconds']:.1f} s per video"
-            f"{' (pipeline cached)' if loaded else ' (pipeline loaded)'}; adapters: {active}; saved in `{made.folder}`"
+            f"{' (pipeline cached)' if loaded else ' (pipeline loaded)'}; adapters: {active}; "
+            f"{from_still}saved in `{made.folder}`"
         )
         files = [_servable(p) for p in [*made.videos, *made.gifs, *made.sidecars]]
         return _servable(made.video), made.info, note, files, self.history()
@@ -1165,6 +1167,12 @@ def _generate_tab(gr: Any, cb: _Callbacks, start: _Start, model: Any) -> tuple[A
                 "A red circle is high-fiving a blue square.", label="Prompt", lines=2, elem_id="gen-prompt"
             )
             negative = gr.Textbox("", label="Negative prompt", elem_id="gen-negative")
+            image = gr.Image(
+                None,
+                type="pil",
+                label="First frame (image-to-video, Wan 2.2 TI2V-5B; empty: text-to-video)",
+                elem_id="gen-image",
+            )
             sampling = _sampling_fields(gr, start)
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id="gen-go")
@@ -1194,7 +1202,7 @@ def _generate_tab(gr: Any, cb: _Callbacks, start: _Start, model: Any) -> tuple[A
     def run(*values: Any, progress: Any = gr.Progress()) -> tuple:
         return cb.generate(*values, progress=progress)
 
-    inputs = [model, adapters, roles, prompt, negative, *sampling]
+    inputs = [model, adapters, roles, prompt, negative, *sampling, image]
     busy = go.click(lambda: gr.update(interactive=False), None, go, api_visibility="private", queue=False)
     job = busy.then(_friendly(gr, run), inputs, [video, sidecar, status, files, past], api_name="generate")
     for after in (job.then, job.failure):  # enabled again after success and after a refused request
