@@ -7,6 +7,8 @@ format, shapes and subject order are checked there. Accuracy is checked on toy v
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from dreamrelation.data.mask_generation import (
     ColourTrackSegmenter,
     Detector,
     GroundTruthBoxDetector,
+    MaskOptions,
     Segmenter,
     generate_masks,
     load_grounding_dino,
@@ -218,6 +221,21 @@ def test_tiny_real_models_end_to_end(tmp_path: Path, dino_dir: Path, sam_dir: Pa
     assert masks.any() and np.array_equal(masks, swapped[::-1])
 
 
+def test_masks_command_passes_its_options(tmp_path: Path, dino_dir: Path, sam_dir: Path) -> None:
+    """`dreamrelation masks`: --max-frames, --no-preview and --overwrite reach the mask writer."""
+    _write_videos(tmp_path / "videos", SPECS[:1], num_frames=5, scale=1)
+    stale = tmp_path / "masks" / "clip0"
+    stale.mkdir(parents=True)
+    (stale / "subjects.json").write_text("{}")  # without --overwrite the video would be skipped
+    command = [sys.executable, "-m", "dreamrelation.cli", "masks", str(tmp_path), "--subject1", "red star"]
+    command += ["--subject2", "blue circle", "--grounding-dino", str(dino_dir), "--sam2", str(sam_dir)]
+    command += ["--box-threshold", "0", "--max-frames", "3", "--no-preview", "--overwrite", "--device", "cpu"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert read_colour_masks(stale).shape == (2, 3, 64, 64)
+    assert not (tmp_path / "masks_previews").exists()
+
+
 def test_grounding_dino_assignment_gives_distinct_boxes(dino_dir: Path) -> None:
     detector = load_grounding_dino(dino_dir, box_threshold=0.5)
     text, spans = detector.prompt(["Red  star", "blue.circle"])
@@ -255,7 +273,13 @@ def test_toy_accuracy_through_mp4_and_colour_masks(tmp_path: Path) -> None:
     out = tmp_path / "masks"
 
     report = generate_masks(
-        tmp_path / "videos", out, "first", "second", detector, ColourTrackSegmenter(), preview=False
+        tmp_path / "videos",
+        out,
+        "first",
+        "second",
+        detector,
+        ColourTrackSegmenter(),
+        MaskOptions(preview=False),
     )
     assert report.written == ["clip0", "clip1", "clip2", "clip3"], report.problems
     assert report.prompt_frames["clip3"] == 2

@@ -304,7 +304,12 @@ def masks(
     """Subject masks from two texts (Grounding DINO boxes + SAM 2 video tracking), in the paper's colour format."""
     import torch
 
-    from dreamrelation.data.mask_generation import generate_masks, load_grounding_dino, load_sam2_video
+    from dreamrelation.data.mask_generation import (
+        MaskOptions,
+        generate_masks,
+        load_grounding_dino,
+        load_sam2_video,
+    )
 
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     detector = load_grounding_dino(grounding_dino, device=dev, box_threshold=box_threshold)
@@ -316,9 +321,7 @@ def masks(
         subject2,
         detector,
         segmenter,
-        preview=preview,
-        overwrite=overwrite,
-        max_frames=max_frames,
+        MaskOptions(preview=preview, overwrite=overwrite, max_frames=max_frames),
     )
     _report_and_exit(report)
 

@@ -496,6 +496,20 @@ def _track(
     return frames, start, masks
 
 
+@dataclass(frozen=True)
+class MaskOptions:
+    """What :func:`generate_masks` writes besides the masks and what it redoes.
+
+    ``preview``: a ``NAME.png`` per video with the masks overlaid, in ``preview_dir`` (None: ``OUT_previews``
+    beside ``OUT``); ``overwrite``: redo videos whose masks exist; ``max_frames``: only each video's first N.
+    """
+
+    preview: bool = True
+    preview_dir: str | os.PathLike[str] | None = None
+    overwrite: bool = False
+    max_frames: int | None = None
+
+
 def generate_masks(
     videos_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -503,17 +517,13 @@ def generate_masks(
     subject2: str,
     detector: Detector,
     segmenter: Segmenter,
-    preview: bool = True,
-    preview_dir: str | os.PathLike[str] | None = None,
-    overwrite: bool = False,
-    max_frames: int | None = None,
+    options: MaskOptions = MaskOptions(),
 ) -> MaskReport:
     """Write ``OUT/NAME/`` colour masks (subject1 red, subject2 green) for every video in ``videos_dir``.
 
-    Videos may sit in ``videos_dir/videos/`` (as for ``dreamrelation prepare``). Previews go to
-    ``preview_dir`` (default ``OUT_previews`` beside ``OUT``) as ``NAME.png``. Videos whose masks exist
-    (``OUT/NAME/subjects.json``) are skipped unless ``overwrite``. Each unusable video (unreadable, a subject
-    found in no frame, a model failure) adds one line to ``report.problems``; the others proceed.
+    Videos may sit in ``videos_dir/videos/`` (as for ``dreamrelation prepare``). Videos whose masks exist
+    (``OUT/NAME/subjects.json``) are skipped unless ``options.overwrite``. Each unusable video (unreadable, a
+    subject found in no frame, a model failure) adds one line to ``report.problems``; the others proceed.
     """
     start_time = time.perf_counter()
     src = Path(videos_dir)
@@ -524,7 +534,9 @@ def generate_masks(
     if (src / "videos").is_dir():
         src = src / "videos"
     out = Path(out_dir)
-    previews = Path(preview_dir) if preview_dir is not None else out.parent / f"{out.name}_previews"
+    previews = (
+        Path(options.preview_dir) if options.preview_dir is not None else out.parent / f"{out.name}_previews"
+    )
     texts = [subject1, subject2]
     report = MaskReport(out)
     videos = video_files(src, report.problems)
@@ -532,11 +544,11 @@ def generate_masks(
         report.problems.append(f"{src}: no videos ({', '.join(VIDEO_SUFFIXES)}).")
     for path in videos:
         name = path.stem
-        if not overwrite and (out / name / SUBJECTS_FILE).is_file():
+        if not options.overwrite and (out / name / SUBJECTS_FILE).is_file():
             report.skipped.append(name)
             continue
         try:
-            frames, start, masks = _track(path, texts, detector, segmenter, max_frames)
+            frames, start, masks = _track(path, texts, detector, segmenter, options.max_frames)
         except _NotFound as exc:
             report.problems.append(str(exc))
             continue
@@ -551,7 +563,7 @@ def generate_masks(
                     f"{path}: subject{k + 1} {texts[k]!r} mask is empty in {empty} of {len(frames)} frames."
                 )
         write_colour_masks(out / name, masks, DEFAULT_MASK_COLOURS)
-        if preview:
+        if options.preview:
             _preview(
                 previews / f"{name}.png",
                 frames,
