@@ -1,7 +1,7 @@
 """Seconds to load Mochi from genmo's original layout (converted in memory at every load) vs from the
 diffusers directory ``dreamrelation convert`` writes once - on the TINY test model, not Mochi 1.
 
-The tiny model is the one of ``tests/test_genmo.py``: a DiT of 48 blocks (diffusers' single-file converter
+The tiny model is the one of ``tests/backbones/test_genmo.py``: a DiT of 48 blocks (diffusers' single-file converter
 reads exactly 48) but width 32, a 32-channel VAE with attention, a one-layer T5 - a few MB in all, so the
 figures show the fixed overhead of each path (config inference, key conversion, the single-file loader),
 not the cost of reading 40 GB of real weights. Medians of ``--rounds`` loads each, interleaved. Usage::
@@ -77,7 +77,7 @@ def main() -> None:
             for name, fn in cases.items():
                 times[name].append(_seconds(fn))
     result = {
-        "model": "tiny test model (tests/test_genmo.py), NOT Mochi 1",
+        "model": "tiny test model (tests/backbones/test_genmo.py), NOT Mochi 1",
         "rounds": args.rounds,
         "convert_once_s": round(convert_s, 3),
         **{f"{k}_median_s": round(statistics.median(v), 3) for k, v in times.items()},

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from dreamrelation.config import load_config
 from dreamrelation.training.config import PRESET_NAMES, TrainConfig, preset
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 FILES = sorted(CONFIGS.rglob("*.yaml"))
 
 

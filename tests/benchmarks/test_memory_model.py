@@ -12,7 +12,7 @@ import pytest
 from diffusers import MochiTransformer3DModel
 from tiny import TINY_TRANSFORMER
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "memory_model.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "memory_model.py"
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from types import ModuleType
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_scale.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_scale.py"
 
 
 @pytest.fixture(scope="module")
