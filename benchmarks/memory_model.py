@@ -1,6 +1,7 @@
 """Memory model of DreamRelation training per GPU, per memory mode, for the full-size backbones - on the CPU.
 
-Nothing is allocated: the release architectures (diffusers configs of Mochi 1, Wan 2.1 T2V 1.3B and 14B)
+Nothing is allocated: the release architectures (diffusers configs of Mochi 1, Wan 2.1 T2V 1.3B and 14B,
+Wan 2.2 TI2V-5B)
 are built on the ``meta`` device with the paper's adapters (rank 16, both streams). Counted exactly:
 parameters (base, adapters) and, per frame count, the activations autograd keeps: one full forward of the
 transformer on meta tensors of the release clip size, batch 1, bf16, with a saved-tensor hook summing the
@@ -99,6 +100,25 @@ ARCHS = {
         720,
         1280,
         16,
+        512,
+    ),
+    # Wan-AI/Wan2.2-TI2V-5B-Diffusers transformer/config.json; 48 latent channels, Wan 2.2 VAE 16x16 / 4x
+    "wan22": Arch(
+        "Wan 2.2 TI2V-5B",
+        "wan22",
+        {
+            **WAN_COMMON,
+            "in_channels": 48,
+            "out_channels": 48,
+            "num_attention_heads": 24,
+            "attention_head_dim": 128,
+            "ffn_dim": 14336,
+            "num_layers": 30,
+        },
+        (121, 49, 81),
+        704,
+        1280,
+        48,
         512,
     ),
 }
@@ -200,7 +220,8 @@ def activations(
     c, f, h, w = backbone.latent_shape(arch.channels, frames, arch.height, arch.width)
     where = {"block": None}
     saved: dict[object, int] = {}
-    inputs: dict[int, int] = {}  # id -> bytes of each distinct block input (RoPE tables are shared)
+    # each distinct block input by id (RoPE tables are shared), held so that no later tensor reuses its id
+    inputs: dict[int, Any] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         key = where["block"]
@@ -214,7 +235,7 @@ def activations(
             where["block"] = i
             for v in [*args, *kwargs.values()]:
                 for t in v if isinstance(v, (tuple, list)) else [v]:
-                    inputs[id(t)] = _nbytes(t)
+                    inputs[id(t)] = t
 
         handles.append(b.register_forward_pre_hook(before, with_kwargs=True))
         handles.append(b.register_forward_hook(lambda *a: where.update(block=None)))
@@ -240,7 +261,7 @@ def activations(
         "tokens": f * (h // 2) * (w // 2),
         "latent": [c, f, h, w],
         "block_saved_max": max(per_block),
-        "block_inputs_sum": sum(inputs.values()),
+        "block_inputs_sum": sum(_nbytes(t) for t in inputs.values()),
         "outside_blocks": saved.get(None, 0),
     }
 
