@@ -426,16 +426,27 @@ DISPLAY_FORMATS = {"paper": ".3f", "paper difference": "+.3f", "appearance": ".3
 def build_sections(cfg: ToyBenchmarkConfig, results: dict[Unit, dict]) -> tuple[list, dict, list]:
     """Report sections, the table rows (by title) and the per-relation rows."""
     n_jobs = len(cfg.subjects) * len(cfg.seeds)
+    ablations = any(m not in (UNTUNED, *TABLE1_METHODS) for m in cfg.methods)
+    ablation_seeds = (
+        f"; Tables 2-3: seeds {cfg.ablation_seeds} on {', '.join(cfg.ablation_relations)}"
+        if ablations
+        else ""
+    )
+    still = (
+        f" Every prompt starts from a still of its two subjects apart (image-to-video); the methods train with "
+        f"{cfg.i2v_probability:.0%} image-conditioned steps."
+        if cfg.image_to_video
+        else ""
+    )
     sections = [
         (
             "Setup",
             f"Held-out relations {', '.join(cfg.relations)}; {cfg.num_exemplars} person exemplars each; "
             f"{len(cfg.subjects)} prompts with new subjects x {len(cfg.seeds)} noise seeds = {n_jobs} videos per "
             f"method, relation and training seed; {cfg.train_steps} training steps. Table 1: training seeds "
-            f"{cfg.train_seeds} on every relation; Tables 2-3: seeds {cfg.ablation_seeds} on "
-            f"{', '.join(cfg.ablation_relations)}. Relation accuracy is the toy tracker's classifier (10 "
-            "relations); the paper's is a VLM judge on Mochi videos, so compare orderings and differences, "
-            "not values.",
+            f"{cfg.train_seeds} on every relation{ablation_seeds}.{still} Relation accuracy is the toy "
+            "tracker's classifier (10 relations); the paper's is a VLM judge on Mochi videos, so compare "
+            "orderings and differences, not values.",
         ),
         (
             "Statistics",
