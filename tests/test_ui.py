@@ -144,14 +144,14 @@ def test_generate_one_reuses_cached_pipeline(run_dir: Path, tiny_bundle: Path, t
         cache=cache,
     )
     second = generate_one(
-        PROMPT, model=tiny_bundle, adapters=None, steps=2, seed=1, out_dir=tmp_path, cache=cache
-    )
+        PROMPT, model=tiny_bundle, adapters=None, steps="2", seed=1, out_dir=tmp_path, cache=cache
+    )  # form values arrive as text
     assert cache.loads == 1 and tiny_bundle in cache
     assert first.video.suffix == ".mp4" and first.video.stat().st_size > 0 and first.sidecar.is_file()
     assert first.folder != second.folder and first.folder.parent == tmp_path
     assert [(a["role"], a["scale"]) for a in first.info["adapters"]] == [("relation", 0.5)]
     assert second.info["adapters"] == [] and second.info["seed"] == 1
-    assert first.info["settings"]["steps"] == 2
+    assert first.info["settings"]["steps"] == 2 and second.info["settings"]["steps"] == 2
     # the cached pipeline is left without adapters after each call
     assert not getattr(cache.get(tiny_bundle).transformer, "peft_config", None)
     with pytest.raises(UserError, match="empty prompt"):

@@ -303,6 +303,9 @@ def generate_one(
     wanted = parse_role_spec(roles) if isinstance(roles, str) or roles is None else dict(roles)
     if folder is None and wanted:
         raise UserError("roles chosen but no adapters folder given")
+    for key, cast in (("steps", int), ("guidance", float)):  # a form's "32" -> 32
+        if options.get(key) is not None:
+            options[key] = cast(options[key])
     cache = cache or PipelineCache()
     with cache.lock:
         out = _new_folder(Path(out_dir))
@@ -767,10 +770,10 @@ class _Callbacks:
     # ------------------------------------------------------------------------------------------ generate
 
     def generate(self, *values: Any, progress: Any = None) -> tuple:
+        *fields, image = values  # image: the first frame (image-to-video) as a PIL image, or None
         model, adapters, roles, prompt, negative, seeds, steps, guidance, frames, height, width, fps, gif = (
-            values[:13]
+            fields
         )
-        image = values[13] if len(values) > 13 else None  # the first frame (image-to-video), a PIL image
         self.cancel_event.clear()
         total = int(steps or 0) * max(1, len(str(seeds).split(",")))
 
