@@ -13,7 +13,7 @@ subject2 / output on both streams, rank 16, fp32) and measures at the release cl
   video tokens), 512 text tokens; training steps are image-to-video steps (first latent frame clean at
   timestep 0, per-token timesteps); 50 UniPC steps (shift 5), CFG 5. Its 24 GB target mode is
   ``target_24gb`` = fp8 base + 28 of 30 blocks swapped (the memory model's fit at 121 frames; fp8 alone is
-  modelled at 28 GB): the result records whether each mode's peak stays within 24 GB (``fits_target``).
+  modelled at 28.6 GB): the result records whether each mode's peak stays within 24 GB (``fits_target``).
 
 Measured:
 

@@ -1,11 +1,11 @@
 """Memory model of DreamRelation training per GPU, per memory mode, for the full-size backbones - on the CPU.
 
 Nothing is allocated: the release architectures (diffusers configs of Mochi 1, Wan 2.1 T2V 1.3B and 14B,
-Wan 2.2 TI2V-5B)
-are built on the ``meta`` device with the paper's adapters (rank 16, both streams). Counted exactly:
-parameters (base, adapters) and, per frame count, the activations autograd keeps: one full forward of the
-transformer on meta tensors of the release clip size, batch 1, bf16, with a saved-tensor hook summing the
-bytes saved for backward per block and the bytes of each block's inputs (what a checkpointed block keeps).
+Wan 2.2 TI2V-5B: ``gpu_scale.py``'s, at its release clips) are built on the ``meta`` device with the paper's
+adapters (rank 16, both streams). Counted exactly: parameters (base, adapters) and, per frame count, the
+activations autograd keeps: one full forward of the transformer on meta tensors of the release clip size,
+batch 1, bf16, with a saved-tensor hook summing the bytes saved for backward per block and the bytes of
+each block's inputs (what a checkpointed block keeps).
 Attention is counted as a fused (flash / memory-efficient) kernel saves it: q, k, v, output and the
 log-sum-exp - the math kernel's score matrices are not (use such a kernel on GPU).
 
@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,70 +59,51 @@ class Arch:
     text_dim: int = 4096
 
 
-WAN_COMMON = dict(
-    patch_size=(1, 2, 2),
-    in_channels=16,
-    out_channels=16,
-    text_dim=4096,
-    freq_dim=256,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    eps=1e-6,
-)
+def _gpu_scale() -> Any:
+    """``gpu_scale.py`` beside this file (imported once): the one home of the release configs and clips."""
+    if "gpu_scale" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "gpu_scale", Path(__file__).resolve().with_name("gpu_scale.py")
+        )
+        assert spec is not None and spec.loader is not None
+        sys.modules["gpu_scale"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["gpu_scale"])
+    return sys.modules["gpu_scale"]
+
+
+def _release(key: str, more_frames: tuple[int, ...], **config: Any) -> Arch:
+    """The architecture and release clip of ``gpu_scale.SPECS[key]`` (``config`` overrides), modelled at
+    the release frame count and ``more_frames``."""
+    spec = _gpu_scale().SPECS[key]
+    clip = spec.full
+    return Arch(
+        spec.name,
+        clip.backbone,
+        {**spec.model, **config},
+        (clip.frames, *more_frames),
+        clip.height,
+        clip.width,
+        clip.channels,
+        clip.text_tokens,
+        clip.text_dim,
+    )
+
+
 ARCHS = {
-    "mochi": Arch("Mochi 1", "mochi", {}, (61, 31, 85, 163), 480, 848, 12, 256),
-    # Wan-AI/Wan2.1-T2V-1.3B-Diffusers and -14B-Diffusers transformer/config.json
-    "wan1.3b": Arch(
-        "Wan 2.1 T2V 1.3B",
-        "wan",
-        {
-            **WAN_COMMON,
-            "num_attention_heads": 12,
-            "attention_head_dim": 128,
-            "ffn_dim": 8960,
-            "num_layers": 30,
-        },
-        (81, 33, 49),
-        480,
-        832,
-        16,
-        512,
-    ),
+    "mochi": _release("mochi", (31, 85, 163)),
+    "wan1.3b": _release("wan", (33, 49)),
+    # Wan-AI/Wan2.1-T2V-14B-Diffusers transformer/config.json: the 1.3B's with these sizes, at 720p
     "wan14b": Arch(
         "Wan 2.1 T2V 14B",
         "wan",
-        {
-            **WAN_COMMON,
-            "num_attention_heads": 40,
-            "attention_head_dim": 128,
-            "ffn_dim": 13824,
-            "num_layers": 40,
-        },
+        {**_gpu_scale().SPECS["wan"].model, "num_attention_heads": 40, "ffn_dim": 13824, "num_layers": 40},
         (81, 33, 49),
         720,
         1280,
         16,
         512,
     ),
-    # Wan-AI/Wan2.2-TI2V-5B-Diffusers transformer/config.json; 48 latent channels, Wan 2.2 VAE 16x16 / 4x
-    "wan22": Arch(
-        "Wan 2.2 TI2V-5B",
-        "wan22",
-        {
-            **WAN_COMMON,
-            "in_channels": 48,
-            "out_channels": 48,
-            "num_attention_heads": 24,
-            "attention_head_dim": 128,
-            "ffn_dim": 14336,
-            "num_layers": 30,
-        },
-        (121, 49, 81),
-        704,
-        1280,
-        48,
-        512,
-    ),
+    "wan22": _release("wan22", (49, 81)),
 }
 
 

@@ -3,27 +3,12 @@ backbone, and its clean refusal without CUDA."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_scale.py"
-
-
-@pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_scale", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_scale"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_full_configs_are_the_releases(bench: ModuleType) -> None:

@@ -3,26 +3,10 @@ with the clip, and modes that shrink what they should."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
-import pytest
 from diffusers import MochiTransformer3DModel
 from tiny import TINY_TRANSFORMER
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "memory_model.py"
-
-
-@pytest.fixture(scope="module")
-def mm() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("memory_model", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["memory_model"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_tiny_mochi_counts_and_modes(mm: ModuleType) -> None:
