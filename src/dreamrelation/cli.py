@@ -612,8 +612,9 @@ def benchmark_toy(
     ),
     preset: str = typer.Option(
         "full",
-        help="full (4 held-out relations, every method, 2-3 training seeds), fast (CI-sized) or i2v "
-        "(Table 1 from a still of the new subjects, on the toy Wan 2.2).",
+        help="full (4 held-out relations, every method, 2-3 training seeds), fast (CI-sized), i2v "
+        "(Table 1 from a still of the new subjects, on the toy Wan 2.2) or i2v-study (i2v plus inference "
+        "roles, lambda_m and the output adapter's steps on two relations).",
     ),
     config: Path = typer.Option(None, "--config", "-c", help="YAML file with ToyBenchmarkConfig fields."),
     estimate: bool = typer.Option(
@@ -626,17 +627,15 @@ def benchmark_toy(
     """
     from dreamrelation.config import load_config
     from dreamrelation.evaluation.toy_benchmark import (
+        PRESETS,
         ToyBenchmarkConfig,
         describe_plan,
-        fast_preset,
-        image_to_video_preset,
         run_toy_benchmark,
     )
 
-    presets = {"full": lambda cfg: cfg, "fast": fast_preset, "i2v": image_to_video_preset}
-    if preset not in presets:
-        raise UserError(f"--preset {preset!r}: choose {', '.join(presets)}")
-    base = presets[preset](ToyBenchmarkConfig())
+    if preset not in PRESETS:
+        raise UserError(f"--preset {preset!r}: choose {', '.join(PRESETS)}")
+    base = PRESETS[preset](ToyBenchmarkConfig())
     cfg = load_config(base, config, overrides)
     if estimate:
         typer.echo(describe_plan(cfg)[1])

@@ -285,3 +285,50 @@ def test_image_to_video_benchmark_starts_every_video_from_its_still(tiny_wan22_b
     assert (sheet == colour).all(-1).sum() >= 4 * (job.image == colour).all(-1).sum() > 0
     # text-to-video units of the same settings are other units
     assert toy_benchmark.fingerprint(cfg) != toy_benchmark.fingerprint(replace(cfg, image_to_video=False))
+
+
+def test_study_preset_adds_the_variants_on_the_ablation_relations_only():
+    cfg = toy_benchmark.PRESETS["i2v-study"](ToyBenchmarkConfig())
+    units = plan_units(cfg)
+    assert cfg.image_to_video and cfg.bundle == "wan22"
+    for method in toy_benchmark.STUDY_METHODS:
+        relations = {u.relation for u in units if u.method == method}
+        expected = set(cfg.relations) if method in toy_benchmark.TABLE1_METHODS else set(cfg.ablation_relations)
+        assert relations == expected, method
+    # the variants come on top of the image-to-video benchmark's units, which stay the same
+    i2v = plan_units(toy_benchmark.PRESETS["i2v"](ToyBenchmarkConfig()))
+    assert set(i2v) < set(units) and len(units) - len(i2v) == 6 * 2 * 2
+
+
+@pytest.mark.slow
+def test_inference_variants_generate_with_the_trained_adapters(tiny_bundle, tmp_path, monkeypatch):
+    from dreamrelation.evaluation import toy_study
+
+    cfg = ToyBenchmarkConfig(bundle=str(tiny_bundle), out_dir=str(tmp_path / "study"))
+    cfg.relations = cfg.ablation_relations = ["high_fiving"]
+    cfg.methods = ["dreamrelation", "roles_all", "roles_relation"]
+    cfg.subjects, cfg.seeds, cfg.train_seeds, cfg.ablation_seeds = cfg.subjects[:2], [0], [0], [0]
+    cfg.train_steps, cfg.warmup_steps, cfg.num_inference_steps, cfg.num_exemplars = 3, 1, 2, 2
+    cfg.rank, cfg.lr, cfg.n_boot = 4, 0.05, 200
+    trainings = []
+    original = toy_study.train_adapters
+    monkeypatch.setattr(toy_study, "train_adapters", lambda *a, **k: trainings.append(a[3]) or original(*a, **k))
+    report = run_toy_benchmark(cfg, progress=False)
+    assert len(trainings) == 1  # DreamRelation's; the variants reuse its adapters
+    out = tmp_path / "study"
+    units = {m: json.loads((out / "units" / "high_fiving" / f"{m}_seed0.json").read_text()) for m in cfg.methods}
+    source = out / "train" / "high_fiving" / "dreamrelation_seed0" / "adapters"
+    assert units["dreamrelation"]["adapters_from"] is None
+    assert units["roles_all"]["adapters_from"] == units["roles_relation"]["adapters_from"] == str(source)
+    assert not (out / "train" / "high_fiving" / "roles_all_seed0").exists()
+    videos = {m: np.load(out / "units" / "high_fiving" / f"{m}_seed0.npz")["videos"] for m in cfg.methods}
+    assert not np.array_equal(videos["dreamrelation"], videos["roles_all"])  # the subject adapters are on
+    assert not np.array_equal(videos["dreamrelation"], videos["roles_relation"])  # the output adapter is off
+    rows = report["tables"]["Study: inference roles and training variants"]
+    assert [r["method"] for r in rows] == ["dreamrelation", "roles_relation", "roles_all"]
+    assert all("difference_ci95" in r for r in rows[1:])
+    # without DreamRelation's adapters a variant trains its own (the same recipe)
+    alone = replace(cfg, methods=["roles_all"], out_dir=str(tmp_path / "alone"))
+    run_toy_benchmark(alone, progress=False)
+    assert len(trainings) == 2
+    assert (tmp_path / "alone" / "train" / "high_fiving" / "roles_all_seed0" / "adapters").is_dir()

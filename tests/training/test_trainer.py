@@ -104,10 +104,13 @@ def test_every_placement_preset_trains(name: str, tmp_path) -> None:
     )
     if not cfg.hmt.enabled:
         assert result.choices == ["all", "all"] and result.parts["mask"] == [0.0, 0.0]
+    def output(choice: str) -> set[str]:  # the paper's output adapter trains on every step unless told
+        return {"output"} if choice in cfg.hmt.shared_on else set()
+
     expected = {
-        "relation": {"relation", "subject1", "subject2", "output"},
-        "subject1": {"subject1", "output"},
-        "subject2": {"subject2", "output"},
+        "relation": {"relation", "subject1", "subject2"} | output("relation"),
+        "subject1": {"subject1"} | output("subject1"),
+        "subject2": {"subject2"} | output("subject2"),
         "all": set(roles),
     }
     trained = set().union(*(expected[c] for c in result.choices)) & set(roles)
@@ -139,6 +142,24 @@ def test_subject_step_leaves_other_adapters_untouched(tmp_path) -> None:
         add_relation_adapters(untouched, cfg.adapter)
     init_a = [p for n, p in untouched.named_parameters() if ".lora_A.relation." in n]
     assert all(torch.equal(a, b) for a, b in zip(relation_a, init_a, strict=True))
+
+
+@pytest.mark.parametrize("name", ["dreamrelation", "output_relation_steps"])
+def test_output_adapter_trains_on_the_steps_hmt_shared_on_names(name: str, tmp_path) -> None:
+    cfg = small(preset(name))
+    cfg.hmt.probs = {"relation": 0.0, "subject1": 0.5, "subject2": 0.5}  # subject steps only
+    model = tiny()
+    result = train_adapters(model, samples(), cfg, tmp_path, progress=False)
+    assert set(result.choices) <= {"subject1", "subject2"}
+    assert trained_b(model, "output") == (name == "dreamrelation")
+    assert not trained_b(model, "relation")
+
+
+def test_unknown_hmt_shared_on_choice_is_a_user_error(tmp_path) -> None:
+    cfg = small(TrainConfig())
+    cfg.hmt.shared_on = ["relation", "subject3"]
+    with pytest.raises(UserError, match="hmt.shared_on"):
+        train_adapters(tiny(), samples(), cfg, tmp_path, progress=False)
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path) -> None:

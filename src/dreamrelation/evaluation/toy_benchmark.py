@@ -68,12 +68,37 @@ PAPER_RELATION_ACCURACY = {
     "q_kv": 0.392,
     "kv_q": 0.394,
 }
+# Why the toy results differ from the paper (issue 16): roles at inference, mask loss weight, output schedule
+STUDY_METHODS = [
+    "dreamrelation",
+    "roles_relation",
+    "roles_all",
+    "lambda_m_5",
+    "lambda_m_0",
+    "wo_hmt",
+    "output_relation_steps",
+    "direct_lora",
+]
 TABLES = {
     "Table 1: comparison": [UNTUNED, "direct_lora", "dreamrelation"],
     "Table 2: ablations": ["dreamrelation", "wo_hmt", "wo_rcl", "wo_relation", "wo_subject", "wo_output"],
     "Table 3: placement (relation / subject)": ["v_qk", "q_kv", "kv_q", "dreamrelation"],
+    "Study: inference roles and training variants": STUDY_METHODS,
 }
-LABELS = {"v_qk": "V / QK", "q_kv": "Q / KV", "kv_q": "KV / Q", "dreamrelation": "DreamRelation (QK / V)"}
+LABELS = {
+    "v_qk": "V / QK",
+    "q_kv": "Q / KV",
+    "kv_q": "KV / Q",
+    "dreamrelation": "DreamRelation (QK / V)",
+    "roles_relation": "inference: relation only",
+    "roles_all": "inference: all four roles",
+    "lambda_m_5": "lambda_m 5",
+    "lambda_m_0": "lambda_m 0 (HMT choices, no mask loss)",
+    "output_relation_steps": "output adapter on relation steps only",
+}
+# Methods that differ from another only in the roles used at inference: they generate with that method's
+# adapters (same relation and training seed) when it has trained them, so the comparison isolates the roles.
+INFERENCE_VARIANTS = {"roles_relation": "dreamrelation", "roles_all": "dreamrelation"}
 TABLE1_METHODS = ("direct_lora", "dreamrelation")  # trained with every seed in ``train_seeds``
 REFERENCE = "dreamrelation"  # the method every other one is compared with
 SHEET_PROMPTS = 4  # contact-sheet columns per relation
@@ -132,6 +157,22 @@ def image_to_video_preset(cfg: ToyBenchmarkConfig) -> ToyBenchmarkConfig:
     cfg.methods = [UNTUNED, *TABLE1_METHODS]
     cfg.out_dir = "runs/benchmark-toy-i2v"
     return cfg
+
+
+def image_to_video_study_preset(cfg: ToyBenchmarkConfig) -> ToyBenchmarkConfig:
+    """The image-to-video benchmark plus :data:`STUDY_METHODS` on the ablation relations: why DreamRelation
+    learns the relation less than direct LoRA there (same output folder: finished units are reused)."""
+    cfg = image_to_video_preset(cfg)
+    cfg.methods = list(dict.fromkeys([UNTUNED, *TABLE1_METHODS, *STUDY_METHODS]))
+    return cfg
+
+
+PRESETS = {
+    "full": lambda cfg: cfg,
+    "fast": fast_preset,
+    "i2v": image_to_video_preset,
+    "i2v-study": image_to_video_study_preset,
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -218,6 +259,9 @@ def run_unit(
     """Train (unless untuned), generate and score ``jobs``; write the unit's JSON (and sheet videos)."""
     out = Path(cfg.out_dir)
     train_cfg = toy_recipe(unit.method, cfg, unit.train_seed or 0)
+    source = INFERENCE_VARIANTS.get(unit.method)
+    trained = out / "train" / unit.relation / Unit(unit.relation, source or "", unit.train_seed).name
+    reused = trained / "adapters" if source and (trained / "adapters").is_dir() else None
     videos, timings = train_and_generate(
         pipe,
         exemplars,
@@ -227,6 +271,7 @@ def run_unit(
         cfg.num_inference_steps,
         cfg.guidance_scale,
         progress=progress,
+        adapters_from=reused,
     )
     start = time.time()
     scores = score_jobs(videos, jobs, unit.relation, exemplars.subjects)
@@ -242,6 +287,7 @@ def run_unit(
         "jobs": [{"prompt": j.prompt, "seed": j.seed} for j in jobs],
         "scores": simple,
         "timings": timings,
+        "adapters_from": None if reused is None else str(reused),
     }
     atomic_write_json(path, data)  # written last: its presence marks the unit as done
     return data
@@ -272,7 +318,7 @@ def estimate_seconds(cfg: ToyBenchmarkConfig, units: Sequence[Unit], cost: CostM
     n_jobs = len(cfg.subjects) * len(cfg.seeds)
     per_video = cfg.num_inference_steps * cost.generate_s_per_step + cost.score_s_per_video
     seconds = len({u.relation for u in units}) * cost.prepare_s_per_relation + len(units) * n_jobs * per_video
-    trained = sum(u.train_seed is not None for u in units)
+    trained = sum(u.train_seed is not None and u.method not in INFERENCE_VARIANTS for u in units)
     return seconds + trained * cfg.train_steps * cost.train_s_per_step
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dreamrelation.adapters.triplet import set_active_roles
+from dreamrelation.adapters.triplet import load_adapters, set_active_roles
 from dreamrelation.core.samples import TrainingSample
 from dreamrelation.data.mask_io import write_colour_masks
 from dreamrelation.data.prepare import null_prompt_for, prepare_samples
@@ -246,10 +246,18 @@ def train_and_generate(
     steps: int,
     guidance: float,
     progress: bool = True,
+    adapters_from: Path | None = None,
 ) -> tuple[list[np.ndarray], dict[str, float]]:
-    """Train ``train_cfg``'s adapters (``None``: the untuned model), generate ``jobs``, remove the adapters."""
+    """Train ``train_cfg``'s adapters (``None``: the untuned model), generate ``jobs``, remove the adapters.
+
+    ``adapters_from``: a folder of adapters trained with this recipe up to the inference roles; they are
+    loaded instead of training again.
+    """
     timings: dict[str, float] = {}
-    if train_cfg is not None:
+    if train_cfg is not None and adapters_from is not None:
+        load_adapters(pipe.transformer, adapters_from, list(train_cfg.adapter.placement), activate=False)
+        set_active_roles(pipe.transformer, train_cfg.adapter.inference_roles, trainable=False)
+    elif train_cfg is not None:
         start = time.time()
         null = null_prompt_for(pipe)
         result = train_adapters(

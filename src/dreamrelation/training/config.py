@@ -14,13 +14,18 @@ from dreamrelation.errors import UserError, warn_user
 
 @dataclass
 class HMTConfig:
-    """Hybrid mask training: per-step choice of relation/subject1/subject2 and the mask loss weight."""
+    """Hybrid mask training: per-step choice of relation/subject1/subject2 and the mask loss weight.
+
+    ``shared_on``: the choices on whose steps the roles outside the triplet (``output``) are active and
+    trained; the paper trains the output adapter on every step, ``["relation"]`` keeps it off subject steps.
+    """
 
     enabled: bool = True
     probs: dict[str, float] = field(
         default_factory=lambda: {"relation": 1.0 / 3, "subject1": 1.0 / 3, "subject2": 1.0 / 3}
     )
     lambda_m: float = 50.0
+    shared_on: list[str] = field(default_factory=lambda: ["relation", "subject1", "subject2"])
 
 
 @dataclass
@@ -236,6 +241,13 @@ def _set(path: str, value: object):
     return edit
 
 
+def _inference_roles(roles: list[str]):
+    def edit(cfg: TrainConfig) -> None:
+        cfg.adapter.inference_roles = list(roles)
+
+    return edit
+
+
 _PRESETS = {
     "dreamrelation": lambda cfg: None,
     "direct_lora": _direct_lora,
@@ -248,6 +260,13 @@ _PRESETS = {
     "q_kv": lambda cfg: setattr(cfg.adapter, "placement", _placement(["q"], ["k", "v"])),
     "kv_q": lambda cfg: setattr(cfg.adapter, "placement", _placement(["k", "v"], ["q"])),
     "visual_only": _set("adapter.streams", ["visual"]),
+    # why the toy results differ from the paper (issue 16): the same training, other roles at inference ...
+    "roles_relation": _inference_roles(["relation"]),
+    "roles_all": _inference_roles(["relation", "subject1", "subject2", "output"]),
+    # ... and training variants: the mask loss weight, the output adapter kept off subject steps
+    "lambda_m_0": _set("hmt.lambda_m", 0.0),
+    "lambda_m_5": _set("hmt.lambda_m", 5.0),
+    "output_relation_steps": _set("hmt.shared_on", ["relation"]),
 }
 
 PRESET_NAMES = tuple(_PRESETS)

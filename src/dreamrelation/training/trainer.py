@@ -120,9 +120,12 @@ def lr_at(step: int, cfg: OptimConfig) -> float:
     return low + 0.5 * (cfg.lr - low) * (1.0 + math.cos(math.pi * progress))
 
 
-def roles_for_choice(choice: str, roles: Sequence[str]) -> list[str]:
+def roles_for_choice(
+    choice: str, roles: Sequence[str], shared_on: Sequence[str] = HMT_CHOICES
+) -> list[str]:
     """Adapters active for an HMT choice. Roles other than relation/subject1/subject2 (``output``, ``direct``)
-    are always on; roles missing from the placement (ablations) are skipped."""
+    are on for the choices in ``shared_on`` (all of them by default, as the paper); roles missing from the
+    placement (ablations) are skipped."""
     if choice == "all":
         return list(roles)
     wanted = {
@@ -130,7 +133,8 @@ def roles_for_choice(choice: str, roles: Sequence[str]) -> list[str]:
         "subject1": {"subject1"},
         "subject2": {"subject2"},
     }
-    return [r for r in roles if r in wanted[choice] or r not in HMT_CHOICES]
+    shared = choice in shared_on
+    return [r for r in roles if r in wanted[choice] or (shared and r not in HMT_CHOICES)]
 
 
 def mask_for_choice(choice: str, masks: torch.Tensor) -> torch.Tensor:
@@ -652,8 +656,11 @@ class Trainer:
         """The HMT choices with their probabilities ("all" alone when HMT is off)."""
         hmt = self.cfg.hmt
         probs = {c: float(p) for c, p in hmt.probs.items() if p > 0} if hmt.enabled else {"all": 1.0}
+        unknown = [c for c in hmt.shared_on if c not in HMT_CHOICES]
+        if unknown:
+            raise UserError(f"hmt.shared_on={list(hmt.shared_on)}: {unknown} not among {list(HMT_CHOICES)}")
         for c in probs:
-            if c not in CHOICES or not roles_for_choice(c, self.roles):
+            if c not in CHOICES or not roles_for_choice(c, self.roles, hmt.shared_on):
                 raise UserError(
                     f"HMT choice {c!r} has no adapter to train with placement {list(self.roles)}; "
                     "set its probability to 0 or add adapters"
@@ -691,7 +698,7 @@ class Trainer:
         gens = [sample_generator(oc.seed, state.step, k) for k in self.positions]
         batch = collate(self.samples, idx, self.device, gens, oc.caption_dropout, self.null_prompt)
         choice = self.choice_names[int(torch.multinomial(self.choice_probs, 1, generator=state.hmt_gen))]
-        set_active_roles(self.transformer, roles_for_choice(choice, self.roles))
+        set_active_roles(self.transformer, roles_for_choice(choice, self.roles, cfg.hmt.shared_on))
         self.last_i2v = self.i2v_step(state.step)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
         with autocast, attention_kernel(cfg.memory.attention_backend):
