@@ -23,6 +23,9 @@ Measured:
   (bf16 base, every block checkpointed), ``fp8_ckpt_all`` (fp8 storage / bf16 compute, every block
   checkpointed), ``bf16_ckpt_partial`` (bf16, the first ``--partial-blocks`` blocks checkpointed; default
   Mochi 40 of 48, Wan 24 of 30). A mode that runs out of memory is recorded as ``oom``;
+* training with the frozen base sharded by FSDP2 over the GPUs (``fsdpN``: every visible GPU when there are
+  two or more, or ``--fsdp-gpus N``; ``memory.fsdp=true``'s path, one clip per rank): each rank's peak and
+  the frozen parameters it holds. ``--tiny --fsdp-gpus 2`` runs it over gloo CPU processes;
 * inference: seconds per video for the backbone's sampler and step count with classifier-free guidance
   (one batch-2 forward per step; relation + output adapters active), transformer only;
 * optionally (``--vae-decode``) one tiled decode of the latent video by the backbone's VAE (default config,
@@ -44,6 +47,7 @@ import gc
 import json
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -388,6 +392,38 @@ def _timed(fn: Callable[[], None], device: torch.device, warmup: int, steps: int
 # ------------------------------------------------------------------------------------------------ measures
 
 
+def _training_step(
+    transformer, cfg, spec: Spec, batch: dict, params: list, optimizer, rcl, losses: list[float], ctx=None
+):
+    """One DreamRelation step as the trainer takes it (HMT "relation" choice, hybrid mask + contrastive loss,
+    backward, gradient all-reduce over ``ctx``'s ranks, clipping, optimizer step); appends the loss."""
+    from dreamrelation.training.distributed import all_reduce_gradients
+    from dreamrelation.training.memory import attention_kernel
+    from dreamrelation.training.trainer import compute_losses
+
+    gen = torch.Generator().manual_seed(0)
+    device = batch["latents"].device
+
+    def step() -> None:
+        with (
+            torch.autocast(device.type, dtype=torch.bfloat16),
+            attention_kernel(cfg.memory.attention_backend),
+        ):
+            parts = compute_losses(
+                transformer, batch, "relation", cfg, rcl, gen, clean_frames=spec.clean_frames
+            )
+        optimizer.zero_grad(set_to_none=True)
+        with attention_kernel(cfg.memory.attention_backend):
+            parts["loss"].backward()
+        if ctx is not None:
+            all_reduce_gradients(params, ctx)
+        torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+        optimizer.step()
+        losses.append(float(parts["loss"].detach()))
+
+    return step
+
+
 def train_mode(
     spec: Spec, mode: str, tiny: bool, device: torch.device, steps: int, warmup: int, partial_blocks: int
 ) -> dict[str, Any]:
@@ -396,8 +432,8 @@ def train_mode(
     from dreamrelation.backbones.registry import get_backbone
     from dreamrelation.training.config import TrainConfig
     from dreamrelation.training.losses import RelationalContrastiveLoss
-    from dreamrelation.training.memory import apply_memory_modes, attention_kernel, make_optimizer
-    from dreamrelation.training.trainer import compute_losses, roles_for_choice
+    from dreamrelation.training.memory import apply_memory_modes, make_optimizer
+    from dreamrelation.training.trainer import roles_for_choice
 
     geo = spec.tiny if tiny else spec.full
     cfg = TrainConfig()
@@ -418,7 +454,6 @@ def train_mode(
         rcl = RelationalContrastiveLoss.from_config(cfg.contrastive)
         set_active_roles(transformer, roles_for_choice("relation", roles))
         batch = make_batch(geo, device)
-        gen = torch.Generator().manual_seed(0)
         out["checkpointed_blocks"] = min(
             cfg.memory.checkpoint_blocks or 0, len(get_backbone(transformer).block_list(transformer))
         )
@@ -426,22 +461,7 @@ def train_mode(
         out["resident_gb"] = _allocated_gb(device)
         _reset_peak(device)
         losses: list[float] = []
-
-        def step() -> None:
-            with (
-                torch.autocast(device.type, dtype=torch.bfloat16),
-                attention_kernel(cfg.memory.attention_backend),
-            ):
-                parts = compute_losses(
-                    transformer, batch, "relation", cfg, rcl, gen, clean_frames=spec.clean_frames
-                )
-            optimizer.zero_grad(set_to_none=True)
-            with attention_kernel(cfg.memory.attention_backend):
-                parts["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-            optimizer.step()
-            losses.append(float(parts["loss"].detach()))
-
+        step = _training_step(transformer, cfg, spec, batch, params, optimizer, rcl, losses)
         times = _timed(step, device, warmup, steps)
         out.update(
             status="ok",
@@ -452,6 +472,101 @@ def train_mode(
             adapter_dtypes=sorted({str(p.dtype) for p in params}),
         )
     return out
+
+
+def fsdp_train(spec: Spec, tiny: bool, world_size: int, steps: int, warmup: int) -> dict[str, Any]:
+    """Training with the frozen base sharded over ``world_size`` processes (``memory.fsdp=true``, FSDP2): one
+    per GPU, or gloo CPU processes for a ``--tiny`` dry run without CUDA. Each rank builds the base on the
+    host (as the trainer loads it: host memory for ``world_size`` copies), shards it per block, trains one
+    clip per rank; the record has every rank's peak memory and the frozen parameters it holds."""
+    from dreamrelation.training.distributed import run_local_processes
+
+    with tempfile.TemporaryDirectory() as tmp:
+        key = next(k for k, v in SPECS.items() if v is spec)
+        run_local_processes(_fsdp_rank, world_size, (key, tiny, steps, warmup, tmp))
+        ranks = [json.loads((Path(tmp) / f"rank{r}.json").read_text()) for r in range(world_size)]
+    out = dict(ranks[0])
+    peaks = [r.get("peak_gb") for r in ranks]
+    out.update(
+        status="ok"
+        if all(r.get("status") == "ok" for r in ranks)
+        else next(r["status"] for r in ranks if r.get("status") != "ok"),
+        world_size=world_size,
+        peak_gb=None if None in peaks else max(peaks),
+        peak_gb_per_rank=peaks,
+        frozen_parameters_per_rank=[r.get("frozen_parameters") for r in ranks],
+        seconds_per_step=max((r.get("seconds_per_step") or 0.0) for r in ranks) or None,
+    )
+    return out
+
+
+def _fsdp_rank(rank: int, backbone: str, tiny: bool, steps: int, warmup: int, tmp: str) -> None:
+    """One rank of :func:`fsdp_train`: writes its record to ``tmp/rank{rank}.json``."""
+    from dreamrelation.adapters.triplet import adapter_parameters, add_relation_adapters, set_active_roles
+    from dreamrelation.backbones.registry import get_backbone
+    from dreamrelation.training.config import MemoryConfig, TrainConfig
+    from dreamrelation.training.distributed import (
+        GatheredContrastiveLoss,
+        init_distributed,
+        shard_frozen_base,
+    )
+    from dreamrelation.training.losses import RelationalContrastiveLoss
+    from dreamrelation.training.memory import apply_memory_modes, make_optimizer
+    from dreamrelation.training.trainer import roles_for_choice
+
+    ctx = init_distributed()
+    device = ctx.device or torch.device("cpu")
+    spec, cfg = SPECS[backbone], TrainConfig()
+    cfg.memory = MemoryConfig(checkpoint_blocks=10_000, fsdp=True)
+    out: dict[str, Any] = {"memory": asdict(cfg.memory), "clean_frames": spec.clean_frames}
+    with _measurement(out, device):
+        _reset_peak(device)
+        transformer = build_transformer(spec, tiny, torch.device("cpu"))
+        add_relation_adapters(transformer, cfg.adapter)
+        apply_memory_modes(transformer, cfg.memory, cfg.gradient_checkpointing, device)
+        roles = list(cfg.adapter.placement)
+        groups = adapter_parameters(transformer, roles)
+        params = [p for r in roles for p in groups[r]]
+        blocks = get_backbone(transformer).block_list(transformer)
+        shard_frozen_base(transformer, blocks, params, device)
+        transformer.train()
+        optimizer = make_optimizer(params, cfg.optim, cfg.memory)
+        rcl = GatheredContrastiveLoss.wrap(RelationalContrastiveLoss.from_config(cfg.contrastive), ctx)
+        set_active_roles(transformer, roles_for_choice("relation", roles))
+        ids = {id(p) for p in params}
+        out["frozen_parameters"] = sum(
+            _local(p).numel() for p in transformer.parameters() if id(p) not in ids
+        )
+        out["checkpointed_blocks"], out["swapped_blocks"] = len(blocks), 0
+        out["resident_gb"] = _allocated_gb(device)
+        _reset_peak(device)
+        losses: list[float] = []
+        step = _training_step(
+            transformer,
+            cfg,
+            spec,
+            make_batch(spec.tiny if tiny else spec.full, device),
+            params,
+            optimizer,
+            rcl,
+            losses,
+            ctx,
+        )
+        times = _timed(step, device, warmup, steps)
+        out.update(
+            status="ok",
+            seconds_per_step=sum(times) / len(times),
+            step_seconds=times,
+            peak_gb=_peak_gb(device),
+            losses=losses,
+            adapter_dtypes=sorted({str(p.dtype) for p in params}),
+        )
+    (Path(tmp) / f"rank{rank}.json").write_text(json.dumps(out))
+
+
+def _local(param: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP parameter (a DTensor); the tensor itself otherwise."""
+    return param.to_local() if hasattr(param, "to_local") else param
 
 
 @torch.inference_mode()
@@ -588,12 +703,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="blocks checkpointed in bf16_ckpt_partial (Mochi 40, Wan 24; tiny: 2)",
     )
+    p.add_argument(
+        "--fsdp-gpus",
+        type=int,
+        default=None,
+        help="also train with the base sharded over this many GPUs (memory.fsdp); default: every visible GPU "
+        "when there are 2 or more; with --tiny on a CPU, gloo processes",
+    )
     p.add_argument("--inference-steps", type=int, default=None, help="default: Mochi 64, Wan 50")
     p.add_argument("--inference-timed-steps", type=int, default=None, help="time this many, extrapolate")
     p.add_argument("--skip-inference", action="store_true")
     p.add_argument("--vae-decode", action="store_true", help="also time a tiled VAE decode")
     p.add_argument("--out-dir", type=Path, default=RESULTS, help="where gpu_{backbone}[_tiny].json go")
     return p.parse_args(argv)
+
+
+def fsdp_world_size(args: argparse.Namespace, device: torch.device) -> int:
+    """Processes of the FSDP measurement: ``--fsdp-gpus``, else every GPU when there are two or more (0: none)."""
+    if args.fsdp_gpus is not None:
+        if device.type == "cuda" and args.fsdp_gpus > torch.cuda.device_count():
+            raise SystemExit(
+                f"gpu_scale: --fsdp-gpus {args.fsdp_gpus} but {torch.cuda.device_count()} GPUs are visible"
+            )
+        return args.fsdp_gpus
+    return torch.cuda.device_count() if device.type == "cuda" and torch.cuda.device_count() > 1 else 0
 
 
 def run_backbone(
@@ -636,6 +769,16 @@ def run_backbone(
         print(
             f"{spec.name} {mode}: {r.get('status')} peak {_fmt(r.get('peak_gb'))} GB, "
             f"{_fmt(r.get('seconds_per_step'), '.3f')} s/step",
+            flush=True,
+        )
+    world = fsdp_world_size(args, device)
+    if world > 1:
+        r = fsdp_train(spec, args.tiny, world, args.steps, args.warmup)
+        if spec.target_gb is not None and r.get("peak_gb") is not None:
+            r["fits_target"] = r.get("status") == "ok" and r["peak_gb"] <= spec.target_gb
+        result["train"][f"fsdp{world}"] = r
+        print(
+            f"{spec.name} fsdp{world}: {r.get('status')} peak {_fmt(r.get('peak_gb'))} GB per rank",
             flush=True,
         )
     if not args.skip_inference:

@@ -105,3 +105,18 @@ def test_running_out_of_memory_is_recorded_not_raised(bench: ModuleType) -> None
     }
     with pytest.raises(ValueError), bench._measurement({}, torch.device("cpu")):
         raise ValueError("a bug is not an out-of-memory")
+
+
+def test_fsdp_mode_shards_the_base_over_gloo_processes(bench: ModuleType, tmp_path) -> None:
+    argv = ["--tiny", "--device", "cpu", "--backbone", "mochi", "--modes", "bf16_ckpt_all", "--skip-inference"]
+    assert bench.main([*argv, "--steps", "1", "--warmup", "0", "--fsdp-gpus", "2", "--out-dir", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "gpu_mochi_tiny.json").read_text())
+    assert set(result["train"]) == {"bf16_ckpt_all", "fsdp2"}
+    single, fsdp = result["train"]["bf16_ckpt_all"], result["train"]["fsdp2"]
+    assert fsdp["status"] == "ok" and fsdp["world_size"] == 2 and fsdp["memory"]["fsdp"]
+    # each rank holds its shard of every frozen weight: together the whole base, each about half
+    held = fsdp["frozen_parameters_per_rank"]
+    assert sum(held) == result["parameters"] and max(held) < 0.6 * result["parameters"]
+    # the same clip on each rank and the same weights: the first step's loss is the single process's
+    assert fsdp["losses"][0] == pytest.approx(single["losses"][0], rel=1e-3)
+    assert fsdp["adapter_dtypes"] == ["torch.float32"]

@@ -293,7 +293,9 @@ def test_study_preset_adds_the_variants_on_the_ablation_relations_only():
     assert cfg.image_to_video and cfg.bundle == "wan22"
     for method in toy_benchmark.STUDY_METHODS:
         relations = {u.relation for u in units if u.method == method}
-        expected = set(cfg.relations) if method in toy_benchmark.TABLE1_METHODS else set(cfg.ablation_relations)
+        expected = (
+            set(cfg.relations) if method in toy_benchmark.TABLE1_METHODS else set(cfg.ablation_relations)
+        )
         assert relations == expected, method
     # the variants come on top of the image-to-video benchmark's units, which stay the same
     i2v = plan_units(toy_benchmark.PRESETS["i2v"](ToyBenchmarkConfig()))
@@ -312,11 +314,15 @@ def test_inference_variants_generate_with_the_trained_adapters(tiny_bundle, tmp_
     cfg.rank, cfg.lr, cfg.n_boot = 4, 0.05, 200
     trainings = []
     original = toy_study.train_adapters
-    monkeypatch.setattr(toy_study, "train_adapters", lambda *a, **k: trainings.append(a[3]) or original(*a, **k))
+    monkeypatch.setattr(
+        toy_study, "train_adapters", lambda *a, **k: trainings.append(a[3]) or original(*a, **k)
+    )
     report = run_toy_benchmark(cfg, progress=False)
     assert len(trainings) == 1  # DreamRelation's; the variants reuse its adapters
     out = tmp_path / "study"
-    units = {m: json.loads((out / "units" / "high_fiving" / f"{m}_seed0.json").read_text()) for m in cfg.methods}
+    units = {
+        m: json.loads((out / "units" / "high_fiving" / f"{m}_seed0.json").read_text()) for m in cfg.methods
+    }
     source = out / "train" / "high_fiving" / "dreamrelation_seed0" / "adapters"
     assert units["dreamrelation"]["adapters_from"] is None
     assert units["roles_all"]["adapters_from"] == units["roles_relation"]["adapters_from"] == str(source)

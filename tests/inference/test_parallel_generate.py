@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torch.distributed as dist
 
 import dreamrelation.inference.generate as generate
 from dreamrelation.inference.generate import GenerationConfig, generate_to_folder
+from dreamrelation.training.distributed import run_local_processes
 
 WORLD = 2
 PROMPTS = ["A red circle is high-fiving a blue square.", "A bear is shaking hands with a raccoon."]
@@ -24,18 +21,7 @@ def _config(bundle: Path, out: Path, prompts: list[str]) -> GenerationConfig:
     return GenerationConfig(model=bundle, out_dir=out, prompts=prompts, seeds=SEEDS, steps=2)
 
 
-def _worker(rank: int, port: int, bundle: str, root: str, prompts: list[str]) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(WORLD),
-        LOCAL_WORLD_SIZE=str(WORLD),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        GLOO_SOCKET_IFNAME="lo",
-        OMP_NUM_THREADS="1",
-    )
-    torch.set_num_threads(1)
+def _worker(rank: int, bundle: str, root: str, prompts: list[str]) -> None:
     sampled: list[int] = []
     real = generate._write_one
 
@@ -44,19 +30,9 @@ def _worker(rank: int, port: int, bundle: str, root: str, prompts: list[str]) ->
         return real(run, pipe, n, *args, **kwargs)
 
     generate._write_one = counting  # a forked child: the parent's module is untouched
-    try:
-        result = generate_to_folder(_config(Path(bundle), Path(root) / "two", prompts))
-        np.save(Path(root) / f"frames{rank}.npy", np.stack(result.frames))
-        (Path(root) / f"sampled{rank}.json").write_text(json.dumps(sampled))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    result = generate_to_folder(_config(Path(bundle), Path(root) / "two", prompts))
+    np.save(Path(root) / f"frames{rank}.npy", np.stack(result.frames))
+    (Path(root) / f"sampled{rank}.json").write_text(json.dumps(sampled))
 
 
 def _sidecar(path: Path) -> dict:
@@ -67,12 +43,7 @@ def _sidecar(path: Path) -> dict:
 
 @pytest.mark.parametrize("prompts", [PROMPTS, [*PROMPTS, "A cat is hugging a dog."]], ids=["even", "uneven"])
 def test_two_processes_write_the_single_process_folder(tiny_bundle: Path, tmp_path: Path, prompts) -> None:
-    torch.multiprocessing.start_processes(
-        _worker,
-        args=(_free_port(), str(tiny_bundle), str(tmp_path), prompts),
-        nprocs=WORLD,
-        start_method="fork",
-    )
+    run_local_processes(_worker, WORLD, (str(tiny_bundle), str(tmp_path), prompts))
     single = generate_to_folder(_config(tiny_bundle, tmp_path / "one", prompts))
     two, one = tmp_path / "two", tmp_path / "one"
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())

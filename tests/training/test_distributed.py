@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 from diffusers import MochiTransformer3DModel
 from safetensors.torch import load_file, save_file
 from tiny import TINY_TRANSFORMER
@@ -17,7 +14,7 @@ from dreamrelation.adapters.triplet import named_adapter_parameters
 from dreamrelation.backbones.block_swap import swapped_blocks
 from dreamrelation.core.samples import TrainingSample
 from dreamrelation.training.config import TrainConfig
-from dreamrelation.training.distributed import DistContext, launch_command
+from dreamrelation.training.distributed import DistContext, launch_command, run_local_processes
 from dreamrelation.training.trainer import train_adapters
 
 WORLD = 2
@@ -74,34 +71,13 @@ def _run(
     return weights, result.losses, result.choices
 
 
-def _worker(rank: int, port: int, root: str) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(WORLD),
-        LOCAL_WORLD_SIZE=str(WORLD),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        GLOO_SOCKET_IFNAME="lo",
-        OMP_NUM_THREADS="1",
-    )
-    torch.set_num_threads(1)
-    try:
-        for name, rcl, swap in (("rcl0", False, 0), ("rcl1", True, 0), ("swap1", True, 1)):
-            # rank 1 gets its own run folder, which must stay empty: only rank 0 writes
-            weights, losses, choices = _run(rcl, PER_RANK, Path(root) / f"run-{name}-rank{rank}", swap)
-            weights["losses"] = torch.tensor(losses, dtype=torch.float64)
-            weights["choices"] = torch.tensor([len(c) for c in choices])
-            save_file(weights, str(Path(root) / f"{name}-rank{rank}.safetensors"))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _worker(rank: int, root: str) -> None:
+    for name, rcl, swap in (("rcl0", False, 0), ("rcl1", True, 0), ("swap1", True, 1)):
+        # rank 1 gets its own run folder, which must stay empty: only rank 0 writes
+        weights, losses, choices = _run(rcl, PER_RANK, Path(root) / f"run-{name}-rank{rank}", swap)
+        weights["losses"] = torch.tensor(losses, dtype=torch.float64)
+        weights["choices"] = torch.tensor([len(c) for c in choices])
+        save_file(weights, str(Path(root) / f"{name}-rank{rank}.safetensors"))
 
 
 @pytest.fixture(scope="module")
@@ -109,14 +85,7 @@ def two_ranks(tmp_path_factory) -> Path:
     """Train on 2 forked CPU processes (gloo) with and without RCL, and with a swapped block; one file of results
     per rank and run."""
     root = tmp_path_factory.mktemp("ddp")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.multiprocessing.start_processes(
-            _worker, args=(_free_port(), str(root)), nprocs=WORLD, start_method="fork"
-        )
-    finally:
-        torch.set_num_threads(threads)
+    run_local_processes(_worker, WORLD, (str(root),))
     return root
 
 

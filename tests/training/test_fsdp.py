@@ -3,7 +3,6 @@ on the combined batch, and their checkpoints resume on 1 or 2 processes into the
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -11,10 +10,11 @@ import pytest
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
-from test_distributed import PER_RANK, WORLD, _config, _free_port, _model, _samples
+from test_distributed import PER_RANK, WORLD, _config, _model, _samples
 from torch.distributed.tensor import DTensor
 
 from dreamrelation.adapters.triplet import named_adapter_parameters
+from dreamrelation.training.distributed import run_local_processes
 from dreamrelation.training.trainer import train_adapters
 
 STOP = 2  # the interrupted run stops after this step; the config trains 4
@@ -47,54 +47,32 @@ def _adapters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in named_adapter_parameters(model).items()}
 
 
-def _worker(rank: int, port: int, root: str) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(WORLD),
-        LOCAL_WORLD_SIZE=str(WORLD),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        GLOO_SOCKET_IFNAME="lo",
-        OMP_NUM_THREADS="1",
-    )
-    torch.set_num_threads(1)
+def _worker(rank: int, root: str) -> None:
     root_path = Path(root)
-    try:
-        model, result = _train(root_path / f"full-rank{rank}", PER_RANK)  # uninterrupted
-        out = _adapters(model)
-        out["losses"] = torch.tensor(result.losses, dtype=torch.float64)
-        weight = model.transformer_blocks[0].attn1.to_q.base_layer.weight
-        out["shard"] = torch.tensor(
-            [isinstance(weight, DTensor), weight.to_local().numel(), weight.numel()], dtype=torch.int64
-        )
-        # interrupted after STOP steps (rank 0 writes the checkpoint), then resumed on these 2 ranks
-        _train(root_path / "cut", PER_RANK, stop=STOP)
-        dist.barrier()
-        if rank == 0:
-            shutil.copytree(root_path / "cut", root_path / "cut-two")
-        dist.barrier()
-        model, result = _train(root_path / "cut-two", PER_RANK, resume=True)
-        out.update({f"resumed.{k}": v for k, v in _adapters(model).items()})
-        out["resumed.losses"] = torch.tensor(result.losses, dtype=torch.float64)
-        save_file(out, str(root_path / f"rank{rank}.safetensors"))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    model, result = _train(root_path / f"full-rank{rank}", PER_RANK)  # uninterrupted
+    out = _adapters(model)
+    out["losses"] = torch.tensor(result.losses, dtype=torch.float64)
+    weight = model.transformer_blocks[0].attn1.to_q.base_layer.weight
+    out["shard"] = torch.tensor(
+        [isinstance(weight, DTensor), weight.to_local().numel(), weight.numel()], dtype=torch.int64
+    )
+    # interrupted after STOP steps (rank 0 writes the checkpoint), then resumed on these 2 ranks
+    _train(root_path / "cut", PER_RANK, stop=STOP)
+    dist.barrier()
+    if rank == 0:
+        shutil.copytree(root_path / "cut", root_path / "cut-two")
+    dist.barrier()
+    model, result = _train(root_path / "cut-two", PER_RANK, resume=True)
+    out.update({f"resumed.{k}": v for k, v in _adapters(model).items()})
+    out["resumed.losses"] = torch.tensor(result.losses, dtype=torch.float64)
+    save_file(out, str(root_path / f"rank{rank}.safetensors"))
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> Path:
     """Train, interrupt and resume on 2 forked CPU processes (gloo) with memory.fsdp=true."""
     root = tmp_path_factory.mktemp("fsdp")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.multiprocessing.start_processes(
-            _worker, args=(_free_port(), str(root)), nprocs=WORLD, start_method="fork"
-        )
-    finally:
-        torch.set_num_threads(threads)
+    run_local_processes(_worker, WORLD, (str(root),))
     return root
 
 

@@ -104,6 +104,7 @@ def test_every_placement_preset_trains(name: str, tmp_path) -> None:
     )
     if not cfg.hmt.enabled:
         assert result.choices == ["all", "all"] and result.parts["mask"] == [0.0, 0.0]
+
     def output(choice: str) -> set[str]:  # the paper's output adapter trains on every step unless told
         return {"output"} if choice in cfg.hmt.shared_on else set()
 

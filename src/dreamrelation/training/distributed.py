@@ -48,9 +48,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -319,3 +320,52 @@ def launch_distributed(
 def inside_launch() -> bool:
     """True in a process started by ``accelerate launch`` / ``torchrun`` with more than one process."""
     return _env_world_size() > 1
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for a local process group)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_local_processes(
+    fn: Callable[..., None], world_size: int, args: Sequence = (), start_method: str | None = None
+) -> None:
+    """Run ``fn(rank, *args)`` in ``world_size`` local processes that can form one process group, as
+    ``torchrun`` would start them (RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT set, 127.0.0.1 and a free
+    port, one CPU thread each); :func:`init_distributed` in ``fn`` joins the group, which is destroyed when
+    ``fn`` returns. For tests (gloo on CPU) and benchmarks; users launch with ``accelerate``. ``start_method``:
+    ``fork`` by default without CUDA, ``spawn`` with it (a CUDA context cannot be forked; ``fn`` must then be
+    importable)."""
+    method = start_method or ("spawn" if torch.cuda.is_available() else "fork")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.multiprocessing.start_processes(
+            _local_rank,
+            args=(world_size, free_port(), fn, tuple(args)),
+            nprocs=world_size,
+            start_method=method,
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _local_rank(rank: int, world_size: int, port: int, fn: Callable[..., None], args: tuple) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        GLOO_SOCKET_IFNAME="lo",
+        OMP_NUM_THREADS="1",
+    )
+    torch.set_num_threads(1)
+    try:
+        fn(rank, *args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

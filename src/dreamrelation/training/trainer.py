@@ -120,9 +120,7 @@ def lr_at(step: int, cfg: OptimConfig) -> float:
     return low + 0.5 * (cfg.lr - low) * (1.0 + math.cos(math.pi * progress))
 
 
-def roles_for_choice(
-    choice: str, roles: Sequence[str], shared_on: Sequence[str] = HMT_CHOICES
-) -> list[str]:
+def roles_for_choice(choice: str, roles: Sequence[str], shared_on: Sequence[str] = HMT_CHOICES) -> list[str]:
     """Adapters active for an HMT choice. Roles other than relation/subject1/subject2 (``output``, ``direct``)
     are on for the choices in ``shared_on`` (all of them by default, as the paper); roles missing from the
     placement (ablations) are skipped."""
