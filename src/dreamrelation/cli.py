@@ -369,6 +369,12 @@ def generate(
     num_gpus: int = typer.Option(
         1, "--num-gpus", help="Processes sharing the prompts x seeds (re-launches under accelerate)."
     ),
+    context_parallel: bool = typer.Option(
+        False,
+        "--context-parallel",
+        help="With --num-gpus N: the N processes sample each video together, its tokens split over them "
+        "(Wan; for one long video).",
+    ),
     image: Path = typer.Option(
         None,
         "--image",
@@ -379,7 +385,8 @@ def generate(
     """Generate videos with relation adapters: MP4 (+GIF) and a JSON sidecar per video, a contact sheet.
 
     With --image every video starts from that photo (image-to-video). Several GPUs: `--num-gpus N` splits
-    the prompts x seeds over N processes; same files as one process.
+    the prompts x seeds over N processes, or with --context-parallel splits each video's tokens (Wan); same
+    files as one process.
     """
     options = dict(locals())  # every option, by the GenerationConfig field it sets
     from dreamrelation.inference.run import cli_generation_config, run_generate

@@ -1,4 +1,5 @@
-"""generate on 2 CPU processes (gloo): the prompts x seeds are split, and the folder equals one process's."""
+"""generate on 2 CPU processes (gloo): the prompts x seeds are split (or, with context parallelism, each
+video's tokens), and the folder equals one process's."""
 
 from __future__ import annotations
 
@@ -59,3 +60,51 @@ def test_two_processes_write_the_single_process_folder(tiny_bundle: Path, tmp_pa
     shares = [json.loads((tmp_path / f"sampled{r}.json").read_text()) for r in range(WORLD)]
     half = (len(single.videos) + 1) // 2  # each process sampled only its contiguous share
     assert shares == [list(range(half)), list(range(half, len(single.videos)))]
+
+
+def _context_parallel_worker(rank: int, bundle: str, root: str) -> None:
+    import torch
+
+    torch.accelerator.device_count = lambda: (
+        1
+    )  # diffusers divides the rank by it to pick a device; 0 on a CPU
+    cfg = _config(Path(bundle), Path(root) / "two", PROMPTS[:1])
+    cfg.context_parallel = True
+    seen = []
+    real = generate.enable_context_parallel
+    generate.enable_context_parallel = lambda *a: seen.append(a[1:]) or real(*a)  # a forked child's module
+    result = generate_to_folder(cfg)
+    if rank == 0:
+        np.save(Path(root) / "cp_frames.npy", np.stack(result.frames))
+    (Path(root) / f"cp{rank}.json").write_text(json.dumps({"calls": seen, "videos": len(result.videos)}))
+
+
+def test_context_parallel_processes_sample_each_video_together(tiny_wan_bundle: Path, tmp_path: Path) -> None:
+    run_local_processes(_context_parallel_worker, WORLD, (str(tiny_wan_bundle), str(tmp_path)))
+    single = generate_to_folder(_config(tiny_wan_bundle, tmp_path / "one", PROMPTS[:1]))
+    two, one = tmp_path / "two", tmp_path / "one"
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    for path in one.glob("*_seed*.json"):
+        assert _sidecar(two / path.name) == _sidecar(path), path.name
+    # the same videos from tokens split over two processes
+    diff = np.abs(np.load(tmp_path / "cp_frames.npy").astype(int) - np.stack(single.frames).astype(int))
+    assert diff.max() <= 1  # float rounding of a different split; the MP4 codec can amplify it, so frames
+    tokens = generate.video_tokens(generate.load_pipeline(tiny_wan_bundle), 25, 64, 64)
+    for rank in range(WORLD):  # both processes split the tokens; both sampled every video, rank 0 wrote them
+        record = json.loads((tmp_path / f"cp{rank}.json").read_text())
+        assert record["calls"] == [[WORLD, tokens]] and tokens % WORLD == 0
+        assert record["videos"] == (len(single.videos) if rank == 0 else 0)
+
+
+def test_context_parallel_refuses_mochi_and_uneven_splits(tiny_bundle: Path, tiny_wan_bundle: Path) -> None:
+    from dreamrelation.errors import UserError
+
+    mochi = generate.load_pipeline(tiny_bundle).transformer
+    with pytest.raises(UserError, match="no context-parallel plan for MochiTransformer3DModel"):
+        generate.enable_context_parallel(mochi, 2, 64)
+    wan = generate.load_pipeline(tiny_wan_bundle).transformer
+    heads = wan.config.num_attention_heads
+    with pytest.raises(UserError, match=f"the {heads} attention heads do not split evenly"):
+        generate.enable_context_parallel(wan, heads + 1, 64 * (heads + 1))
+    with pytest.raises(UserError, match="the 63 video tokens do not split evenly"):
+        generate.enable_context_parallel(wan, 2, 63)

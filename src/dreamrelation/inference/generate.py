@@ -22,9 +22,11 @@ generate ...``): the (prompt, seed) jobs are split into contiguous chunks over t
 ``split_between_processes``), each process samples its chunk on its own GPU and writes those videos and
 sidecars under their single-process names; every video depends only on its prompt and seed, so the folder
 is the one a single process writes. Rank 0 then writes the contact sheet and manifest (the frames reach it
-through accelerate's ``gather_object``). One long video is not split: context parallelism exists in the
-installed diffusers (0.42) for Wan (``WanTransformer3DModel._cp_plan``, ``enable_parallelism``) but not for
-Mochi, and is not wired here.
+through accelerate's ``gather_object``). With ``context_parallel`` (``--context-parallel``) the processes
+instead sample every video together, each holding a slice of its tokens (diffusers' context parallelism,
+Ulysses attention over the processes: :func:`enable_context_parallel`), and rank 0 writes the same folder -
+for one long video that is too slow or too large for one GPU. diffusers has a plan for it on Wan
+(``WanTransformer3DModel._cp_plan``), not on Mochi.
 """
 
 from __future__ import annotations
@@ -538,6 +540,8 @@ class GenerationConfig:
     progress: bool = False  # a per-step progress bar on stderr (the CLI's)
     image: str | os.PathLike | Image.Image | None = None
     negative_prompt: str = ""
+    #: several processes sample each video together (Wan; see the module docstring) instead of sharing the jobs
+    context_parallel: bool = False
     #: ``on_step(video_index, step)`` after each denoising step (the UI's progress; raising stops the run)
     on_step: Callable[[int, int], None] | None = None
 
@@ -585,6 +589,41 @@ def warn_unknown_words(pipe, prompts: Sequence[str]) -> list[str]:
             "toy prompts use its colours, shapes and relations, e.g. 'A red star is pushing a blue circle.'"
         )
     return unknown
+
+
+def enable_context_parallel(transformer, world_size: int, tokens: int) -> None:
+    """Split each video's ``tokens`` over ``world_size`` processes: diffusers' context parallelism with Ulysses
+    attention (an all-to-all swaps the token split for a head split around each attention), on the
+    transformer's own plan. One line naming the fix when the model has no plan or the split is uneven."""
+    plan = getattr(type(transformer), "_cp_plan", None)
+    name = type(transformer).__name__
+    if plan is None:
+        raise UserError(
+            f"--context-parallel: diffusers has no context-parallel plan for {name} (Wan has one); drop "
+            "--context-parallel to share the prompts x seeds over the GPUs instead"
+        )
+    heads = int(transformer.config.num_attention_heads)
+    for what, count in (("attention heads", heads), ("video tokens", tokens)):
+        if count % world_size:
+            raise UserError(
+                f"--context-parallel over {world_size} processes: the {count} {what} do not split evenly; use "
+                f"a number of GPUs that divides {count}"
+                + (" or another frame count / size" if what == "video tokens" else "")
+            )
+    from diffusers import ContextParallelConfig
+
+    transformer.set_attention_backend("native")  # torch SDPA: supports context parallelism on any device
+    transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world_size))
+
+
+def video_tokens(pipe, num_frames: int, height: int, width: int) -> int:
+    """Tokens of one video in ``pipe``'s transformer (latent frames x patches)."""
+    backbone = get_backbone(pipe.transformer)
+    channels = int(pipe.transformer.config.in_channels)
+    _, frames, h, w = backbone.latent_shape(channels, num_frames, height, width)
+    patch = pipe.transformer.config.patch_size
+    pt, ph, pw = (1, patch, patch) if isinstance(patch, int) else patch
+    return (frames // pt) * (h // ph) * (w // pw)
 
 
 def _launched():
@@ -703,9 +742,17 @@ def _adapters_info(choices: Sequence[AdapterChoice]) -> list[dict]:
 
 
 def _write_one(
-    run: _Run, pipe, n: int, prompt: str, seed: int, record: dict, result: GenerationResult
+    run: _Run,
+    pipe,
+    n: int,
+    prompt: str,
+    seed: int,
+    record: dict,
+    result: GenerationResult,
+    write: bool = True,
 ) -> dict:
-    """Sample one (prompt, seed), write its MP4 (+ GIF) and sidecar; returns its manifest entry."""
+    """Sample one (prompt, seed), write its MP4 (+ GIF) and sidecar; returns its manifest entry (``write``
+    False: sample only, for the other processes of a context-parallel run; no entry)."""
     settings = record["settings"]
     geometry = {k: settings[k] for k in ("num_frames", "height", "width")}
     start = time.time()
@@ -726,6 +773,8 @@ def _write_one(
         image=record["image"],
         on_step=None if run.cfg.on_step is None else functools.partial(run.cfg.on_step, n),
     )[0]
+    if not write:
+        return {}
     stem = f"{n:03d}_{_slug(prompt)}_seed{seed}"
     fps = settings["fps"]
     files = {"mp4": write_video(run.out / f"{stem}.mp4", video, fps=fps).name}
@@ -803,6 +852,11 @@ def _generate(run: _Run, pipe) -> GenerationResult:
         pipe = load_pipeline(run.model_path, dtype=run.dtype, device=device, text_encoder=cfg.text_encoder)
     warn_unknown_words(pipe, [prompt for prompt, _ in run.jobs])
     settings = _settings(run, pipe, prepare_sampling(pipe))
+    state = _launched()
+    together = state is not None and cfg.context_parallel  # every process samples every video, rank 0 writes
+    if together:
+        tokens = video_tokens(pipe, settings["num_frames"], settings["height"], settings["width"])
+        enable_context_parallel(pipe.transformer, state.num_processes, tokens)
     record = {"guidance": settings.pop("_guidance"), "values": settings.pop("_values"), "settings": settings}
     record["image"] = _fitted_image(run, settings)
     load_adapter_choices(pipe, run.choices)
@@ -812,14 +866,13 @@ def _generate(run: _Run, pipe) -> GenerationResult:
         record["adapters"] = _adapters_info(run.choices)
         path = run.model_path
         record["model"] = str(path.resolve()) if owned else str(getattr(pipe, "name_or_path", "") or path)
-        entries = _write_share(run, pipe, record, result)
+        entries = _write_share(run, pipe, record, result, together)
     finally:
         if not owned and run.choices:  # leave a caller's pipeline as it was given
             pipe.transformer.delete_adapters([c.role for c in run.choices])
         if cfg.progress:
             pipe.set_progress_bar_config(disable=True)
-    state = _launched()
-    if state is not None:  # every process's entries and frames, in job order, on every process
+    if state is not None and not together:  # every process's entries and frames, in job order, everywhere
         from accelerate.utils import gather_object
 
         entries = gather_object(entries)
@@ -827,9 +880,9 @@ def _generate(run: _Run, pipe) -> GenerationResult:
         result.videos = [run.out / e["mp4"] for e in entries]
         result.sidecars = [run.out / e["json"] for e in entries]
         result.gifs = [run.out / e["gif"] for e in entries if "gif" in e]
-        if not state.is_main_process:
-            state.wait_for_everyone()
-            return result
+    if state is not None and not state.is_main_process:
+        state.wait_for_everyone()
+        return result
     labels = [f"seed {seed}: {prompt}" for prompt, seed in run.jobs]
     save_png(result.contact_sheet, contact_sheet([[v] for v in result.frames], row_labels=labels))
     manifest = {
@@ -844,11 +897,15 @@ def _generate(run: _Run, pipe) -> GenerationResult:
     return result
 
 
-def _write_share(run: _Run, pipe, record: dict, result: GenerationResult) -> list[dict]:
-    """Sample and write this process's jobs (all of them in a single process); their manifest entries."""
+def _write_share(
+    run: _Run, pipe, record: dict, result: GenerationResult, together: bool = False
+) -> list[dict]:
+    """Sample and write this process's jobs (all of them in a single process); their manifest entries.
+    ``together`` (context parallelism): every process samples every job, only the main one writes."""
     numbered = list(enumerate(run.jobs))
     state = _launched()
-    if state is None:
-        return [_write_one(run, pipe, n, p, seed, record, result) for n, (p, seed) in numbered]
+    if state is None or together:
+        write = state is None or state.is_main_process
+        return [_write_one(run, pipe, n, p, seed, record, result, write) for n, (p, seed) in numbered]
     with state.split_between_processes(numbered) as mine:
         return [_write_one(run, pipe, n, p, seed, record, result) for n, (p, seed) in mine]
