@@ -96,13 +96,22 @@ def test_context_parallel_processes_sample_each_video_together(tiny_wan_bundle: 
         assert record["videos"] == (len(single.videos) if rank == 0 else 0)
 
 
-def test_context_parallel_refuses_mochi_and_uneven_splits(tiny_bundle: Path, tiny_wan_bundle: Path) -> None:
+def test_context_parallel_refuses_mochi_and_uneven_splits(
+    tiny_bundle: Path, tiny_wan_bundle: Path, monkeypatch
+) -> None:
+    import torch
+
     from dreamrelation.errors import UserError
+
+    wan = generate.load_pipeline(tiny_wan_bundle).transformer
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="--context-parallel needs GPUs"):
+            generate.enable_context_parallel(wan, 2, 64)
+        monkeypatch.setattr(torch.accelerator, "device_count", lambda: 1)  # as on one GPU
 
     mochi = generate.load_pipeline(tiny_bundle).transformer
     with pytest.raises(UserError, match="no context-parallel plan for MochiTransformer3DModel"):
         generate.enable_context_parallel(mochi, 2, 64)
-    wan = generate.load_pipeline(tiny_wan_bundle).transformer
     heads = wan.config.num_attention_heads
     with pytest.raises(UserError, match=f"the {heads} attention heads do not split evenly"):
         generate.enable_context_parallel(wan, heads + 1, 64 * (heads + 1))

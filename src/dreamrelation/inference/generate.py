@@ -602,6 +602,11 @@ def enable_context_parallel(transformer, world_size: int, tokens: int) -> None:
             f"--context-parallel: diffusers has no context-parallel plan for {name} (Wan has one); drop "
             "--context-parallel to share the prompts x seeds over the GPUs instead"
         )
+    if torch.accelerator.device_count() == 0:
+        raise UserError(
+            "--context-parallel needs GPUs (diffusers puts each process on one); without them drop "
+            "--context-parallel to share the prompts x seeds over the processes"
+        )
     heads = int(transformer.config.num_attention_heads)
     for what, count in (("attention heads", heads), ("video tokens", tokens)):
         if count % world_size:
