@@ -392,6 +392,28 @@ def _timed(fn: Callable[[], None], device: torch.device, warmup: int, steps: int
 # ------------------------------------------------------------------------------------------------ measures
 
 
+def _record_steps(
+    out: dict[str, Any],
+    step,
+    params: list,
+    losses: list[float],
+    device: torch.device,
+    warmup: int,
+    steps: int,
+) -> None:
+    """Run ``warmup`` untimed and ``steps`` timed training steps; record speed, peak memory, losses and the
+    adapters' dtypes in ``out``."""
+    times = _timed(step, device, warmup, steps)
+    out.update(
+        status="ok",
+        seconds_per_step=sum(times) / len(times),
+        step_seconds=times,
+        peak_gb=_peak_gb(device),
+        losses=losses,
+        adapter_dtypes=sorted({str(p.dtype) for p in params}),
+    )
+
+
 def _training_step(
     transformer, cfg, spec: Spec, batch: dict, params: list, optimizer, rcl, losses: list[float], ctx=None
 ):
@@ -462,15 +484,7 @@ def train_mode(
         _reset_peak(device)
         losses: list[float] = []
         step = _training_step(transformer, cfg, spec, batch, params, optimizer, rcl, losses)
-        times = _timed(step, device, warmup, steps)
-        out.update(
-            status="ok",
-            seconds_per_step=sum(times) / len(times),
-            step_seconds=times,
-            peak_gb=_peak_gb(device),
-            losses=losses,
-            adapter_dtypes=sorted({str(p.dtype) for p in params}),
-        )
+        _record_steps(out, step, params, losses, device, warmup, steps)
     return out
 
 
@@ -552,15 +566,7 @@ def _fsdp_rank(rank: int, backbone: str, tiny: bool, steps: int, warmup: int, tm
             losses,
             ctx,
         )
-        times = _timed(step, device, warmup, steps)
-        out.update(
-            status="ok",
-            seconds_per_step=sum(times) / len(times),
-            step_seconds=times,
-            peak_gb=_peak_gb(device),
-            losses=losses,
-            adapter_dtypes=sorted({str(p.dtype) for p in params}),
-        )
+        _record_steps(out, step, params, losses, device, warmup, steps)
     (Path(tmp) / f"rank{rank}.json").write_text(json.dumps(out))
 
 
