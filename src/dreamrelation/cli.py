@@ -650,6 +650,26 @@ def benchmark_toy(
     run_toy_benchmark(cfg)
 
 
+@benchmark_app.command("compare")
+def benchmark_compare(
+    a: Path = typer.Argument(..., help="A `benchmark toy` output folder."),
+    b: Path = typer.Argument(..., help="Another one, run with the same subjects, seeds and training seeds."),
+    out: Path = typer.Option(None, "--out", help="Also write report.md / report.json here."),
+) -> None:
+    """Paired differences A minus B of two toy benchmark runs, per method (e.g. another base, or a made-up
+    relation word): relation accuracy and leakage with bootstrap intervals over training seeds and prompts."""
+    from dreamrelation.evaluation.report import write_report
+    from dreamrelation.evaluation.toy_benchmark import compare_runs, comparison_table, read_units
+
+    rows = compare_runs(read_units(a), read_units(b))
+    table = comparison_table(rows)
+    typer.echo(table)
+    if out is not None:
+        text = f"A = `{a}`, B = `{b}`. Paired by job (same subjects and noise seeds); bootstrap over training seeds, then prompts; relations are strata."
+        write_report(out, "Toy benchmark: A minus B", [("Runs", text), ("Differences", table)], rows)
+        typer.echo(f"report: {out / 'report.md'}")
+
+
 @toy_app.command("pretrain")
 def toy_pretrain(
     out: Path = typer.Option(None, "--out", help="Bundle directory (default: the packaged toy bundle)."),

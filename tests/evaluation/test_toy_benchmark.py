@@ -338,3 +338,67 @@ def test_inference_variants_generate_with_the_trained_adapters(tiny_bundle, tmp_
     run_toy_benchmark(alone, progress=False)
     assert len(trainings) == 2
     assert (tmp_path / "alone" / "train" / "high_fiving" / "roles_all_seed0" / "adapters").is_dir()
+
+
+def _fake_run(root, accuracy: dict, seeds=(0, 1)) -> None:
+    """A benchmark output folder whose units score ``accuracy[(method, train_seed)][job]`` (leakage 0.5)."""
+    for (method, train_seed), hits in accuracy.items():
+        unit = Unit("high_fiving", method, train_seed)
+        jobs = [
+            {"prompt": f"prompt {i // len(seeds)}", "seed": seeds[i % len(seeds)]} for i in range(len(hits))
+        ]
+        scores = [{"relation_correct": bool(h), "leakage": 0.5} for h in hits]
+        path = root / "units" / "high_fiving" / f"{unit.name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            json.dumps(
+                {
+                    "unit": {"relation": "high_fiving", "method": method, "train_seed": train_seed},
+                    "jobs": jobs,
+                    "scores": scores,
+                }
+            )
+        )
+
+
+def test_compare_runs_pairs_videos_by_job(tmp_path):
+    from dreamrelation.errors import UserError
+
+    a = {("dreamrelation", s): [1, 1, 1, 0, 1, 1, 1, 1] for s in (0, 1, 2)}
+    b = {("dreamrelation", s): [0, 1, 0, 0, 0, 0, 1, 0] for s in (0, 1, 2)}
+    _fake_run(tmp_path / "a", a)
+    _fake_run(tmp_path / "b", b)
+    rows = toy_benchmark.compare_runs(
+        toy_benchmark.read_units(tmp_path / "a"), toy_benchmark.read_units(tmp_path / "b"), n_boot=500
+    )
+    pooled = rows[0]
+    assert pooled["relations"] == ["high_fiving"] and pooled["n"] == 24
+    assert pooled["relation_correct_diff"] == pytest.approx(7 / 8 - 2 / 8)  # by hand: 7 vs 2 hits of 8
+    low, high = pooled["relation_correct_ci95"]
+    assert 0 < low <= pooled["relation_correct_diff"] <= high <= 1 and pooled["relation_correct_significant"]
+    assert pooled["leakage_diff"] == 0 and not pooled["leakage_significant"]
+    assert "| +0.625 [" in toy_benchmark.comparison_table(rows)
+    # other noise seeds cannot be paired; an empty folder is not a run
+    _fake_run(tmp_path / "c", b, seeds=(5, 6))
+    with pytest.raises(UserError, match="different jobs"):
+        toy_benchmark.compare_runs(
+            toy_benchmark.read_units(tmp_path / "a"), toy_benchmark.read_units(tmp_path / "c")
+        )
+    with pytest.raises(UserError, match="no finished benchmark units"):
+        toy_benchmark.read_units(tmp_path / "empty")
+
+
+def test_cli_benchmark_compare_writes_a_report(tmp_path):
+    from typer.testing import CliRunner
+
+    from dreamrelation.cli import app
+
+    _fake_run(tmp_path / "a", {("direct_lora", 0): [1, 0, 1, 0]})
+    _fake_run(tmp_path / "b", {("direct_lora", 0): [0, 0, 1, 0]})
+    result = CliRunner().invoke(
+        app,
+        ["benchmark", "compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp")],
+    )
+    assert result.exit_code == 0, result.output
+    assert "+0.250" in result.output
+    assert json.loads((tmp_path / "cmp" / "report.json").read_text())[0]["method"] == "direct_lora"

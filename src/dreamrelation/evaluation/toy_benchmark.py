@@ -27,6 +27,7 @@ from rich.console import Console
 
 from dreamrelation.backbones.loading import load_pipeline
 from dreamrelation.backbones.registry import TOY
+from dreamrelation.errors import UserError
 from dreamrelation.evaluation.report import (
     PairedDifference,
     format_interval,
@@ -573,6 +574,87 @@ def _contact_sheets(cfg: ToyBenchmarkConfig, units: Sequence[Unit]) -> None:
         if rows:
             sheet = contact_sheet(rows, row_labels=labels, col_labels=[j.prompt for j in jobs])
             save_png(Path(cfg.out_dir) / f"contact_sheet_{relation}.png", sheet)
+
+
+def read_units(out_dir: str | Path) -> dict[Unit, dict]:
+    """Every finished unit stored in a benchmark output folder (``units/RELATION/*.json``), one clear error
+    when there is none."""
+    root = Path(out_dir) / "units"
+    units = {}
+    for path in sorted(root.glob("*/*.json")):
+        try:
+            data = json.loads(path.read_text())
+            units[Unit(**data["unit"])] = data
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(
+                f"{path}: not a benchmark unit ({exc}); remove it or run the benchmark again"
+            ) from exc
+    if not units:
+        raise UserError(
+            f"{out_dir}: no finished benchmark units under units/; give a `benchmark toy` output folder"
+        )
+    return units
+
+
+def compare_runs(a: dict[Unit, dict], b: dict[Unit, dict], n_boot: int = 10000) -> list[dict]:
+    """Paired differences A minus B between two benchmark runs (e.g. another bundle, or the relation under a
+    made-up word): per method, over the relations and training seeds both ran, then per relation. Videos pair
+    by job position, which needs the same subjects and noise seeds in the same order (the prompts' wording may
+    differ); clusters are (training seed, prompt), relations strata, as in :func:`paired_difference`."""
+    rows = []
+    shared = sorted(set(a) & set(b), key=lambda u: (u.method, u.relation, u.train_seed or 0))
+    for method in dict.fromkeys(u.method for u in shared):
+        units = [u for u in shared if u.method == method]
+        for relations in [sorted({u.relation for u in units})] + [
+            [r] for r in sorted({u.relation for u in units})
+        ]:
+            pairs = [(a[u], b[u], u) for u in units if u.relation in relations]
+            row = {"method": method, "relations": relations, "n": 0}
+            for key in ("relation_correct", "leakage"):
+                xa, xb, clusters, strata = [], [], [], []
+                for da, db, unit in pairs:
+                    _check_same_jobs(da, db, unit)
+                    for job, sa, sb in zip(da["jobs"], da["scores"], db["scores"], strict=True):
+                        xa.append(float(sa[key]))
+                        xb.append(float(sb[key]))
+                        clusters.append((unit.train_seed, job["prompt"]))
+                        strata.append(unit.relation)
+                diff = paired_bootstrap(xa, xb, clusters, n_boot=n_boot, strata=strata)
+                row.update({"n": len(xa), f"{key}_a": float(np.mean(xa)), f"{key}_b": float(np.mean(xb))})
+                row.update({f"{key}_diff": diff.diff, f"{key}_ci95": [diff.low, diff.high]})
+                row[f"{key}_significant"] = diff.significant
+            rows.append(row)
+    if not rows:
+        raise UserError("the two runs share no (relation, method, training seed) unit; nothing to compare")
+    return rows
+
+
+def _check_same_jobs(a: dict, b: dict, unit: Unit) -> None:
+    seeds_a, seeds_b = ([j["seed"] for j in d["jobs"]] for d in (a, b))
+    if seeds_a != seeds_b:
+        raise UserError(
+            f"{unit.relation} {unit.name}: the two runs generated different jobs ({len(seeds_a)} vs "
+            f"{len(seeds_b)} videos or other noise seeds); compare runs made with the same subjects and seeds"
+        )
+
+
+def comparison_table(rows: Sequence[dict]) -> str:
+    """Markdown table of :func:`compare_runs` rows."""
+    display = [
+        {
+            "method": LABELS.get(r["method"], r["method"]),
+            "relations": ", ".join(r["relations"]),
+            "videos": r["n"],
+            "relation acc. A / B": f"{r['relation_correct_a']:.3f} / {r['relation_correct_b']:.3f}",
+            "A - B [95% CI]": format_interval(r["relation_correct_diff"], r["relation_correct_ci95"], True),
+            "significant": "yes" if r["relation_correct_significant"] else "no",
+            "leakage A / B": f"{r['leakage_a']:.3f} / {r['leakage_b']:.3f}",
+            "leakage A - B [95% CI]": format_interval(r["leakage_diff"], r["leakage_ci95"], True)
+            + (" *" if r["leakage_significant"] else ""),
+        }
+        for r in rows
+    ]
+    return markdown_table(display, list(display[0]))
 
 
 def run_toy_benchmark(cfg: ToyBenchmarkConfig, progress: bool = True) -> dict:
