@@ -333,6 +333,7 @@ def test_inference_variants_generate_with_the_trained_adapters(tiny_bundle, tmp_
     rows = report["tables"]["Study: inference roles and training variants"]
     assert [r["method"] for r in rows] == ["dreamrelation", "roles_relation", "roles_all"]
     assert all("difference_ci95" in r for r in rows[1:])
+    assert (out / "study_tradeoff.png").is_file() and "study_tradeoff.png" in (out / "report.md").read_text()
     # without DreamRelation's adapters a variant trains its own (the same recipe)
     alone = replace(cfg, methods=["roles_all"], out_dir=str(tmp_path / "alone"))
     run_toy_benchmark(alone, progress=False)

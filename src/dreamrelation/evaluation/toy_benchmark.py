@@ -52,6 +52,7 @@ from dreamrelation.inference.generate import image_pipeline
 from dreamrelation.toy import world
 from dreamrelation.utils.io import atomic_path, atomic_write_json
 from dreamrelation.utils.media import contact_sheet, save_png
+from dreamrelation.utils.plots import scatter_image
 
 console = Console()
 
@@ -87,6 +88,7 @@ TABLES = {
     "Study: inference roles and training variants": STUDY_METHODS,
 }
 LABELS = {
+    "direct_lora": "direct LoRA",
     "v_qk": "V / QK",
     "q_kv": "Q / KV",
     "kv_q": "KV / Q",
@@ -97,6 +99,7 @@ LABELS = {
     "lambda_m_0": "lambda_m 0 (HMT choices, no mask loss)",
     "output_relation_steps": "output adapter on relation steps only",
 }
+TRADE_OFF_CHARTS = ("Study: inference roles and training variants",)
 # Methods that differ from another only in the roles used at inference: they generate with that method's
 # adapters (same relation and training seed) when it has trained them, so the comparison isolates the roles.
 INFERENCE_VARIANTS = {"roles_relation": "dreamrelation", "roles_all": "dreamrelation"}
@@ -372,6 +375,22 @@ def bar_chart(rows: list[dict], key: str, title: str) -> Image.Image:
         draw.text((x0 + bar_w + 8, y + 4), f"{value:.2f}", fill="black", font=font)
     draw.text((x0, image.height - pad - 2), "red tick: paper", fill=(220, 60, 40), font=font)
     return image
+
+
+def tradeoff_chart(rows: Sequence[dict], title: str) -> Image.Image:
+    """Relation accuracy against the exemplars' leakage per method, with 95% intervals: what learning the
+    relation costs in appearance copied from the exemplars."""
+    points = [
+        (
+            LABELS.get(r["method"], r["method"]),
+            float(r["leakage"]),
+            float(r["relation_correct"]),
+            [np.nan if v is None else v for v in r["leakage_ci95"]],
+            [np.nan if v is None else v for v in r["relation_correct_ci95"]],
+        )
+        for r in rows
+    ]
+    return scatter_image(points, "exemplar leakage", "relation accuracy", title)
 
 
 def _scope(cfg: ToyBenchmarkConfig, title: str) -> tuple[list[str], list[int]]:
@@ -674,6 +693,9 @@ def run_toy_benchmark(cfg: ToyBenchmarkConfig, progress: bool = True) -> dict:
         name = title.split(":")[0].lower().replace(" ", "_")
         save_png(out / f"{name}.png", bar_chart(rows, "relation_correct", f"{title}: relation accuracy"))
         sections.append((f"{title} (chart)", f"![{title}]({name}.png)"))
+        if title in TRADE_OFF_CHARTS:
+            save_png(out / f"{name}_tradeoff.png", tradeoff_chart(rows, title))
+            sections.append((f"{title}: relation accuracy vs leakage", f"![{title}]({name}_tradeoff.png)"))
     data = {
         "config": asdict(cfg),
         "plan": plan,

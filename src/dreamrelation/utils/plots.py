@@ -105,3 +105,48 @@ def heatmap_image(
     draw.text((bx + bar_w + 4, top), f"{vmax:.2f}", fill=(0, 0, 0), font=font)
     draw.text((bx + bar_w + 4, top + bar_h - size("0")[1] - 2), f"{vmin:.2f}", fill=(0, 0, 0), font=font)
     return img
+
+
+def scatter_image(
+    points: Sequence[tuple[str, float, float, Sequence[float], Sequence[float]]],
+    x_label: str,
+    y_label: str,
+    title: str = "",
+    size: int = 420,
+) -> Image.Image:
+    """A labelled scatter plot on [0, 1] x [0, 1]: ``(label, x, y, x_interval, y_interval)`` per point, the
+    intervals drawn as whiskers (NaN bounds are skipped)."""
+    font = default_font(12)
+    pad, left, bottom = 12, 48, 40
+    legend_w = 300
+    img = Image.new("RGB", (left + size + 2 * pad + legend_w, size + bottom + 3 * pad + 16), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    top = 2 * pad + 16
+    if title:
+        draw.text((pad, pad), title, fill=(0, 0, 0), font=font)
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return left + size * min(max(x, 0.0), 1.0), top + size * (1.0 - min(max(y, 0.0), 1.0))
+
+    draw.rectangle([left, top, left + size, top + size], outline=(0, 0, 0))
+    for tick in np.linspace(0.0, 1.0, 6):
+        x, y = at(tick, tick)
+        draw.line([x, top + size, x, top + size + 4], fill=(0, 0, 0))
+        draw.line([left - 4, y, left, y], fill=(0, 0, 0))
+        draw.text((x - 8, top + size + 6), f"{tick:.1f}", fill=(0, 0, 0), font=font)
+        draw.text((pad, y - 7), f"{tick:.1f}", fill=(0, 0, 0), font=font)
+    draw.text((left + size // 2 - 40, top + size + 22), x_label, fill=(0, 0, 0), font=font)
+    draw.text((left + 4, top + 4), y_label, fill=(0, 0, 0), font=font)
+    colours = colour_map(np.linspace(0.0, 0.9, max(len(points), 1)), INFERNO)
+    for k, (label, x, y, x_ci, y_ci) in enumerate(points):
+        colour = tuple(int(c) for c in colours[k])
+        cx, cy = at(x, y)
+        for lo, hi, horizontal in ((x_ci[0], x_ci[1], True), (y_ci[0], y_ci[1], False)):
+            if np.isfinite(lo) and np.isfinite(hi):
+                a, b = (at(lo, y), at(hi, y)) if horizontal else (at(x, lo), at(x, hi))
+                draw.line([a, b], fill=colour, width=2)
+        draw.ellipse([cx - 5, cy - 5, cx + 5, cy + 5], fill=colour, outline=(0, 0, 0))
+        ly = top + k * 20
+        draw.ellipse([left + size + 2 * pad, ly + 3, left + size + 2 * pad + 10, ly + 13], fill=colour)
+        draw.text((left + size + 2 * pad + 16, ly), label, fill=(0, 0, 0), font=font)
+    return img
