@@ -489,13 +489,23 @@ def _display(row: dict) -> dict:
 DISPLAY_FORMATS = {"paper": ".3f", "paper difference": "+.3f", "appearance": ".3f", "leakage": ".3f"}
 
 
+def tables_shown(cfg: ToyBenchmarkConfig) -> dict[str, list[str]]:
+    """The :data:`TABLES` that have a method of their own among ``cfg.methods`` (one no earlier table shows)."""
+    shown, seen = {}, {REFERENCE}
+    for title, methods in TABLES.items():
+        if any(m in cfg.methods and m not in seen for m in methods):
+            shown[title] = methods
+        seen.update(methods)
+    return shown
+
+
 def build_sections(cfg: ToyBenchmarkConfig, results: dict[Unit, dict]) -> tuple[list, dict, list]:
     """Report sections, the table rows (by title) and the per-relation rows."""
     n_jobs = len(cfg.subjects) * len(cfg.seeds)
-    ablations = any(m not in (UNTUNED, *TABLE1_METHODS) for m in cfg.methods)
+    others = [title.split(":")[0] for title in tables_shown(cfg) if not title.startswith("Table 1")]
     ablation_seeds = (
-        f"; Tables 2-3: seeds {cfg.ablation_seeds} on {', '.join(cfg.ablation_relations)}"
-        if ablations
+        f"; {', '.join(others)}: seeds {cfg.ablation_seeds} on {', '.join(cfg.ablation_relations)}"
+        if others
         else ""
     )
     still = (
@@ -524,7 +534,7 @@ def build_sections(cfg: ToyBenchmarkConfig, results: dict[Unit, dict]) -> tuple[
         ),
     ]
     tables: dict[str, list[dict]] = {}
-    for title, methods in TABLES.items():
+    for title, methods in tables_shown(cfg).items():
         scope = _scope(cfg, title)
         rows = [r for m in methods if m in cfg.methods and (r := method_row(results, m, scope, cfg.n_boot))]
         if len(rows) > 1:  # a table needs something to compare
