@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/dreamrelation demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks tools
