@@ -108,8 +108,20 @@ def test_running_out_of_memory_is_recorded_not_raised(bench: ModuleType) -> None
 
 
 def test_fsdp_mode_shards_the_base_over_gloo_processes(bench: ModuleType, tmp_path) -> None:
-    argv = ["--tiny", "--device", "cpu", "--backbone", "mochi", "--modes", "bf16_ckpt_all", "--skip-inference"]
-    assert bench.main([*argv, "--steps", "1", "--warmup", "0", "--fsdp-gpus", "2", "--out-dir", str(tmp_path)]) == 0
+    argv = [
+        "--tiny",
+        "--device",
+        "cpu",
+        "--backbone",
+        "mochi",
+        "--modes",
+        "bf16_ckpt_all",
+        "--skip-inference",
+    ]
+    assert (
+        bench.main([*argv, "--steps", "1", "--warmup", "0", "--fsdp-gpus", "2", "--out-dir", str(tmp_path)])
+        == 0
+    )
     result = json.loads((tmp_path / "gpu_mochi_tiny.json").read_text())
     assert set(result["train"]) == {"bf16_ckpt_all", "fsdp2"}
     single, fsdp = result["train"]["bf16_ckpt_all"], result["train"]["fsdp2"]

@@ -271,7 +271,11 @@ def test_image_to_video_benchmark_starts_every_video_from_its_still(tiny_wan22_b
         "dreamrelation",
     ]
     text = (tmp_path / "i2v" / "report.md").read_text()
-    assert "(image-to-video)" in text and "100% image-conditioned steps" in text and "seeds [0, 1] on" not in text
+    assert (
+        "(image-to-video)" in text
+        and "100% image-conditioned steps" in text
+        and "seeds [0, 1] on" not in text
+    )
     # every training step conditioned on the first frame (i2v_probability 1)
     for method in ("direct_lora", "dreamrelation"):
         rows = (tmp_path / "i2v" / "train" / "high_fiving" / f"{method}_seed0" / "loss.csv").read_text()

@@ -65,11 +65,10 @@ def test_two_processes_write_the_single_process_folder(tiny_bundle: Path, tmp_pa
 def _context_parallel_worker(rank: int, bundle: str, root: str) -> None:
     import torch
 
-    torch.accelerator.device_count = lambda: (
-        1
-    )  # diffusers divides the rank by it to pick a device; 0 on a CPU
+    # diffusers divides the rank by the accelerator count to pick a device; 0 on a CPU
+    torch.accelerator.device_count = lambda: 1
     cfg = _config(Path(bundle), Path(root) / "two", PROMPTS[:1])
-    cfg.context_parallel = True
+    cfg.context_parallel, cfg.adapters = True, Path(root) / "adapters"
     seen = []
     real = generate.enable_context_parallel
     generate.enable_context_parallel = lambda *a: seen.append(a[1:]) or real(*a)  # a forked child's module
@@ -80,8 +79,16 @@ def _context_parallel_worker(rank: int, bundle: str, root: str) -> None:
 
 
 def test_context_parallel_processes_sample_each_video_together(tiny_wan_bundle: Path, tmp_path: Path) -> None:
+    from diffusers import WanTransformer3DModel
+    from test_generate import make_adapters
+
+    make_adapters(
+        WanTransformer3DModel.from_pretrained(tiny_wan_bundle / "transformer"), tmp_path / "adapters"
+    )
     run_local_processes(_context_parallel_worker, WORLD, (str(tiny_wan_bundle), str(tmp_path)))
-    single = generate_to_folder(_config(tiny_wan_bundle, tmp_path / "one", PROMPTS[:1]))
+    one_process = _config(tiny_wan_bundle, tmp_path / "one", PROMPTS[:1])
+    one_process.adapters = tmp_path / "adapters"
+    single = generate_to_folder(one_process)
     two, one = tmp_path / "two", tmp_path / "one"
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
     for path in one.glob("*_seed*.json"):

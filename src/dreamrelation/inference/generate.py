@@ -859,12 +859,12 @@ def _generate(run: _Run, pipe) -> GenerationResult:
     settings = _settings(run, pipe, prepare_sampling(pipe))
     state = _launched()
     together = state is not None and cfg.context_parallel  # every process samples every video, rank 0 writes
-    if together:
-        tokens = video_tokens(pipe, settings["num_frames"], settings["height"], settings["width"])
-        enable_context_parallel(pipe.transformer, state.num_processes, tokens)
     record = {"guidance": settings.pop("_guidance"), "values": settings.pop("_values"), "settings": settings}
     record["image"] = _fitted_image(run, settings)
     load_adapter_choices(pipe, run.choices)
+    if together:  # after the adapters: their layers sit inside the blocks the plan splits around
+        tokens = video_tokens(pipe, settings["num_frames"], settings["height"], settings["width"])
+        enable_context_parallel(pipe.transformer, state.num_processes, tokens)
     result = GenerationResult(run.out, [], [], [], run.out / "contact_sheet.png", run.out / "manifest.json")
     try:
         _set_up(run, pipe, owned)
