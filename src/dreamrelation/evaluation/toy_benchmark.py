@@ -634,9 +634,8 @@ def compare_runs(a: dict[Unit, dict], b: dict[Unit, dict], n_boot: int = 10000) 
     shared = sorted(set(a) & set(b), key=lambda u: (u.method, u.relation, u.train_seed or 0))
     for method in dict.fromkeys(u.method for u in shared):
         units = [u for u in shared if u.method == method]
-        for relations in [sorted({u.relation for u in units})] + [
-            [r] for r in sorted({u.relation for u in units})
-        ]:
+        names = sorted({u.relation for u in units})
+        for relations in [names] + ([[r] for r in names] if len(names) > 1 else []):
             pairs = [(a[u], b[u], u) for u in units if u.relation in relations]
             row = {"method": method, "relations": relations, "n": 0}
             for key in ("relation_correct", "leakage"):
