@@ -91,7 +91,7 @@ def all_adapters_every_step(enabled: bool) -> Iterator[None]:
     """Emulate the public code: every adapter computed in every step, whatever the HMT choice."""
     original = trainer_module.roles_for_choice
     if enabled:
-        trainer_module.roles_for_choice = lambda choice, roles: list(roles)
+        trainer_module.roles_for_choice = lambda choice, roles, shared_on=(): list(roles)
     try:
         yield
     finally:
