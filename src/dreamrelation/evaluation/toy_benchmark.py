@@ -89,6 +89,11 @@ TABLES = {
 }
 LABELS = {
     "direct_lora": "direct LoRA",
+    "wo_hmt": "w/o HMT",
+    "wo_rcl": "w/o RCL",
+    "wo_relation": "w/o relation adapters",
+    "wo_subject": "w/o subject adapters",
+    "wo_output": "w/o output adapters",
     "v_qk": "V / QK",
     "q_kv": "Q / KV",
     "kv_q": "KV / Q",
