@@ -257,6 +257,17 @@ def load_unit(cfg: ToyBenchmarkConfig, unit: Unit) -> dict | None:
     return data if data.get("fingerprint") == json.loads(json.dumps(fingerprint(cfg))) else None
 
 
+def _trained_adapters(cfg: ToyBenchmarkConfig, unit: Unit) -> Path | None:
+    """For an inference variant: the adapters its source method trained on the same relation and seed under
+    the current settings (its unit finished with this fingerprint), else None (the variant trains them)."""
+    source = INFERENCE_VARIANTS.get(unit.method)
+    if source is None:
+        return None
+    trained = Unit(unit.relation, source, unit.train_seed)
+    adapters = Path(cfg.out_dir) / "train" / unit.relation / trained.name / "adapters"
+    return adapters if adapters.is_dir() and load_unit(cfg, trained) is not None else None
+
+
 def run_unit(
     pipe,
     exemplars: Exemplars,
@@ -268,9 +279,7 @@ def run_unit(
     """Train (unless untuned), generate and score ``jobs``; write the unit's JSON (and sheet videos)."""
     out = Path(cfg.out_dir)
     train_cfg = toy_recipe(unit.method, cfg, unit.train_seed or 0)
-    source = INFERENCE_VARIANTS.get(unit.method)
-    trained = out / "train" / unit.relation / Unit(unit.relation, source or "", unit.train_seed).name
-    reused = trained / "adapters" if source and (trained / "adapters").is_dir() else None
+    reused = _trained_adapters(cfg, unit)
     videos, timings = train_and_generate(
         pipe,
         exemplars,
