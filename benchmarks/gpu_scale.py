@@ -501,10 +501,9 @@ def fsdp_train(spec: Spec, tiny: bool, world_size: int, steps: int, warmup: int)
         ranks = [json.loads((Path(tmp) / f"rank{r}.json").read_text()) for r in range(world_size)]
     out = dict(ranks[0])
     peaks = [r.get("peak_gb") for r in ranks]
+    failed = [r.get("status") for r in ranks if r.get("status") != "ok"]
     out.update(
-        status="ok"
-        if all(r.get("status") == "ok" for r in ranks)
-        else next(r["status"] for r in ranks if r.get("status") != "ok"),
+        status=failed[0] if failed else "ok",
         world_size=world_size,
         peak_gb=None if None in peaks else max(peaks),
         peak_gb_per_rank=peaks,
@@ -735,6 +734,19 @@ def fsdp_world_size(args: argparse.Namespace, device: torch.device) -> int:
     return torch.cuda.device_count() if device.type == "cuda" and torch.cuda.device_count() > 1 else 0
 
 
+def _add_mode(result: dict[str, Any], spec: Spec, mode: str, r: dict[str, Any]) -> None:
+    """Record training mode ``mode``'s measurement ``r`` (with whether it fits the spec's target) and print it."""
+    if spec.target_gb is not None:
+        peak = r.get("peak_gb")
+        r["fits_target"] = None if peak is None else (r.get("status") == "ok" and peak <= spec.target_gb)
+    result["train"][mode] = r
+    print(
+        f"{spec.name} {mode}: {r.get('status')} peak {_fmt(r.get('peak_gb'))} GB, "
+        f"{_fmt(r.get('seconds_per_step'), '.3f')} s/step",
+        flush=True,
+    )
+
+
 def run_backbone(
     spec: Spec, args: argparse.Namespace, modes: list[str], device: torch.device
 ) -> dict[str, Any]:
@@ -767,26 +779,12 @@ def run_backbone(
     }
     del meta
     for mode in modes:
-        r = train_mode(spec, mode, args.tiny, device, args.steps, args.warmup, partial)
-        if spec.target_gb is not None:
-            peak = r.get("peak_gb")
-            r["fits_target"] = None if peak is None else (r.get("status") == "ok" and peak <= spec.target_gb)
-        result["train"][mode] = r
-        print(
-            f"{spec.name} {mode}: {r.get('status')} peak {_fmt(r.get('peak_gb'))} GB, "
-            f"{_fmt(r.get('seconds_per_step'), '.3f')} s/step",
-            flush=True,
+        _add_mode(
+            result, spec, mode, train_mode(spec, mode, args.tiny, device, args.steps, args.warmup, partial)
         )
     world = fsdp_world_size(args, device)
-    if world > 1:
-        r = fsdp_train(spec, args.tiny, world, args.steps, args.warmup)
-        if spec.target_gb is not None and r.get("peak_gb") is not None:
-            r["fits_target"] = r.get("status") == "ok" and r["peak_gb"] <= spec.target_gb
-        result["train"][f"fsdp{world}"] = r
-        print(
-            f"{spec.name} fsdp{world}: {r.get('status')} peak {_fmt(r.get('peak_gb'))} GB per rank",
-            flush=True,
-        )
+    if world > 1:  # the peak is the largest rank's
+        _add_mode(result, spec, f"fsdp{world}", fsdp_train(spec, args.tiny, world, args.steps, args.warmup))
     if not args.skip_inference:
         steps = args.inference_steps or spec.inference_steps
         result["inference"] = inference(spec, args.tiny, device, steps, args.inference_timed_steps or steps)
