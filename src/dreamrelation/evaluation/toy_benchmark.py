@@ -81,11 +81,12 @@ STUDY_METHODS = [
     "output_relation_steps",
     "direct_lora",
 ]
+STUDY_TITLE = "Study: inference roles and training variants"
 TABLES = {
     "Table 1: comparison": [UNTUNED, "direct_lora", "dreamrelation"],
     "Table 2: ablations": ["dreamrelation", "wo_hmt", "wo_rcl", "wo_relation", "wo_subject", "wo_output"],
     "Table 3: placement (relation / subject)": ["v_qk", "q_kv", "kv_q", "dreamrelation"],
-    "Study: inference roles and training variants": STUDY_METHODS,
+    STUDY_TITLE: STUDY_METHODS,
 }
 LABELS = {
     "direct_lora": "direct LoRA",
@@ -104,7 +105,7 @@ LABELS = {
     "lambda_m_0": "lambda_m 0 (HMT choices, no mask loss)",
     "output_relation_steps": "output adapter on relation steps only",
 }
-TRADE_OFF_CHARTS = ("Study: inference roles and training variants",)
+TRADE_OFF_CHARTS = (STUDY_TITLE,)
 # Methods that differ from another only in the roles used at inference: they generate with that method's
 # adapters (same relation and training seed) when it has trained them, so the comparison isolates the roles.
 INFERENCE_VARIANTS = {"roles_relation": "dreamrelation", "roles_all": "dreamrelation"}
@@ -436,7 +437,7 @@ def paired_difference(
     Clusters are (training seed, prompt), relations are strata (see :func:`paired_bootstrap`); the untuned
     model's videos pair with DreamRelation's of every training seed.
     """
-    a, b, clusters, strata = [], [], [], []
+    pairs = []
     for relation in scope[0]:
         for seed in scope[1]:
             ref = results.get(Unit(relation, REFERENCE, seed))
@@ -445,12 +446,23 @@ def paired_difference(
                 continue
             if ref["jobs"] != other["jobs"]:
                 raise ValueError(f"{relation}: {method} and {REFERENCE} generated different jobs")
-            for job, x, y in zip(ref["jobs"], ref["scores"], other["scores"], strict=True):
-                a.append(float(x[key]))
-                b.append(float(y[key]))
-                clusters.append((seed, job["prompt"]))
-                strata.append(relation)
-    return paired_bootstrap(a, b, clusters, n_boot=n_boot, strata=strata) if a else None
+            pairs.append((ref, other, seed, relation))
+    return bootstrap_pairs(pairs, key, n_boot) if pairs else None
+
+
+def bootstrap_pairs(
+    pairs: Sequence[tuple[dict, dict, int | None, str]], key: str, n_boot: int
+) -> PairedDifference:
+    """Paired bootstrap of score ``key``, A minus B, over ``(A's unit, B's unit, training seed, relation)``
+    pairs generated on the same jobs: clusters (training seed, A's prompt), relations strata."""
+    a, b, clusters, strata = [], [], [], []
+    for data_a, data_b, seed, relation in pairs:
+        for job, x, y in zip(data_a["jobs"], data_a["scores"], data_b["scores"], strict=True):
+            a.append(float(x[key]))
+            b.append(float(y[key]))
+            clusters.append((seed, job["prompt"]))
+            strata.append(relation)
+    return paired_bootstrap(a, b, clusters, n_boot=n_boot, strata=strata)
 
 
 def method_row(
@@ -646,23 +658,20 @@ def compare_runs(a: dict[Unit, dict], b: dict[Unit, dict], n_boot: int = 10000) 
     differ); clusters are (training seed, prompt), relations strata, as in :func:`paired_difference`."""
     rows = []
     shared = sorted(set(a) & set(b), key=lambda u: (u.method, u.relation, u.train_seed or 0))
+    for unit in shared:
+        _check_same_jobs(a[unit], b[unit], unit)
     for method in dict.fromkeys(u.method for u in shared):
         units = [u for u in shared if u.method == method]
         names = sorted({u.relation for u in units})
         for relations in [names] + ([[r] for r in names] if len(names) > 1 else []):
-            pairs = [(a[u], b[u], u) for u in units if u.relation in relations]
-            row = {"method": method, "relations": relations, "n": 0}
+            pairs = [(a[u], b[u], u.train_seed, u.relation) for u in units if u.relation in relations]
+            row = {"method": method, "relations": relations, "n": sum(len(p[0]["jobs"]) for p in pairs)}
             for key in ("relation_correct", "leakage"):
-                xa, xb, clusters, strata = [], [], [], []
-                for da, db, unit in pairs:
-                    _check_same_jobs(da, db, unit)
-                    for job, sa, sb in zip(da["jobs"], da["scores"], db["scores"], strict=True):
-                        xa.append(float(sa[key]))
-                        xb.append(float(sb[key]))
-                        clusters.append((unit.train_seed, job["prompt"]))
-                        strata.append(unit.relation)
-                diff = paired_bootstrap(xa, xb, clusters, n_boot=n_boot, strata=strata)
-                row.update({"n": len(xa), f"{key}_a": float(np.mean(xa)), f"{key}_b": float(np.mean(xb))})
+                diff = bootstrap_pairs(pairs, key, n_boot)
+                for side, k in (("a", 0), ("b", 1)):
+                    row[f"{key}_{side}"] = float(
+                        np.mean([float(s[key]) for p in pairs for s in p[k]["scores"]])
+                    )
                 row.update({f"{key}_diff": diff.diff, f"{key}_ci95": [diff.low, diff.high]})
                 row[f"{key}_significant"] = diff.significant
             rows.append(row)
