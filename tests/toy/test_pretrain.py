@@ -48,6 +48,7 @@ def test_an_interrupted_run_resumes_exactly(tmp_path: Path) -> None:
             checkpoint_every=3,
             caption_dropout=0.5,
             train_text_encoder=True,
+            ema_decay=0.9,  # the weight average is part of the state a resumed run must continue
             backbone=TINY_MOCHI_TOY,
         )
 
@@ -79,6 +80,23 @@ def test_an_interrupted_run_resumes_exactly(tmp_path: Path) -> None:
         _run(other, work, 8)
 
 
+def test_the_bundle_holds_the_weight_average_when_asked() -> None:
+    def weights(ema_decay: float, steps: int) -> list[torch.Tensor]:
+        cfg = PretrainConfig(transformer_batch=2, ema_decay=ema_decay, backbone=TINY_MOCHI_TOY)
+        return [p.detach().clone() for p in _run(cfg, None, steps)[0].parameters()]
+
+    # the average does not steer training: the raw weights after k steps are those of a run without it
+    raw = [weights(0.0, k) for k in (1, 2, 3)]
+    # by hand, with EMAModel's warm-up: decay min(0.5, (1 + s) / (10 + s)) at its s-th update, s = k - 1
+    expected = raw[0]
+    for k in (2, 3):
+        decay = min(0.5, k / (9 + k))
+        expected = [decay * e + (1 - decay) * w for e, w in zip(expected, raw[k - 1], strict=True)]
+    averaged = weights(0.5, 3)
+    assert all(torch.allclose(a, e, atol=1e-6) for a, e in zip(averaged, expected, strict=True))
+    assert not all(torch.allclose(a, w) for a, w in zip(averaged, raw[2], strict=True))
+
+
 def test_the_text_encoder_trains_only_when_asked() -> None:
     tokenizer, _, _ = _inputs()
     initial = build_text_encoder(len(tokenizer), TINY_MOCHI_TOY, seed=0).state_dict()
@@ -105,19 +123,24 @@ def test_dropped_captions_are_the_pipelines_unconditional_input() -> None:
 def test_a_bundle_can_reuse_another_bundles_vae(tmp_path: Path, tiny_bundle: Path) -> None:
     work = tmp_path / "work"
     adopt_vae(tiny_bundle, work)
-    cfg = PretrainConfig(num_videos=4, transformer_steps=2, transformer_batch=2, backbone=TINY_MOCHI_TOY)
-    cfg.train_text_encoder, cfg.checkpoint_every = True, 1
+    cfg = PretrainConfig(num_videos=4, transformer_steps=3, transformer_batch=2, backbone=TINY_MOCHI_TOY)
+    cfg.train_text_encoder, cfg.checkpoint_every, cfg.ema_decay = True, 1, 0.9
     bundle = pretrain(tmp_path / "bundle", cfg, ("transformer",), work_dir=work, progress=False)
     assert (bundle / "vae" / "config.json").is_file()
     trained = json.loads((work / "transformer_stats.json").read_text())["text_encoder_trained"]
     assert trained is True
-    # a snapshot of the checkpoint (step 1 of 2) is a loadable bundle holding the checkpoint's weights
+    # a snapshot of the checkpoint (step 2 of 3) is a loadable bundle holding the checkpoint's weight average
     snap = snapshot_bundle(tmp_path / "snap", cfg, work)
     state = torch.load(work / "transformer_checkpoint.pt", weights_only=False)
     pipe = load_pipeline(snap)
-    for name, value in pipe.transformer.state_dict().items():
-        assert torch.allclose(value, state["models"][0][name].half().float()), name
-    assert json.loads((snap / "toy_info.json").read_text())["transformer"]["steps"] == 1
+    n_transformer = len(list(pipe.transformer.parameters()))
+    for (name, value), average in zip(
+        pipe.transformer.named_parameters(), state["ema"]["shadow_params"][:n_transformer], strict=True
+    ):
+        assert torch.allclose(value, average.half().float()), name
+    raw = state["models"][0]
+    assert not all(torch.allclose(v, raw[n].half().float()) for n, v in pipe.transformer.named_parameters())
+    assert json.loads((snap / "toy_info.json").read_text())["transformer"]["steps"] == 2
     with pytest.raises(UserError, match="not a toy bundle"):
         adopt_vae(tmp_path / "nowhere", work)
 

@@ -66,6 +66,9 @@ class PretrainConfig:
     train_text_encoder: bool = False  # train the toy T5/UMT5 with the transformer, frozen in the bundle
     text_encoder_lr: float | None = None  # None: transformer_lr
     checkpoint_every: int = 250  # transformer steps between resumable checkpoints in the work dir
+    # decay of an exponential moving average of the trained weights (diffusers' EMAModel, with its warm-up
+    # (1 + step) / (10 + step)); the bundle then holds the average. 0: no average, the last weights
+    ema_decay: float = 0.0
     # share of pretraining captions whose relation phrase is a made-up word outside the vocabulary: the model
     # learns to keep both subjects when it cannot read the relation (a user's relation comes with its own word)
     unknown_word_prob: float = 0.0
@@ -353,10 +356,11 @@ def _resumable_config(cfg: PretrainConfig) -> dict:
 
 
 def _save_checkpoint(
-    work: Path, cfg: PretrainConfig, step: int, seconds: float, models, opt, gen, log
+    work: Path, cfg: PretrainConfig, step: int, seconds: float, models, opt, ema, gen, log
 ) -> None:
-    """Everything needed to continue bit-exactly: weights, optimizer, random streams, loss log."""
+    """Everything needed to continue bit-exactly: weights, optimizer, weight average, random streams, loss log."""
     state = {
+        "ema": ema.state_dict() if ema is not None else None,
         "config": _resumable_config(cfg),
         "step": step,
         "seconds": seconds,
@@ -428,6 +432,8 @@ def train_transformer(
     Returns ``(transformer, seconds, losses)``; ``text_encoder`` is trained in place.
     """
 
+    from diffusers.training_utils import EMAModel
+
     backbone = get_backbone(cfg.backbone.architecture)
     if cfg.image_condition_prob > 0 and not backbone.takes_image:
         raise UserError(
@@ -445,12 +451,16 @@ def train_transformer(
         groups.append({"params": list(text_encoder.parameters()), "lr": text_lr})
     text_encoder.requires_grad_(cfg.train_text_encoder).train(cfg.train_text_encoder)
     opt = torch.optim.AdamW(groups, lr=cfg.transformer_lr, weight_decay=0.01)
+    trained = [p for g in groups for p in g["params"]]
+    ema = EMAModel(trained, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
     log, first, spent = [], 0, 0.0
     state = _load_checkpoint(work, cfg)
     if state is not None:
         for module, weights in zip((transformer, text_encoder), state["models"], strict=True):
             module.load_state_dict(weights)
         opt.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         log, first, spent = state["log"], state["step"], state["seconds"]
@@ -470,15 +480,19 @@ def train_transformer(
         pred = backbone.forward(transformer, noisy, timestep, emb, mask)
         loss = F.mse_loss(pred[:, :, clean:], target[:, :, clean:])
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(trained)
         log.append(loss.item())
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(log[-50:]):.4f}")
         if work is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.transformer_steps:
             seconds = spent + time.time() - start
-            _save_checkpoint(work, cfg, step + 1, seconds, (transformer, text_encoder), opt, gen, log)
+            _save_checkpoint(work, cfg, step + 1, seconds, (transformer, text_encoder), opt, ema, gen, log)
+    if ema is not None:
+        ema.copy_to(trained)
     transformer.eval()
     text_encoder.requires_grad_(False).eval()
     return transformer, spent + time.time() - start, log
@@ -550,6 +564,10 @@ def snapshot_bundle(out_dir: Path, cfg: PretrainConfig, work_dir: Path) -> Path:
     text_encoder = build_text_encoder(len(tokenizer), cfg.backbone, seed=cfg.seed)
     for module, weights in zip((transformer, text_encoder), state["models"], strict=True):
         module.load_state_dict(weights)
+    if state.get("ema") is not None:  # the bundle holds the weight average, as at the end of the run
+        trained = [*transformer.parameters(), *(text_encoder.parameters() if cfg.train_text_encoder else ())]
+        for param, average in zip(trained, state["ema"]["shadow_params"], strict=True):
+            param.data.copy_(average)
     stage = work / "snapshot"
     stage.mkdir(exist_ok=True)
     _save_transformer_stage(stage, cfg, transformer, text_encoder, stats, state["seconds"], state["log"])
