@@ -90,7 +90,9 @@ def test_fsdp_shards_the_base_and_matches_one_process_on_the_combined_batch(
     assert moved, "training did not update any adapter"
     for n, p in _adapters(single).items():
         torch.testing.assert_close(ranks[0][n], p, atol=1e-5, rtol=1e-4, msg=n)
-    torch.testing.assert_close(ranks[0]["losses"], torch.tensor(result.losses, dtype=torch.float64))
+    # losses are float32 sums over other reduction orders (two ranks vs one batch): float32, not float64, tolerance
+    losses = torch.tensor(result.losses, dtype=torch.float64)
+    torch.testing.assert_close(ranks[0]["losses"], losses, atol=1e-5, rtol=1e-5)
     assert (two_ranks / "full-rank0" / "adapters").is_dir()
     assert not any(p.is_file() for p in (two_ranks / "full-rank1").rglob("*"))  # only rank 0 writes
 
