@@ -404,6 +404,11 @@ def _load_checkpoint(work: Path | None, cfg: PretrainConfig) -> dict | None:
     return state
 
 
+def _trained_parameters(cfg: PretrainConfig, transformer, text_encoder) -> list[torch.nn.Parameter]:
+    """The parameters the transformer stage trains, in the order of the optimizer and the weight average."""
+    return [*transformer.parameters(), *(text_encoder.parameters() if cfg.train_text_encoder else ())]
+
+
 def _load_bundle_weights(bundle: Path, transformer: torch.nn.Module, text_encoder: torch.nn.Module) -> None:
     """Start from a toy bundle's transformer and text encoder (same architecture, else one clear line)."""
     for module, folder in ((transformer, "transformer"), (text_encoder, "text_encoder")):
@@ -451,7 +456,7 @@ def train_transformer(
         groups.append({"params": list(text_encoder.parameters()), "lr": text_lr})
     text_encoder.requires_grad_(cfg.train_text_encoder).train(cfg.train_text_encoder)
     opt = torch.optim.AdamW(groups, lr=cfg.transformer_lr, weight_decay=0.01)
-    trained = [p for g in groups for p in g["params"]]
+    trained = _trained_parameters(cfg, transformer, text_encoder)
     ema = EMAModel(trained, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
     log, first, spent = [], 0, 0.0
     state = _load_checkpoint(work, cfg)
@@ -565,7 +570,7 @@ def snapshot_bundle(out_dir: Path, cfg: PretrainConfig, work_dir: Path) -> Path:
     for module, weights in zip((transformer, text_encoder), state["models"], strict=True):
         module.load_state_dict(weights)
     if state.get("ema") is not None:  # the bundle holds the weight average, as at the end of the run
-        trained = [*transformer.parameters(), *(text_encoder.parameters() if cfg.train_text_encoder else ())]
+        trained = _trained_parameters(cfg, transformer, text_encoder)
         for param, average in zip(trained, state["ema"]["shadow_params"], strict=True):
             param.data.copy_(average)
     stage = work / "snapshot"
