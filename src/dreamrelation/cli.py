@@ -768,6 +768,8 @@ def toy_check(
     from_first_frame: bool = typer.Option(
         False, help="Also generate the base videos from their rendered first frame (Wan 2.2: image-to-video)."
     ),
+    steps: int = typer.Option(None, help="Sampling steps (default: the toy's, 32)."),
+    guidance: float = typer.Option(None, help="CFG scale (default: the toy's, 4.0)."),
 ) -> None:
     """Judge a toy base model by generating from it: both subjects present, one each, relation accuracy."""
     from dreamrelation.toy.check import CheckConfig, run_check
@@ -788,6 +790,8 @@ def toy_check(
         denoise_from=levels,
         from_first_frame=from_first_frame,
         threads=threads,
+        **({} if steps is None else {"num_inference_steps": steps}),
+        **({} if guidance is None else {"guidance_scale": guidance}),
     )
     data = run_check(cfg)
     if strict and not data["passed"]:

@@ -217,6 +217,16 @@ def test_cli_strict_exits_1_only_on_fail(
     assert cfg.out_dir == str(tmp_path) and cfg.min_ok == 0.90 and cfg.num_inference_steps == 32
 
 
+def test_cli_sampling_flags_reach_the_check(monkeypatch, tmp_path) -> None:
+    seen = []
+    monkeypatch.setattr(check, "run_check", lambda cfg: seen.append(cfg) or {"passed": True})
+    args = ["toy", "check", "--out", str(tmp_path), "--steps", "64", "--guidance", "2.5"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert (seen[0].num_inference_steps, seen[0].guidance_scale) == (64, 2.5)
+    assert CliRunner().invoke(app, ["toy", "check", "--out", str(tmp_path)]).exit_code == 0
+    assert (seen[1].num_inference_steps, seen[1].guidance_scale) == (32, 4.0)  # the toy's defaults
+
+
 def test_caption_binding_tells_a_bag_of_words_from_a_contextual_encoder() -> None:
     from types import SimpleNamespace
 
