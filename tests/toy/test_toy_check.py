@@ -146,6 +146,10 @@ def test_prompts_are_balanced_and_unseen_by_pretraining() -> None:
         [{"relation": "approaching", "held_out": False, "present": 1, "ok": 0, "relation_correct": 1}]
     )
     assert rows[0]["n"] == 1 and rows[0]["ok"]["p"] == 0.0 and math.isnan(rows[-1]["relation_correct"]["p"])
+    # a check without held-out prompts cannot pass that criterion, and says why rather than printing nan
+    criteria = check.judge(rows, CheckConfig(min_ok=0.0, min_base_accuracy=0.0))
+    assert [c["passed"] for c in criteria] == [True, True, False]
+    assert check._value(criteria[2]) == "no videos" and check._value(criteria[1]) == "1.000"
 
 
 @pytest.mark.slow

@@ -246,7 +246,13 @@ def print_results(rows: list[dict], criteria: list[dict]) -> None:
     console.print(table)
     for c in criteria:
         verdict = "[green]PASS[/green]" if c["passed"] else "[red]FAIL[/red]"
-        console.print(f"{verdict} {c['criterion']}: {c['value']:.3f} (needs {c['op']} {c['threshold']:.2f})")
+        console.print(f"{verdict} {c['criterion']}: {_value(c)} (needs {c['op']} {c['threshold']:.2f})")
+
+
+def _value(criterion: dict) -> str:
+    """A criterion's value for display; a group without videos has none (and fails)."""
+    value = criterion["value"]
+    return "no videos" if math.isnan(value) else f"{value:.3f}"
 
 
 def generate_and_score(pipe, jobs: list[CheckJob], cfg: CheckConfig) -> tuple[list[dict], list[np.ndarray]]:
@@ -354,10 +360,7 @@ def write_outputs(
         save_png(out / "contact_sheet.png", contact_sheet([[v] for v in videos], row_labels=labels))
     table = markdown_table(_table_rows(rows), ["group", "n", *SCORES.values()])
     verdicts = markdown_table(
-        [
-            {**c, "value": f"{c['value']:.3f}", "passed": "PASS" if c["passed"] else "FAIL"}
-            for c in data["criteria"]
-        ],
+        [{**c, "value": _value(c), "passed": "PASS" if c["passed"] else "FAIL"} for c in data["criteria"]],
         ["criterion", "value", "op", "threshold", "passed"],
     )
     failures = [r for r in records if not r["ok"]]
