@@ -110,6 +110,9 @@ def test_duplicates_and_merges_fail(corrupt) -> None:
     for spec, video in _rendered(33, world.BASE_RELATIONS, 2):
         result = score_subjects(corrupt(video), spec.subjects)
         assert not result["single"] and not result["ok"], (corrupt.__name__, spec, result)
+        assert len(result["duplicate_frames"]) == len(video.frames)  # per frame, and their mean is the share
+        assert np.mean(result["duplicate_frames"]) == pytest.approx(result["duplicate_fraction"])
+        assert np.mean(result["missing_frames"]) == pytest.approx(result["missing_fraction"])
         if corrupt is _duplicate:
             assert result["present"] and result["duplicate_fraction"] >= 0.8
         elif corrupt is _concentric:
@@ -219,6 +222,20 @@ def test_cli_strict_exits_1_only_on_fail(
     cfg = seen[0]
     assert (cfg.model, cfg.num_prompts, cfg.num_held_out, cfg.threads) == ("wan", 6, 2, 1)
     assert cfg.out_dir == str(tmp_path) and cfg.min_ok == 0.90 and cfg.num_inference_steps == 32
+
+
+def test_by_frame_table_gives_the_share_of_base_videos_per_frame() -> None:
+    records = [
+        {"held_out": False, "duplicate_frames": [1, 0, 1], "missing_frames": [0, 0, 0]},
+        {"held_out": False, "duplicate_frames": [1, 0, 0], "missing_frames": [0, 1, 0]},
+        {"held_out": True, "duplicate_frames": [1, 1, 1], "missing_frames": [1, 1, 1]},  # not a base video
+    ]
+    lines = check.by_frame_table(records).strip().splitlines()
+    assert lines[0].startswith("Share of the 2 base videos")
+    assert (
+        lines[-2] == "| duplicated | 1.00 | 0.00 | 0.50 |" and lines[-1] == "| missing | 0.00 | 0.50 | 0.00 |"
+    )
+    assert check.by_frame_table(records[2:]) == ""
 
 
 def test_cli_sampling_flags_reach_the_check(monkeypatch, tmp_path) -> None:

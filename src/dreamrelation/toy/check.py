@@ -163,6 +163,8 @@ def score_subjects(
         "one_subject_fraction": [float(f) for f in one],
         "duplicate_fraction": float((blobs >= 2).any(axis=0).mean()),
         "missing_fraction": float((blobs == 0).any(axis=0).mean()),
+        "duplicate_frames": (blobs >= 2).any(axis=0).astype(int).tolist(),
+        "missing_frames": (blobs == 0).any(axis=0).astype(int).tolist(),
         "merged_fraction": merged,
     }
 
@@ -347,6 +349,22 @@ def _proportions(group: str, scores: list[dict]) -> dict:
     }
 
 
+def by_frame_table(records: list[dict]) -> str:
+    """Markdown: per frame, the share of base videos with a duplicated and with a missing subject - where in
+    time a base fails (copies at the first and last frames mean it hedges between directions of travel)."""
+    base = [r for r in records if not r["held_out"] and "duplicate_frames" in r]
+    if not base:
+        return ""
+    frames = len(base[0]["duplicate_frames"])
+    rows = [
+        {"frame": label, **{str(t): f"{np.mean([r[key][t] for r in base]):.2f}" for t in range(frames)}}
+        for label, key in (("duplicated", "duplicate_frames"), ("missing", "missing_frames"))
+    ]
+    return f"Share of the {len(base)} base videos, by frame:\n\n" + markdown_table(
+        rows, ["frame", *(str(t) for t in range(frames))]
+    )
+
+
 def write_outputs(
     out: Path, cfg: CheckConfig, data: dict, rows: list[dict], records: list[dict], videos: list[np.ndarray]
 ) -> None:
@@ -386,7 +404,7 @@ def write_outputs(
         ("Setup", setup),
         ("Results", table),
         ("Verdict", verdicts),
-        ("Failures", reading),
+        ("Failures", reading + "\n\n" + by_frame_table(records)),
     ]
     if data.get("denoised"):
         note = (
