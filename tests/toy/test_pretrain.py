@@ -5,11 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import TINY_MOCHI_TOY
+from tiny import TINY_MOCHI_TOY, TINY_WAN_TOY
 
 from dreamrelation.backbones.loading import load_pipeline
+from dreamrelation.backbones.registry import get_backbone
 from dreamrelation.errors import UserError
-from dreamrelation.toy.backbone import tokenize_captions
+from dreamrelation.toy.backbone import build_transformer, load_deepened, tokenize_captions
 from dreamrelation.toy.pretrain import (
     CaptionSet,
     PretrainConfig,
@@ -215,8 +216,49 @@ def test_a_fine_tune_starts_from_a_bundles_weights(tiny_bundle: Path) -> None:
     assert not all(
         torch.equal(p, q) for p, q in zip(fresh.parameters(), transformer.parameters(), strict=True)
     )
-    other = replace(cfg, backbone=replace(TINY_MOCHI_TOY, num_layers=TINY_MOCHI_TOY.num_layers + 1))
+    other = replace(
+        cfg, backbone=replace(TINY_MOCHI_TOY, attention_head_dim=TINY_MOCHI_TOY.attention_head_dim * 2)
+    )
     with pytest.raises(UserError, match="not the backbone.* architecture"):
         _run(other, None, 0)
     with pytest.raises(UserError, match="no transformer/ there"):
         _run(replace(cfg, init_from=str(tiny_bundle.parent)), None, 0)
+
+
+@pytest.mark.parametrize("toy", [TINY_MOCHI_TOY, TINY_WAN_TOY], ids=["mochi", "wan"])
+def test_a_deeper_transformer_grows_from_a_shallower_one_unchanged(toy) -> None:
+    from dataclasses import replace
+
+    shallow = build_transformer(toy, seed=0).eval()
+    deep = build_transformer(replace(toy, num_layers=toy.num_layers + 2), seed=1)
+    new = load_deepened(deep, shallow.state_dict(), toy.num_layers)
+    assert new == [1, 2]  # inserted before the last block, which stays last
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, toy.latent_channels, 2, 4, 4, generator=gen)
+    emb, mask = torch.randn(2, 6, toy.text_dim, generator=gen), torch.ones(2, 6, dtype=torch.long)
+    t = torch.tensor([300.0, 900.0])
+    backbone = get_backbone(toy.architecture)
+    with torch.no_grad():
+        before = backbone.forward(shallow, x, t, emb, mask)
+        after = backbone.forward(deep.eval(), x, t, emb, mask)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)  # the new blocks are the identity
+    # ... and trainable: the weights that silence them get a gradient
+    deep.train()
+    (backbone.forward(deep, x, t, emb, mask) ** 2).mean().backward()
+    blocks = deep.transformer_blocks if toy.architecture == "mochi" else deep.blocks
+    silencer = blocks[1].norm1.linear if toy.architecture == "mochi" else blocks[1].ffn.net[-1]
+    assert silencer.weight.grad is not None and silencer.weight.grad.abs().sum() > 0
+
+
+def test_init_from_a_shallower_bundle_grows_it(tiny_bundle: Path) -> None:
+    from dataclasses import replace
+
+    deeper = replace(TINY_MOCHI_TOY, num_layers=TINY_MOCHI_TOY.num_layers + 1)
+    cfg = PretrainConfig(seed=1, transformer_batch=2, backbone=deeper, init_from=str(tiny_bundle))
+    transformer, _, _ = _run(cfg, None, 0)
+    theirs = load_pipeline(tiny_bundle).transformer.state_dict()
+    mine = transformer.state_dict()
+    last = TINY_MOCHI_TOY.num_layers - 1
+    for name, value in theirs.items():
+        moved = name.replace(f"transformer_blocks.{last}.", f"transformer_blocks.{last + 1}.")
+        assert torch.equal(mine[moved], value.float()), name

@@ -274,6 +274,66 @@ def build_transformer(cfg: ToyBackboneConfig, seed: int = 0):
     )
 
 
+def _blocks(transformer) -> torch.nn.ModuleList:
+    """The transformer's block list (``transformer_blocks`` in Mochi's class, ``blocks`` in Wan's)."""
+    return (
+        transformer.transformer_blocks if hasattr(transformer, "transformer_blocks") else transformer.blocks
+    )
+
+
+def silence_block(block: torch.nn.Module) -> None:
+    """Make a transformer block the identity on both streams while leaving it trainable.
+
+    Mochi's residual branches are scaled by ``tanh(gate)`` with the gates read from ``norm1``/``norm1_context``
+    (chunks 2 and 4 of their linear): zero gates close them, and their gradient is not zero. Wan's branches
+    add their output projection's result (self- and cross-attention, FFN): those projections are zeroed.
+    """
+    with torch.no_grad():
+        if hasattr(block, "norm1") and hasattr(block.norm1, "linear"):  # Mochi
+            for norm in (block.norm1, getattr(block, "norm1_context", None)):
+                if norm is None or not hasattr(norm, "linear"):
+                    continue  # a last block reads no context and writes none
+                width = norm.linear.out_features // 4
+                for chunk in (1, 3):  # scale_msa, gate_msa, scale_mlp, gate_mlp
+                    norm.linear.weight[chunk * width : (chunk + 1) * width].zero_()
+                    norm.linear.bias[chunk * width : (chunk + 1) * width].zero_()
+        else:  # Wan
+            for linear in (block.attn1.to_out[0], block.attn2.to_out[0], block.ffn.net[-1]):
+                linear.weight.zero_()
+                linear.bias.zero_()
+
+
+def load_deepened(transformer, state: dict[str, torch.Tensor], layers: int) -> list[int]:
+    """Load the weights of a ``layers``-block toy transformer of the same width into a deeper ``transformer``.
+
+    The loaded blocks keep their order and the last stays last (Mochi's last block reads no context); the
+    new blocks, inserted before it, start as the identity (:func:`silence_block`), so the deeper model computes
+    exactly what the loaded one did and training grows it from there. Returns the new blocks' indices.
+    """
+    blocks = _blocks(transformer)
+    prefix = (
+        "transformer_blocks." if blocks is getattr(transformer, "transformer_blocks", None) else "blocks."
+    )
+    total = len(blocks)
+    if not 0 < layers <= total:
+        raise ValueError(f"cannot deepen {layers} blocks into {total}")
+    new = list(range(layers - 1, total - 1))
+    renamed = {}
+    for key, value in state.items():
+        if key.startswith(prefix):
+            index, rest = key[len(prefix) :].split(".", 1)
+            index = int(index)
+            key = f"{prefix}{total - 1 if index == layers - 1 else index}.{rest}"
+        renamed[key] = value
+    own = transformer.state_dict()
+    for index in new:  # the new blocks keep their own (random) weights, then are silenced
+        renamed.update({k: v for k, v in own.items() if k.startswith(f"{prefix}{index}.")})
+    transformer.load_state_dict(renamed)
+    for index in new:
+        silence_block(blocks[index])
+    return new
+
+
 def build_scheduler(architecture: str = "mochi"):
     """Mochi's sampler: flow-matching Euler with inverted sigmas (timestep = (1 - sigma) * 1000); Wan's:
     flow-prediction UniPC (timestep = sigma * 1000), no shift at the toy's 64x64 (Wan 2.1 uses 3 at 480p)."""

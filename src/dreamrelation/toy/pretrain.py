@@ -31,6 +31,7 @@ from dreamrelation.toy.backbone import (
     build_transformer,
     build_vae,
     frames_to_tensor,
+    load_deepened,
     save_bundle,
     tokenize_captions,
     toy_words,
@@ -410,15 +411,29 @@ def _trained_parameters(cfg: PretrainConfig, transformer, text_encoder) -> list[
 
 
 def _load_bundle_weights(bundle: Path, transformer: torch.nn.Module, text_encoder: torch.nn.Module) -> None:
-    """Start from a toy bundle's transformer and text encoder (same architecture, else one clear line)."""
+    """Start from a toy bundle's transformer and text encoder (same architecture, else one clear line).
+
+    A bundle transformer with fewer layers and otherwise the same configuration grows into this one: its
+    blocks are kept and the new ones start as the identity (:func:`load_deepened`).
+    """
     for module, folder in ((transformer, "transformer"), (text_encoder, "text_encoder")):
         if not (bundle / folder / "config.json").is_file():
             raise UserError(f"init_from={bundle}: no {folder}/ there; give a toy bundle folder")
         loaded = type(module).from_pretrained(bundle / folder)  # load_state_dict casts to the module dtype
         try:
-            module.load_state_dict(loaded.state_dict())
+            if module is transformer and _shallower(loaded.config, module.config):
+                load_deepened(module, loaded.state_dict(), loaded.config.num_layers)
+            else:
+                module.load_state_dict(loaded.state_dict())
         except RuntimeError as exc:
             raise UserError(f"init_from={bundle}: its {folder} is not the backbone.* architecture") from exc
+
+
+def _shallower(loaded, target) -> bool:
+    """Whether ``loaded`` is ``target``'s transformer configuration with fewer layers."""
+    rest = {k: v for k, v in loaded.items() if k != "num_layers" and not k.startswith("_")}
+    same = rest == {k: v for k, v in target.items() if k != "num_layers" and not k.startswith("_")}
+    return same and loaded.num_layers < target.num_layers
 
 
 def train_transformer(
