@@ -274,11 +274,11 @@ def build_transformer(cfg: ToyBackboneConfig, seed: int = 0):
     )
 
 
-def _blocks(transformer) -> torch.nn.ModuleList:
-    """The transformer's block list (``transformer_blocks`` in Mochi's class, ``blocks`` in Wan's)."""
-    return (
-        transformer.transformer_blocks if hasattr(transformer, "transformer_blocks") else transformer.blocks
-    )
+def _blocks(transformer) -> tuple[str, torch.nn.ModuleList]:
+    """The transformer's block list and its state-dict prefix (Mochi's class: ``transformer_blocks``, Wan's:
+    ``blocks``)."""
+    name = "transformer_blocks" if hasattr(transformer, "transformer_blocks") else "blocks"
+    return name + ".", getattr(transformer, name)
 
 
 def silence_block(block: torch.nn.Module) -> None:
@@ -310,10 +310,7 @@ def load_deepened(transformer, state: dict[str, torch.Tensor], layers: int) -> l
     new blocks, inserted before it, start as the identity (:func:`silence_block`), so the deeper model computes
     exactly what the loaded one did and training grows it from there. Returns the new blocks' indices.
     """
-    blocks = _blocks(transformer)
-    prefix = (
-        "transformer_blocks." if blocks is getattr(transformer, "transformer_blocks", None) else "blocks."
-    )
+    prefix, blocks = _blocks(transformer)
     total = len(blocks)
     if not 0 < layers <= total:
         raise ValueError(f"cannot deepen {layers} blocks into {total}")
