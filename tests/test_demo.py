@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dreamrelation.demo import DemoConfig, best_and_worst, paired_rows, run_demo
+from dreamrelation.demo import DemoConfig, _verdict, best_and_worst, paired_rows, run_demo
 from dreamrelation.evaluation.toy_study import Job, make_jobs
 from dreamrelation.utils.media import read_video, trajectory_frames, trajectory_panel, trajectory_still
 
@@ -40,6 +40,13 @@ def test_best_and_worst_rank_correct_then_confidence():
         {"relation_correct": False, "tracked": False, "target_probability": 0.3},
     ]
     assert best_and_worst(rows) == (2, 3)
+
+
+def test_case_verdict_says_why_a_video_is_not_correct():
+    row = {"relation_correct": False, "tracked": False, "predicted_relation": "high_fiving"}
+    assert _verdict(row) == "subjects not both tracked (read as high_fiving)"
+    assert _verdict({**row, "tracked": True, "predicted_relation": "pushing"}) == "predicted pushing"
+    assert _verdict({**row, "relation_correct": True, "tracked": True}) == "correct"
 
 
 def test_paired_rows_by_hand():

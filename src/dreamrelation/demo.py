@@ -169,12 +169,22 @@ def _cases(out: Path, exemplars: Exemplars, results: dict, per_video: list[dict]
         for kind, i in zip(("best", "worst"), best_and_worst(rows), strict=True):
             _case_gif(out / "cases" / f"{method}_{kind}.gif", results[method][i], jobs[i].subjects)
             r = rows[i]
-            verdict = "correct" if r["relation_correct"] else f"predicted {r['predicted_relation']}"
+            verdict = _verdict(r)
             cells.append(
                 f"![{method} {kind}](cases/{method}_{kind}.gif)<br>{r['prompt']} seed {r['seed']}: {verdict}"
             )
         lines.append(f"| {method} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
+
+
+def _verdict(row: dict) -> str:
+    """Why a video counts as correct or not: a video whose subjects were not both tracked is not correct,
+    whatever the classifier read from the partial trajectories."""
+    if row["relation_correct"]:
+        return "correct"
+    if not row["tracked"]:
+        return f"subjects not both tracked (read as {row['predicted_relation']})"
+    return f"predicted {row['predicted_relation']}"
 
 
 def _sheet(out: Path, exemplars: Exemplars, results: dict, jobs: Sequence[Job], seed: int) -> None:
