@@ -241,6 +241,11 @@ def test_fingerprint_follows_the_bundle_content(tmp_path):
     (copy / "transformer").mkdir(parents=True)
     (copy / "transformer" / "weights.bin").write_bytes(b"two")  # a replaced bundle
     assert bundle_digest(copy) != before["bundle_digest"]
+    # a shifted training noise schedule is other settings; the uniform default leaves older units valid
+    assert "sigma_shift" not in before
+    shifted = fingerprint(replace(cfg, sigma_shift=3.0))
+    assert shifted != before and shifted["sigma_shift"] == 3.0
+    assert toy_recipe("dreamrelation", replace(cfg, sigma_shift=3.0)).optim.sigma_shift == 3.0
 
 
 def test_a_made_up_relation_word_reaches_exemplar_captions_and_prompts(tmp_path) -> None:

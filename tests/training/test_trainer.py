@@ -264,3 +264,29 @@ def test_ctrl_c_finishes_the_step_saves_and_reraises(tmp_path) -> None:
         )
     assert latest_checkpoint(tmp_path).name == "step_000002.safetensors"
     assert signal.getsignal(signal.SIGINT) is previous
+
+
+@pytest.mark.parametrize("shift", [1.0, 5.0])
+def test_training_noise_levels_follow_optim_sigma_shift(shift: float) -> None:
+    """The transformer sees the timesteps of the shifted draws (Mochi: (1 - sigma) * 1000, sigma shifted)."""
+    from dreamrelation.training.losses import shift_sigmas
+    from dreamrelation.training.trainer import compute_losses
+
+    transformer = tiny()
+    seen = {}
+    transformer.register_forward_pre_hook(lambda m, a, kw: seen.update(kw), with_kwargs=True)
+    cfg = TrainConfig()
+    cfg.optim.sigma_shift = shift
+    batch = collate(samples(2), [0, 1], torch.device("cpu"), [torch.Generator() for _ in range(2)], 0.0)
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    compute_losses(transformer, batch, "relation", cfg, None, torch.Generator(), gens)
+    uniform = torch.stack([torch.rand(1, generator=torch.Generator().manual_seed(i))[0] for i in range(2)])
+    expected = (1 - shift_sigmas(uniform, shift)) * 1000
+    torch.testing.assert_close(seen["timestep"].float(), expected, rtol=0, atol=1e-3)
+
+
+def test_optim_sigma_shift_must_be_positive() -> None:
+    from dreamrelation.training.config import check_optim_config
+
+    with pytest.raises(UserError, match="optim.sigma_shift=0"):
+        check_optim_config(OptimConfig(sigma_shift=0))

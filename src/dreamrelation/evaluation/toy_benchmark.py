@@ -243,7 +243,11 @@ def fingerprint(cfg: ToyBenchmarkConfig) -> dict:
     keys = ("bundle", "num_exemplars", "exemplar_seed", "subjects", "seeds", "num_inference_steps")
     keys += ("guidance_scale", "train_steps", "batch_size", "lr", "warmup_steps", "rank")
     keys += ("relation_word", "image_to_video", "i2v_probability")
-    return {**{k: getattr(cfg, k) for k in keys}, "bundle_digest": bundle_digest(TOY.bundle_path(cfg.bundle))}
+    shifted = (
+        {"sigma_shift": cfg.sigma_shift} if cfg.sigma_shift != 1.0 else {}
+    )  # units from before it stay valid
+    digest = bundle_digest(TOY.bundle_path(cfg.bundle))
+    return {**{k: getattr(cfg, k) for k in keys}, **shifted, "bundle_digest": digest}
 
 
 def load_unit(cfg: ToyBenchmarkConfig, unit: Unit) -> dict | None:

@@ -182,6 +182,8 @@ class ToyExperimentConfig:
     # (:func:`relation_still`) and the methods train with this share of image-conditioned steps
     image_to_video: bool = False
     i2v_probability: float = 0.5
+    # the training noise levels' shift towards pure noise (optim.sigma_shift; 1: uniform, the paper's)
+    sigma_shift: float = 1.0
 
 
 def toy_recipe(method: str, cfg: ToyExperimentConfig, train_seed: int = 0) -> TrainConfig | None:
@@ -202,6 +204,7 @@ def toy_recipe(method: str, cfg: ToyExperimentConfig, train_seed: int = 0) -> Tr
     train.adapter.rank = cfg.rank
     train.adapter.alpha = float(cfg.rank)
     train.i2v.probability = cfg.i2v_probability if cfg.image_to_video else 0.0
+    train.optim.sigma_shift = cfg.sigma_shift
     return train
 
 

@@ -76,6 +76,9 @@ class OptimConfig:
     grad_clip: float = 1.0
     batch_size: int = 1
     caption_dropout: float = 0.1
+    # noise levels drawn shifted towards pure noise (losses.shift_sigmas): 1 draws them uniformly, as the
+    # paper's code; above 1 spends more of the training where a video's layout and motion are decided
+    sigma_shift: float = 1.0
     seed: int = 0
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
@@ -88,6 +91,10 @@ def check_optim_config(oc: OptimConfig) -> None:
     for key in ("steps", "batch_size"):  # checkpoint_every=0: no periodic checkpoints
         if int(getattr(oc, key)) < 1:
             raise UserError(f"optim.{key}={getattr(oc, key)}: must be at least 1 (e.g. optim.steps=500).")
+    if not (0 < oc.sigma_shift < float("inf")):
+        raise UserError(
+            f"optim.sigma_shift={oc.sigma_shift}: must be a positive number (1: uniform noise levels)."
+        )
     if not (0 < oc.lr < float("inf")):
         raise UserError(f"optim.lr={oc.lr}: must be a positive number (the paper uses 2e-4).")
     if oc.warmup_steps < 0 or not 0 <= oc.caption_dropout < 1:

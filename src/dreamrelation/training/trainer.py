@@ -423,11 +423,12 @@ def compute_losses(
     other frames only.
     """
     backbone = get_backbone(transformer)
+    shift = cfg.optim.sigma_shift
     if noise_generators is None:
-        noisy, timestep, target, _ = flow_matching_inputs(batch["latents"], generator, backbone.flow)
+        noisy, timestep, target, _ = flow_matching_inputs(batch["latents"], generator, backbone.flow, shift)
     else:
         parts = [
-            flow_matching_inputs(batch["latents"][i : i + 1], g, backbone.flow)
+            flow_matching_inputs(batch["latents"][i : i + 1], g, backbone.flow, shift)
             for i, g in enumerate(noise_generators)
         ]
         noisy, timestep, target = (torch.cat([p[j] for p in parts]) for j in range(3))
