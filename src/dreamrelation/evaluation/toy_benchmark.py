@@ -243,9 +243,8 @@ def fingerprint(cfg: ToyBenchmarkConfig) -> dict:
     keys = ("bundle", "num_exemplars", "exemplar_seed", "subjects", "seeds", "num_inference_steps")
     keys += ("guidance_scale", "train_steps", "batch_size", "lr", "warmup_steps", "rank")
     keys += ("relation_word", "image_to_video", "i2v_probability")
-    shifted = (
-        {"sigma_shift": cfg.sigma_shift} if cfg.sigma_shift != 1.0 else {}
-    )  # units from before it stay valid
+    # the uniform default stays out, so units finished before sigma_shift existed stay valid
+    shifted = {"sigma_shift": cfg.sigma_shift} if cfg.sigma_shift != 1.0 else {}
     digest = bundle_digest(TOY.bundle_path(cfg.bundle))
     return {**{k: getattr(cfg, k) for k in keys}, **shifted, "bundle_digest": digest}
 
