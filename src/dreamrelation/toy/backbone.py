@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dreamrelation.backbones.registry import get_backbone
 from dreamrelation.toy import world
 
 SPATIAL_FACTOR = 8  # Mochi and Wan VAEs: 8x8 pixels per latent cell (hard-coded in diffusers' MochiPipeline)
@@ -274,13 +275,6 @@ def build_transformer(cfg: ToyBackboneConfig, seed: int = 0):
     )
 
 
-def _blocks(transformer) -> tuple[str, torch.nn.ModuleList]:
-    """The transformer's block list and its state-dict prefix (Mochi's class: ``transformer_blocks``, Wan's:
-    ``blocks``)."""
-    name = "transformer_blocks" if hasattr(transformer, "transformer_blocks") else "blocks"
-    return name + ".", getattr(transformer, name)
-
-
 def silence_block(block: torch.nn.Module) -> None:
     """Make a transformer block the identity on both streams while leaving it trainable.
 
@@ -310,7 +304,8 @@ def load_deepened(transformer, state: dict[str, torch.Tensor], layers: int) -> l
     new blocks, inserted before it, start as the identity (:func:`silence_block`), so the deeper model computes
     exactly what the loaded one did and training grows it from there. Returns the new blocks' indices.
     """
-    prefix, blocks = _blocks(transformer)
+    backbone = get_backbone(transformer)
+    prefix, blocks = backbone.blocks + ".", backbone.block_list(transformer)
     total = len(blocks)
     if not 0 < layers <= total:
         raise ValueError(f"cannot deepen {layers} blocks into {total}")
