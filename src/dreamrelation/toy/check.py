@@ -150,6 +150,7 @@ def score_subjects(
         ]
     )
     one = (blobs == 1).mean(axis=1)
+    duplicated, missing = (blobs >= 2).any(axis=0), (blobs == 0).any(axis=0)  # per frame, either subject
     both_found = track.found.all(axis=0)
     gap = np.linalg.norm(np.nan_to_num(track.centroids[0] - track.centroids[1], nan=np.inf), axis=-1)
     merged = float((both_found & (gap <= MERGE_PX)).mean())
@@ -161,10 +162,10 @@ def score_subjects(
         "ok": present and single,
         "tracked_fraction": [float(f) for f in track.tracked_fraction],
         "one_subject_fraction": [float(f) for f in one],
-        "duplicate_fraction": float((blobs >= 2).any(axis=0).mean()),
-        "missing_fraction": float((blobs == 0).any(axis=0).mean()),
-        "duplicate_frames": (blobs >= 2).any(axis=0).astype(int).tolist(),
-        "missing_frames": (blobs == 0).any(axis=0).astype(int).tolist(),
+        "duplicate_fraction": float(duplicated.mean()),
+        "missing_fraction": float(missing.mean()),
+        "duplicate_frames": duplicated.astype(int).tolist(),
+        "missing_frames": missing.astype(int).tolist(),
         "merged_fraction": merged,
     }
 
@@ -352,7 +353,7 @@ def _proportions(group: str, scores: list[dict]) -> dict:
 def by_frame_table(records: list[dict]) -> str:
     """Markdown: per frame, the share of base videos with a duplicated and with a missing subject - where in
     time a base fails (copies at the first and last frames mean it hedges between directions of travel)."""
-    base = [r for r in records if not r["held_out"] and "duplicate_frames" in r]
+    base = [r for r in records if not r["held_out"]]
     if not base:
         return ""
     frames = len(base[0]["duplicate_frames"])
