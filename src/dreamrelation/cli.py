@@ -763,7 +763,8 @@ def toy_check(
     strict: bool = typer.Option(False, help="Exit 1 when a criterion fails (default: always exit 0)."),
     threads: int = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
     denoise_from: str = typer.Option(
-        "", help="Also finish the rendered base videos from these noise levels, e.g. 0.7,0.85,0.95."
+        "",
+        help="Also finish the rendered videos from these noise levels, e.g. 0,0.7,0.95 (0: VAE round trip).",
     ),
     from_first_frame: bool = typer.Option(
         False, help="Also generate the base videos from their rendered first frame (Wan 2.2: image-to-video)."

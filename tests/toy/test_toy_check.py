@@ -314,7 +314,30 @@ def test_denoising_a_rendered_video_from_low_noise_gives_it_back(bundle: str) ->
     from_noise = check.denoise_rendered(pipe, jobs[-1], 1.0, cfg)
     assert np.abs(from_noise.astype(float) - render_video(jobs[-1].spec).frames).mean() > error + 5
     rows = check.denoise_and_score(pipe, jobs, CheckConfig(denoise_from=(0.2,), progress=False))
-    assert rows[0]["group"] == "from sigma 0.2" and rows[0]["ok"]["n"] == 2
+    assert [r["group"] for r in rows] == ["from sigma 0.2"] and rows[0]["ok"]["n"] == 2
+
+
+def test_denoising_from_sigma_0_is_the_vae_round_trip_with_held_out_rows(monkeypatch) -> None:
+    """Level 0 runs no model step (a transformer that raises is never called) and gives exactly the VAE round
+    trip; held-out jobs get rows of their own."""
+    from dreamrelation.backbones.loading import load_pipeline
+
+    pipe = load_pipeline(TOY.bundles["mochi"])
+    cfg = CheckConfig(num_prompts=6, num_held_out=4, progress=False, denoise_from=(0.0,))
+    jobs = [*check_jobs(cfg)[:1], *check_jobs(cfg)[-2:]]
+    assert [job.held_out for job in jobs] == [False, True, True]
+
+    def no_model_step(*args, **kwargs):
+        raise AssertionError("the transformer ran at sigma 0")
+
+    monkeypatch.setattr(pipe.transformer, "forward", no_model_step)
+    finished = check.denoise_rendered(pipe, jobs[-1], 0.0, cfg)
+    np.testing.assert_array_equal(finished, _vae_round_trip(pipe, render_video(jobs[-1].spec).frames))
+    rows = check.denoise_and_score(pipe, jobs, cfg)
+    assert [(r["group"], r["ok"]["n"]) for r in rows] == [
+        ("from sigma 0 (VAE round trip)", 1),
+        ("held out, from sigma 0 (VAE round trip)", 2),
+    ]
 
 
 def test_cli_denoise_levels_are_parsed_and_checked(monkeypatch, tmp_path) -> None:
@@ -325,8 +348,11 @@ def test_cli_denoise_levels_are_parsed_and_checked(monkeypatch, tmp_path) -> Non
     assert seen[0].denoise_from == (0.7, 0.95)
     bad = CliRunner().invoke(app, ["toy", "check", "--denoise-from", "high"])
     assert bad.exit_code != 0
-    with pytest.raises(check.UserError, match=r"must be in \(0, 1\]"):
+    with pytest.raises(check.UserError, match=r"must be in \[0, 1\]"):
         check._check_config(CheckConfig(denoise_from=(1.5,)))
+    with pytest.raises(check.UserError, match=r"must be in \[0, 1\]"):
+        check._check_config(CheckConfig(denoise_from=(-0.1,)))
+    check._check_config(CheckConfig(denoise_from=(0.0,)))
 
 
 def test_first_frame_rows_generate_from_the_rendered_first_frame(tiny_wan22_bundle: Path) -> None:

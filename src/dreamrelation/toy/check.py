@@ -13,9 +13,10 @@ is scored by the toy tracker:
 The report gives each proportion with its Wilson 95% interval and PASS/FAIL against thresholds (a strong base
 draws two distinct subjects, follows base relations and is near chance on held-out ones).
 
-``denoise_from`` says where a base fails: the same base videos, rendered, noised to each level and finished
-by the model. A base that keeps two subjects from sigma 0.7 but not from pure noise draws well and fails
-at deciding the layout. ``from_first_frame`` (models that take an image): the same videos generated from
+``denoise_from`` says where a base fails: the same videos, rendered, noised to each level and finished by
+the model (a row for the base prompts, one for the held-out ones). A base that keeps two subjects from sigma
+0.7 but not from pure noise draws well and fails at deciding the layout. Level 0 is the VAE round trip with
+no model step: if a relation is lost there, the renderer, the VAE or the classifier is to blame, not the base. ``from_first_frame`` (models that take an image): the same videos generated from
 their rendered first frame, which gives the layout as a user's photo would.
 """
 
@@ -283,8 +284,8 @@ def generate_and_score(pipe, jobs: list[CheckJob], cfg: CheckConfig) -> tuple[li
 @torch.no_grad()
 def denoise_rendered(pipe, job: CheckJob, sigma: float, cfg: CheckConfig) -> np.ndarray:
     """The rendered video of ``job`` encoded, noised to ``sigma`` (noise seeded by the job's seed) and finished
-    by the model: Euler steps on the backbone's flow (``num_inference_steps * sigma`` of them, at least 2), CFG
-    with the pipeline's unconditional input, then the VAE; uint8 ``(T, H, W, 3)``."""
+    by the model: Euler steps on the backbone's flow (``num_inference_steps * sigma`` of them, at least 2; none
+    at sigma 0), CFG with the pipeline's unconditional input, then the VAE; uint8 ``(T, H, W, 3)``."""
     backbone, transformer = get_backbone(pipe), pipe.transformer
     device, dtype = transformer.device, transformer.dtype
     latent, _ = encode_video(pipe.vae, render_video(job.spec).frames)
@@ -298,7 +299,8 @@ def denoise_rendered(pipe, job: CheckJob, sigma: float, cfg: CheckConfig) -> np.
     eps = torch.randn(latent.shape, generator=torch.Generator().manual_seed(job.seed))
     x = ((1.0 - sigma) * latent + sigma * eps)[None].to(device)
     toward_noise = -1.0 if backbone.flow.velocity_to_data else 1.0  # d x / d sigma = toward_noise * v
-    levels = torch.linspace(sigma, 0.0, max(2, round(cfg.num_inference_steps * sigma)) + 1).tolist()
+    steps = max(2, round(cfg.num_inference_steps * sigma)) if sigma > 0 else 0  # 0: the VAE round trip
+    levels = torch.linspace(sigma, 0.0, steps + 1).tolist()
     for a, b in zip(levels[:-1], levels[1:], strict=True):
         timestep = backbone.flow.timestep(torch.full((2,), a)).to(device)
         v = backbone.forward(transformer, torch.cat([x, x]).to(dtype), timestep, emb, mask).float()
@@ -311,16 +313,20 @@ def denoise_rendered(pipe, job: CheckJob, sigma: float, cfg: CheckConfig) -> np.
 
 
 def denoise_and_score(pipe, jobs: list[CheckJob], cfg: CheckConfig) -> list[dict]:
-    """Per level of ``cfg.denoise_from``: the base jobs' rendered videos finished from it, scored (a row of
-    proportions each)."""
-    base = [job for job in jobs if not job.held_out]
+    """Per level of ``cfg.denoise_from``: the jobs' rendered videos finished from it, scored - a row of
+    proportions for the base jobs and one for the held-out jobs (where there are any)."""
     rows = []
     for sigma in cfg.denoise_from:
-        scores = [
-            score_video(denoise_rendered(pipe, job, sigma, cfg), job.spec)
-            for job in tqdm(base, desc=f"denoise from {sigma:g}", disable=not cfg.progress)
-        ]
-        rows.append(_proportions(f"from sigma {sigma:g}", scores))
+        label = f"from sigma {sigma:g}" + (" (VAE round trip)" if sigma == 0 else "")
+        for held_out, group in ((False, label), (True, f"held out, {label}")):
+            subset = [job for job in jobs if job.held_out == held_out]
+            if not subset:
+                continue
+            scores = [
+                score_video(denoise_rendered(pipe, job, sigma, cfg), job.spec)
+                for job in tqdm(subset, desc=group, disable=not cfg.progress)
+            ]
+            rows.append(_proportions(group, scores))
     return rows
 
 
@@ -409,10 +415,11 @@ def write_outputs(
     ]
     if data.get("denoised"):
         note = (
-            "The base videos rendered, noised to sigma and finished by the model (Euler, "
-            f"{cfg.num_inference_steps} x sigma steps, CFG {cfg.guidance_scale}), or generated from their "
-            "rendered first frame (image-to-video, same prompts and seeds): where the layout is given, does it "
-            "keep two subjects?\n\n"
+            "The videos rendered, noised to sigma and finished by the model (Euler, "
+            f"{cfg.num_inference_steps} x sigma steps, CFG {cfg.guidance_scale}; sigma 0: the VAE round trip "
+            "alone, no model step), or generated from their rendered first frame (image-to-video, same prompts "
+            "and seeds): where the layout is given, does it keep two subjects? Held-out rows are the untuned "
+            "model on relations it never saw.\n\n"
         )
         denoised = markdown_table(_table_rows(data["denoised"]), ["group", "n", *SCORES.values()])
         sections.append(("Denoising rendered videos", note + denoised))
@@ -450,8 +457,8 @@ def _check_config(cfg: CheckConfig) -> None:
         raise UserError("toy check needs num_prompts >= 0 and num_held_out >= 0, not both 0")
     if cfg.num_inference_steps < 1:
         raise UserError(f"num_inference_steps must be >= 1; got {cfg.num_inference_steps}")
-    if any(not 0.0 < s <= 1.0 for s in cfg.denoise_from):
-        raise UserError(f"denoise_from {list(cfg.denoise_from)}: noise levels must be in (0, 1]")
+    if any(not 0.0 <= s <= 1.0 for s in cfg.denoise_from):
+        raise UserError(f"denoise_from {list(cfg.denoise_from)}: noise levels must be in [0, 1]")
     if cfg.threads is not None and cfg.threads < 1:
         raise UserError(f"threads must be >= 1; got {cfg.threads}")
 
