@@ -16,8 +16,9 @@ draws two distinct subjects, follows base relations and is near chance on held-o
 ``denoise_from`` says where a base fails: the same videos, rendered, noised to each level and finished by
 the model (a row for the base prompts, one for the held-out ones). A base that keeps two subjects from sigma
 0.7 but not from pure noise draws well and fails at deciding the layout. Level 0 is the VAE round trip with
-no model step: if a relation is lost there, the renderer, the VAE or the classifier is to blame, not the base. ``from_first_frame`` (models that take an image): the same videos generated from
-their rendered first frame, which gives the layout as a user's photo would.
+no model step: if a relation is lost there, the renderer, the VAE or the classifier is to blame, not the
+base. ``from_first_frame`` (models that take an image): the same videos generated from their rendered first
+frame, which gives the layout as a user's photo would.
 """
 
 from __future__ import annotations
