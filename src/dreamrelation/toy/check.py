@@ -316,18 +316,17 @@ def denoise_rendered(pipe, job: CheckJob, sigma: float, cfg: CheckConfig) -> np.
 def denoise_and_score(pipe, jobs: list[CheckJob], cfg: CheckConfig) -> list[dict]:
     """Per level of ``cfg.denoise_from``: the jobs' rendered videos finished from it, scored - a row of
     proportions for the base jobs and one for the held-out jobs (where there are any)."""
+    subsets = [("", [j for j in jobs if not j.held_out]), ("held out, ", [j for j in jobs if j.held_out])]
+    subsets = [(prefix, subset) for prefix, subset in subsets if subset]
     rows = []
     for sigma in cfg.denoise_from:
         label = f"from sigma {sigma:g}" + (" (VAE round trip)" if sigma == 0 else "")
-        for held_out, group in ((False, label), (True, f"held out, {label}")):
-            subset = [job for job in jobs if job.held_out == held_out]
-            if not subset:
-                continue
+        for prefix, subset in subsets:
             scores = [
                 score_video(denoise_rendered(pipe, job, sigma, cfg), job.spec)
-                for job in tqdm(subset, desc=group, disable=not cfg.progress)
+                for job in tqdm(subset, desc=prefix + label, disable=not cfg.progress)
             ]
-            rows.append(_proportions(group, scores))
+            rows.append(_proportions(prefix + label, scores))
     return rows
 
 
