@@ -350,6 +350,11 @@ def generate(
     guidance_schedule: str = typer.Option(
         None, help="Per-step CFG: 'linear:6->3' or comma-separated values."
     ),
+    sampler: str = typer.Option(
+        None,
+        help="release (the backbone's: Mochi Euler, Wan UniPC) or ancestral (fresh noise each step) "
+        "(default: release; the toy Mochi ancestral).",
+    ),
     gif: bool = typer.Option(False, help="Also write a GIF per video."),
     offload: str = typer.Option(
         "none",
@@ -771,6 +776,9 @@ def toy_check(
     ),
     steps: int = typer.Option(None, help="Sampling steps (default: the toy's, 32)."),
     guidance: float = typer.Option(None, help="CFG scale (default: the toy's, 4.0)."),
+    sampler: str = typer.Option(
+        None, help="release or ancestral (default: the toy model's; Mochi ancestral, Wan release)."
+    ),
 ) -> None:
     """Judge a toy base model by generating from it: both subjects present, one each, relation accuracy."""
     from dreamrelation.toy.check import CheckConfig, run_check
@@ -791,6 +799,7 @@ def toy_check(
         denoise_from=levels,
         from_first_frame=from_first_frame,
         threads=threads,
+        sampler=sampler,
         **({} if steps is None else {"num_inference_steps": steps}),
         **({} if guidance is None else {"guidance_scale": guidance}),
     )

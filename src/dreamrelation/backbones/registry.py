@@ -125,6 +125,10 @@ class Backbone:
         """The frame rate `prepare` samples source videos at: the release's."""
         return self.sampling_defaults[2]
 
+    def default_sampler(self, pipe: Any = None) -> str:
+        """The sampler a release model generates with by default: its release's (``release``)."""
+        return "release"
+
     @property
     def size_multiple(self) -> int:
         """Heights and widths must be multiples of this (VAE compression times the patch size)."""
@@ -440,9 +444,16 @@ class ToyModels:
     bundles: Mapping[str, Path]  # architecture -> bundle directory; the first is the default
     default_geometry: tuple[int, int, int]  # (frames, height, width) of the toy world
     sampling_defaults: tuple[int, float, float]  # (steps, CFG scale, fps)
+    # backbone name -> the sampler its toy bundle generates with by default (`inference.samplers`; measured
+    # with `toy check --sampler`); a backbone not named samples with its release's
+    samplers: Mapping[str, str] = field(default_factory=dict)
     clip_fps: float = 30.0  # the frame rate `prepare` samples source videos at for a toy model
     info_file: str = "toy_info.json"
     max_text_length: int = 64
+
+    def default_sampler(self, pipe: Any) -> str:
+        """The sampler a toy model of ``pipe``'s backbone generates with by default."""
+        return self.samplers.get(get_backbone(pipe).name, "release")
 
     @property
     def default_bundle(self) -> Path:
@@ -474,6 +485,9 @@ TOY = ToyModels(
     bundles={"mochi": _ASSETS / "toy-mochi", "wan": _ASSETS / "toy-wan", "wan22": _ASSETS / "toy-wan22"},
     default_geometry=(25, 64, 64),  # 25 = 6k + 1 = 4k + 1 frames: both VAEs keep frame 0 and every 6th / 4th
     sampling_defaults=(32, 4.0, 8.0),
+    # the toy Mochi samples ancestrally: one subject each 0.855 vs 0.700 with the release's Euler over the
+    # same 200 prompts and seeds (README, "Checking a toy base")
+    samplers={"mochi": "ancestral"},
     clip_fps=8.0,  # the rendered world's frame rate: `toy render` writes it and `prepare` reads at it
 )
 

@@ -2,7 +2,8 @@
 adapters, generate, write outputs with sidecars (:class:`GenerationConfig`, :func:`generate_to_folder`).
 
 Each backbone samples as its release does (:func:`prepare_sampling`), with classifier-free guidance
-(optionally a per-step schedule, applied through ``callback_on_step_end``):
+(optionally a per-step schedule, applied through ``callback_on_step_end``), unless ``Sampling.sampler``
+asks for the ancestral sampler (:mod:`dreamrelation.inference.samplers`; the toy Mochi's default):
 
 * Mochi, as in the paper and genmo's code: ``FlowMatchEulerDiscreteScheduler(invert_sigmas=True)`` (timestep
   = (1 - sigma) * 1000), the pipeline's linear-quadratic sigma schedule (threshold 0.025), an empty negative
@@ -61,6 +62,7 @@ from dreamrelation.backbones.registry import (
 )
 from dreamrelation.core.roles import PAPER_ROLES
 from dreamrelation.errors import UserError, warn_user
+from dreamrelation.inference.samplers import SAMPLERS, sampler_installed
 from dreamrelation.utils.io import atomic_write_json, ensure_output_dir
 from dreamrelation.utils.media import (
     contact_sheet,
@@ -105,16 +107,21 @@ def prepare_mochi_sampling(pipe) -> None:
         pipe.register_to_config(force_zeros_for_empty_prompt=True)
 
 
-def prepare_sampling(pipe) -> dict:
-    """Set ``pipe`` up to sample as its backbone's release does; returns the sampler settings to record.
+def prepare_sampling(pipe, sampler: str | None = None) -> dict:
+    """Set ``pipe`` up to sample as its backbone's release does; returns the sampler settings to record,
+    ``sampler`` resolved (None: the model's default, see :mod:`dreamrelation.inference.samplers`).
 
     Mochi: :func:`prepare_mochi_sampling`. Wan: the pipeline's own scheduler (flow-prediction UniPC) and
     its encoded empty negative prompt, unchanged.
     """
     backbone = get_backbone(pipe)
+    sampler = sampler or model_profile(pipe).default_sampler(pipe)
+    if sampler not in SAMPLERS:
+        raise UserError(f"sampler={sampler!r}: expected one of {', '.join(SAMPLERS)}")
     if backbone.name == "mochi":
         prepare_mochi_sampling(pipe)
         return {
+            "sampler": sampler,
             "scheduler": type(pipe.scheduler).__name__,
             "invert_sigmas": bool(pipe.scheduler.config.get("invert_sigmas", False)),
             "sigma_schedule": "linear_quadratic(threshold_noise=0.025)",
@@ -122,6 +129,7 @@ def prepare_sampling(pipe) -> dict:
         }
     config = pipe.scheduler.config
     return {
+        "sampler": sampler,
         "scheduler": type(pipe.scheduler).__name__,
         "prediction_type": config.get("prediction_type"),
         "flow_shift": config.get("flow_shift"),
@@ -193,6 +201,7 @@ class Sampling:
     guidance: float = 6.0
     guidance_schedule: str | Sequence[float] | None = None
     negative_prompt: str = ""
+    sampler: str | None = None  # "release" or "ancestral" (see inference.samplers); None: the model's default
     num_frames: int | None = None
     height: int | None = None
     width: int | None = None
@@ -228,6 +237,7 @@ def generate_videos(
             "sampling schedule needs that many steps)"
         )
     values = guidance_values(sampling.guidance_schedule, sampling.steps, sampling.guidance)
+    sampler_name = sampling.sampler or model_profile(pipe).default_sampler(pipe)
     default_frames, default_height, default_width = video_geometry(pipe)
     text_length = backbone.text_length(pipe)
     negative_prompt = sampling.negative_prompt
@@ -236,27 +246,29 @@ def generate_videos(
     for start in range(0, len(prompts), step):
         chunk = range(start, min(start + step, len(prompts)))
         texts = [prompts[i] for i in chunk]
-        sampler, inputs = pipe, {"prompt": texts, "negative_prompt": [negative_prompt] * len(chunk)}
+        call, inputs = pipe, {"prompt": texts, "negative_prompt": [negative_prompt] * len(chunk)}
         if image is not None:
-            sampler = image_pipeline(pipe)
+            call = image_pipeline(pipe)
             inputs = {
                 "image": image,
                 **_prompt_embeds(pipe, texts, text_length, values[0] > 1, negative_prompt),
             }
-        out = sampler(
-            **inputs,
-            num_frames=sampling.num_frames or default_frames,
-            height=sampling.height or default_height,
-            width=sampling.width or default_width,
-            num_inference_steps=sampling.steps,
-            guidance_scale=values[0],
-            generator=[torch.Generator().manual_seed(int(seeds[i])) for i in chunk],
-            max_sequence_length=text_length,
-            output_type="np",
-            callback_on_step_end=(
-                GuidanceSchedule(values, on_step) if len(set(values)) > 1 or on_step else None
-            ),
-        )
+        generators = [torch.Generator().manual_seed(int(seeds[i])) for i in chunk]
+        with sampler_installed(call, sampler_name, generators):
+            out = call(
+                **inputs,
+                num_frames=sampling.num_frames or default_frames,
+                height=sampling.height or default_height,
+                width=sampling.width or default_width,
+                num_inference_steps=sampling.steps,
+                guidance_scale=values[0],
+                generator=generators,
+                max_sequence_length=text_length,
+                output_type="np",
+                callback_on_step_end=(
+                    GuidanceSchedule(values, on_step) if len(set(values)) > 1 or on_step else None
+                ),
+            )
         videos += [(np.clip(v, 0, 1) * 255).round().astype(np.uint8) for v in out.frames]
     return videos
 
@@ -528,6 +540,7 @@ class GenerationConfig:
     steps: int | None = None
     guidance: float | None = None
     guidance_schedule: str | Sequence[float] | None = None
+    sampler: str | None = None  # "release" or "ancestral" (inference.samplers); None: the model's default
     gif: bool = False
     offload: str = "none"
     vae_tiling: bool = False
@@ -571,6 +584,8 @@ def _check_numbers(cfg: GenerationConfig, jobs: Sequence[tuple[str, int]]) -> No
         value = getattr(cfg, key)
         if value is not None and not (math.isfinite(float(value)) and float(value) >= 0):
             raise UserError(f"{key}={value}: must be a finite number >= 0")
+    if cfg.sampler is not None and cfg.sampler not in SAMPLERS:
+        raise UserError(f"sampler={cfg.sampler!r}: expected one of {', '.join(SAMPLERS)}")
     for _, seed in jobs:
         if not 0 <= int(seed) < 2**63:
             raise UserError(f"seed {seed}: must be between 0 and 2**63 - 1")
@@ -768,6 +783,7 @@ def _write_one(
         guidance=record["guidance"],
         guidance_schedule=record["values"],
         negative_prompt=run.cfg.negative_prompt,
+        sampler=settings["sampler"],
         **geometry,
     )
     video = generate_videos(
@@ -856,7 +872,7 @@ def _generate(run: _Run, pipe) -> GenerationResult:
         device = run.device if cfg.offload == "none" else None
         pipe = load_pipeline(run.model_path, dtype=run.dtype, device=device, text_encoder=cfg.text_encoder)
     warn_unknown_words(pipe, [prompt for prompt, _ in run.jobs])
-    settings = _settings(run, pipe, prepare_sampling(pipe))
+    settings = _settings(run, pipe, prepare_sampling(pipe, cfg.sampler))
     state = _launched()
     together = state is not None and cfg.context_parallel  # every process samples every video, rank 0 writes
     record = {"guidance": settings.pop("_guidance"), "values": settings.pop("_values"), "settings": settings}

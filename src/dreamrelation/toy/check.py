@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +80,7 @@ class CheckConfig:
     num_held_out: int = 48  # held-out relation prompts (untuned), balanced over the four
     num_inference_steps: int = TOY.sampling_defaults[0]
     guidance_scale: float = TOY.sampling_defaults[1]
+    sampler: str | None = None  # release or ancestral (inference.samplers); None: the model's default
     prompt_seed: int = 2026_1202
     seed_offset: int = 1_000_000
     out_dir: str = "runs/toy-check"
@@ -260,13 +261,16 @@ def _value(criterion: dict) -> str:
     return "no videos" if math.isnan(value) else f"{value:.3f}"
 
 
+def _sampling(cfg: CheckConfig) -> Sampling:
+    """How the check's videos are generated (``cfg.sampler`` resolved by ``run_check``)."""
+    return Sampling(cfg.num_inference_steps, cfg.guidance_scale, sampler=cfg.sampler)
+
+
 def generate_and_score(pipe, jobs: list[CheckJob], cfg: CheckConfig) -> tuple[list[dict], list[np.ndarray]]:
     """Generate and score one video per job; returns the per-video records and the first videos (sheet)."""
     records, kept = [], []
     for index, job in enumerate(tqdm(jobs, desc="toy check", disable=not cfg.progress)):
-        video = generate_videos(
-            pipe, [job.prompt], [job.seed], Sampling(cfg.num_inference_steps, cfg.guidance_scale)
-        )[0]
+        video = generate_videos(pipe, [job.prompt], [job.seed], _sampling(cfg))[0]
         record = {
             "index": index,
             "prompt": job.prompt,
@@ -340,9 +344,7 @@ def first_frame_and_score(pipe, jobs: list[CheckJob], cfg: CheckConfig) -> list[
         [j for j in jobs if not j.held_out], desc="from the first frame", disable=not cfg.progress
     ):
         still = Image.fromarray(render_video(job.spec).frames[0])
-        video = generate_videos(
-            pipe, [job.prompt], [job.seed], Sampling(cfg.num_inference_steps, cfg.guidance_scale), image=still
-        )[0]
+        video = generate_videos(pipe, [job.prompt], [job.seed], _sampling(cfg), image=still)[0]
         scores.append(score_video(video, job.spec))
     return [_proportions(FIRST_FRAME_ROW, scores)]
 
@@ -392,7 +394,7 @@ def write_outputs(
     setup = (
         f"Model `{data['model']}`: {cfg.num_prompts} base-relation prompts (balanced over "
         f"{len(world.BASE_RELATIONS)} relations) and {cfg.num_held_out} held-out prompts (untuned), one video "
-        f"each, {cfg.num_inference_steps} steps, CFG {cfg.guidance_scale}; prompt seed {cfg.prompt_seed}, "
+        f"each, {cfg.num_inference_steps} steps ({cfg.sampler} sampler), CFG {cfg.guidance_scale}; prompt seed {cfg.prompt_seed}, "
         f"generation seeds from {cfg.seed_offset}. *Both present*: both subjects tracked in >= "
         f"{FRAME_SHARE:.0%} of frames; *one subject each*: besides, each subject is one blob of its colour in "
         f">= {FRAME_SHARE:.0%} of frames and the two are not merged (centroids within {MERGE_PX:g} px in at "
@@ -480,9 +482,12 @@ def run_check(cfg: CheckConfig) -> dict:
             raise UserError(f"{model}: not a toy bundle; `toy check` judges toy-world models only")
         if cfg.from_first_frame and not get_backbone(pipe).takes_image:
             raise UserError(f"{model}: --from-first-frame needs a model that takes an image (a Wan 2.2 toy)")
-        sampler = prepare_sampling(pipe)
+        sampler = prepare_sampling(pipe, cfg.sampler)
+        cfg = replace(cfg, sampler=sampler["sampler"])
         jobs = check_jobs(cfg)
-        console.print(f"toy check: {model} ({len(jobs)} videos, {cfg.num_inference_steps} steps)")
+        console.print(
+            f"toy check: {model} ({len(jobs)} videos, {cfg.num_inference_steps} {cfg.sampler} steps)"
+        )
         records, videos = generate_and_score(pipe, jobs, cfg)
         denoised = denoise_and_score(pipe, jobs, cfg) + first_frame_and_score(pipe, jobs, cfg)
         binding = caption_binding(pipe)
