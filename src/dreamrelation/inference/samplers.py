@@ -3,10 +3,11 @@
 * ``release``: the scheduler the backbone's release samples with (Mochi: inverted-sigma flow-matching Euler
   on the linear-quadratic schedule; Wan: flow-prediction UniPC) - a deterministic ODE solver.
 * ``ancestral``: at each step the model's prediction of the clean latent is noised again to the next noise
-  level with *fresh* noise, ``x_next = (1 - s_next) * x0_hat + s_next * eps_new``, on the same noise levels
-  as the release sampler (:class:`FlowMatchAncestralScheduler`). Where a small model decides its layout
-  badly from near pure noise (the toy bases: a subject drawn twice where it hedges between two directions of
-  travel), re-drawing the noise each step lets later, better-informed steps revise that decision.
+  level with *fresh* noise, ``x_next = (1 - s_next) * x0_hat + s_next * eps_new``
+  (:class:`FlowMatchAncestralScheduler`; Mochi: on the release's linear-quadratic noise levels; Wan: evenly
+  spaced levels under its ``flow_shift``). Where a small model decides its layout badly from near pure noise
+  (the toy bases: a subject drawn twice where it hedges between two directions of travel), re-drawing the
+  noise each step lets later, better-informed steps revise that decision.
 
 The fresh noise of video ``i`` comes from the same generator as its initial noise, after it, so a video
 depends only on its prompt and seed, whatever batch it is generated in.
