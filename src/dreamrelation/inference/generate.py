@@ -62,7 +62,7 @@ from dreamrelation.backbones.registry import (
 )
 from dreamrelation.core.roles import PAPER_ROLES
 from dreamrelation.errors import UserError, warn_user
-from dreamrelation.inference.samplers import SAMPLERS, sampler_installed
+from dreamrelation.inference.samplers import check_sampler, resolve_sampler, sampler_installed
 from dreamrelation.utils.io import atomic_write_json, ensure_output_dir
 from dreamrelation.utils.media import (
     contact_sheet,
@@ -115,9 +115,7 @@ def prepare_sampling(pipe, sampler: str | None = None) -> dict:
     its encoded empty negative prompt, unchanged.
     """
     backbone = get_backbone(pipe)
-    sampler = sampler or model_profile(pipe).default_sampler(pipe)
-    if sampler not in SAMPLERS:
-        raise UserError(f"sampler={sampler!r}: expected one of {', '.join(SAMPLERS)}")
+    sampler = resolve_sampler(pipe, sampler)
     if backbone.name == "mochi":
         prepare_mochi_sampling(pipe)
         return {
@@ -237,7 +235,7 @@ def generate_videos(
             "sampling schedule needs that many steps)"
         )
     values = guidance_values(sampling.guidance_schedule, sampling.steps, sampling.guidance)
-    sampler_name = sampling.sampler or model_profile(pipe).default_sampler(pipe)
+    sampler_name = resolve_sampler(pipe, sampling.sampler)
     default_frames, default_height, default_width = video_geometry(pipe)
     text_length = backbone.text_length(pipe)
     negative_prompt = sampling.negative_prompt
@@ -584,8 +582,8 @@ def _check_numbers(cfg: GenerationConfig, jobs: Sequence[tuple[str, int]]) -> No
         value = getattr(cfg, key)
         if value is not None and not (math.isfinite(float(value)) and float(value) >= 0):
             raise UserError(f"{key}={value}: must be a finite number >= 0")
-    if cfg.sampler is not None and cfg.sampler not in SAMPLERS:
-        raise UserError(f"sampler={cfg.sampler!r}: expected one of {', '.join(SAMPLERS)}")
+    if cfg.sampler is not None:
+        check_sampler(cfg.sampler)
     for _, seed in jobs:
         if not 0 <= int(seed) < 2**63:
             raise UserError(f"seed {seed}: must be between 0 and 2**63 - 1")

@@ -22,7 +22,24 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteSchedulerOutput
 
+from dreamrelation.backbones.registry import model_profile
+from dreamrelation.errors import UserError
+
 SAMPLERS = ("release", "ancestral")
+
+
+def resolve_sampler(pipe, sampler: str | None) -> str:
+    """``sampler``, or the model's default when None (the toy Mochi: ancestral, else the release's);
+    :class:`UserError` naming the choices for an unknown one."""
+    name = sampler or model_profile(pipe).default_sampler(pipe)
+    check_sampler(name)
+    return name
+
+
+def check_sampler(sampler: str) -> None:
+    """:class:`UserError` unless ``sampler`` is one of :data:`SAMPLERS`."""
+    if sampler not in SAMPLERS:
+        raise UserError(f"sampler={sampler!r}: expected one of {', '.join(SAMPLERS)}")
 
 
 class FlowMatchAncestralScheduler(FlowMatchEulerDiscreteScheduler):
@@ -89,8 +106,7 @@ def ancestral_scheduler(scheduler) -> FlowMatchAncestralScheduler:
 def sampler_installed(pipe, sampler: str, generators: Sequence[torch.Generator]) -> Iterator[None]:
     """Within the block ``pipe`` samples with ``sampler`` (one of :data:`SAMPLERS`), the fresh noise of an
     ancestral sampler drawn from ``generators`` (one per video); the scheduler is restored afterwards."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler={sampler!r}: expected one of {', '.join(SAMPLERS)}")
+    check_sampler(sampler)
     if sampler == "release":
         yield
         return
